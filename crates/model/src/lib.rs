@@ -1,0 +1,6 @@
+//! The text-to-video model a vidfarm worker runs: the Wan2.1 architecture in burn.
+//!
+//! Parts (one file each, module and field names mirror the diffusers checkpoint names so a
+//! diffusers-layout folder loads without a renaming table): the spatiotemporal DiT
+//! (`WanTransformer3DModel`), the causal video VAE (`AutoencoderKLWan`, 4x temporal and 8x spatial
+//! compression, 16 latent channels), the UMT5 text encoder, and the flow-matching samplers.
