@@ -4,3 +4,9 @@
 //! diffusers-layout folder loads without a renaming table): the spatiotemporal DiT
 //! (`WanTransformer3DModel`), the causal video VAE (`AutoencoderKLWan`, 4x temporal and 8x spatial
 //! compression, 16 latent channels), the UMT5 text encoder, and the flow-matching samplers.
+
+pub mod checkpoint;
+pub mod error;
+pub mod layers;
+
+pub use error::ModelError;

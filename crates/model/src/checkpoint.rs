@@ -1,0 +1,351 @@
+//! Reading and writing diffusers-layout component folders: `config.json` plus the weights, either
+//! one safetensors file or a sharded set listed by a `*.safetensors.index.json`.
+//!
+//! Loading is explicit: each module asks a [`TensorSource`] for its tensors by checkpoint name and
+//! expected shape, so a bad checkpoint fails with an error naming the file and the tensor.
+//! Saving mirrors it: modules put their tensors into a [`TensorWriter`] under the same names.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorInfo};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::ModelError;
+
+/// Weight file names diffusers and transformers write, in the order they are tried.
+pub const WEIGHT_FILE_NAMES: [&str; 2] = ["diffusion_pytorch_model.safetensors", "model.safetensors"];
+
+/// Joins a module prefix and a tensor name the way PyTorch state dicts do (`blocks.0` + `weight`).
+pub fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+pub(crate) fn io_error(path: &Path, source: std::io::Error) -> ModelError {
+    if source.kind() == std::io::ErrorKind::NotFound {
+        ModelError::MissingFile { path: path.to_path_buf() }
+    } else {
+        ModelError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// Reads a JSON config; fields the struct does not know are ignored (diffusers adds `_class_name`
+/// etc.), values it cannot parse are errors naming the file.
+pub fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|e| io_error(path, e))?;
+    serde_json::from_str(&text).map_err(|e| ModelError::InvalidConfig {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+pub fn write_config<T: Serialize>(path: &Path, config: &T) -> Result<(), ModelError> {
+    let text = serde_json::to_string_pretty(config).map_err(|e| ModelError::InvalidConfig {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    std::fs::write(path, text).map_err(|e| io_error(path, e))
+}
+
+/// The weights file(s) of a component folder: a single file if present, else the shards named by
+/// the index json.
+pub fn component_weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    for name in WEIGHT_FILE_NAMES {
+        let single = dir.join(name);
+        if single.is_file() {
+            return Ok(vec![single]);
+        }
+    }
+    for name in WEIGHT_FILE_NAMES {
+        let index = dir.join(format!("{name}.index.json"));
+        if index.is_file() {
+            return shard_files(&index);
+        }
+    }
+    Err(ModelError::MissingFile { path: dir.join(WEIGHT_FILE_NAMES[0]) })
+}
+
+fn shard_files(index_path: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let index: Index = read_config(index_path)?;
+    let dir = index_path.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = index.weight_map.values().map(|f| dir.join(f)).collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+struct WeightFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    /// Offset of the data section (8-byte length + JSON header).
+    data_start: usize,
+    metadata: Metadata,
+}
+
+impl WeightFile {
+    fn open(path: &Path) -> Result<Self, ModelError> {
+        let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| ModelError::CorruptSafetensors {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self { path: path.to_path_buf(), bytes, data_start: 8 + header_len, metadata })
+    }
+
+    fn data(&self, info: &TensorInfo) -> &[u8] {
+        // read_metadata has validated the offsets against the buffer length.
+        &self.bytes[self.data_start + info.data_offsets.0..self.data_start + info.data_offsets.1]
+    }
+}
+
+/// Named tensors of one component, from one or several safetensors files.
+pub struct TensorSource {
+    files: Vec<WeightFile>,
+    /// Tensor name -> index into `files`.
+    location: HashMap<String, usize>,
+}
+
+impl TensorSource {
+    /// Opens the weights of a diffusers component folder (single file or sharded).
+    pub fn open_component(dir: &Path) -> Result<Self, ModelError> {
+        Self::open_files(&component_weight_files(dir)?)
+    }
+
+    pub fn open_files(paths: &[PathBuf]) -> Result<Self, ModelError> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut location = HashMap::new();
+        for (index, path) in paths.iter().enumerate() {
+            let file = WeightFile::open(path)?;
+            for name in file.metadata.tensors().keys() {
+                location.insert(name.clone(), index);
+            }
+            files.push(file);
+        }
+        Ok(Self { files, location })
+    }
+
+    /// The file a tensor lives in, or the first file when it is missing (for error messages).
+    fn path_of(&self, name: &str) -> PathBuf {
+        let index = self.location.get(name).copied().unwrap_or(0);
+        self.files.get(index).map(|f| f.path.clone()).unwrap_or_default()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.location.contains_key(name)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.location.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Shape and dtype of a stored tensor.
+    pub fn info(&self, name: &str) -> Result<(Vec<usize>, Dtype), ModelError> {
+        let (_, info) = self.lookup(name)?;
+        Ok((info.shape.clone(), info.dtype))
+    }
+
+    fn lookup(&self, name: &str) -> Result<(&WeightFile, &TensorInfo), ModelError> {
+        let missing = || ModelError::MissingTensor { path: self.path_of(name), tensor: name.to_string() };
+        let file = self.location.get(name).and_then(|&i| self.files.get(i)).ok_or_else(missing)?;
+        let info = file.metadata.info(name).ok_or_else(missing)?;
+        Ok((file, info))
+    }
+
+    /// A float tensor converted to f32, checked against the expected shape.
+    pub fn tensor<B: Backend, const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+        device: &B::Device,
+    ) -> Result<Tensor<B, D>, ModelError> {
+        let (file, info) = self.lookup(name)?;
+        if info.shape.as_slice() != shape.as_slice() {
+            return Err(ModelError::ShapeMismatch {
+                path: file.path.clone(),
+                tensor: name.to_string(),
+                expected: shape.to_vec(),
+                found: info.shape.clone(),
+            });
+        }
+        self.float_tensor(file, name, info, device)
+    }
+
+    /// A float tensor of any shape of rank `D` (for inputs whose size is not known in advance).
+    pub fn tensor_of_rank<B: Backend, const D: usize>(
+        &self,
+        name: &str,
+        device: &B::Device,
+    ) -> Result<Tensor<B, D>, ModelError> {
+        let (file, info) = self.lookup(name)?;
+        if info.shape.len() != D {
+            return Err(ModelError::ShapeMismatch {
+                path: file.path.clone(),
+                tensor: name.to_string(),
+                expected: vec![0; D],
+                found: info.shape.clone(),
+            });
+        }
+        self.float_tensor(file, name, info, device)
+    }
+
+    fn float_tensor<B: Backend, const D: usize>(
+        &self,
+        file: &WeightFile,
+        name: &str,
+        info: &TensorInfo,
+        device: &B::Device,
+    ) -> Result<Tensor<B, D>, ModelError> {
+        let bytes = file.data(info);
+        let values: Vec<f32> = match info.dtype {
+            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => {
+                bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
+            Dtype::BF16 => {
+                bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
+            other => {
+                return Err(ModelError::UnsupportedDtype {
+                    path: file.path.clone(),
+                    tensor: name.to_string(),
+                    found: format!("{other:?}"),
+                });
+            }
+        };
+        Ok(Tensor::from_data(TensorData::new(values, info.shape.clone()), device))
+    }
+
+    /// An integer tensor (I64 or I32) of any shape of rank `D`, e.g. token ids.
+    pub fn int_tensor_of_rank<B: Backend, const D: usize>(
+        &self,
+        name: &str,
+        device: &B::Device,
+    ) -> Result<Tensor<B, D, Int>, ModelError> {
+        let (file, info) = self.lookup(name)?;
+        if info.shape.len() != D {
+            return Err(ModelError::ShapeMismatch {
+                path: file.path.clone(),
+                tensor: name.to_string(),
+                expected: vec![0; D],
+                found: info.shape.clone(),
+            });
+        }
+        let bytes = file.data(info);
+        let values: Vec<i64> = match info.dtype {
+            Dtype::I64 => bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8]))).collect(),
+            Dtype::I32 => bytes.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64).collect(),
+            other => {
+                return Err(ModelError::UnsupportedDtype {
+                    path: file.path.clone(),
+                    tensor: name.to_string(),
+                    found: format!("{other:?} (expected I64 or I32)"),
+                });
+            }
+        };
+        Ok(Tensor::from_data(TensorData::new(values, info.shape.clone()), device))
+    }
+}
+
+/// Collects named f32 tensors and writes them as one safetensors file.
+#[derive(Default)]
+pub struct TensorWriter {
+    tensors: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>,
+}
+
+impl TensorWriter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn put<B: Backend, const D: usize>(&mut self, name: &str, tensor: &Tensor<B, D>) -> Result<(), ModelError> {
+        let shape = tensor.dims().to_vec();
+        let values = tensor
+            .to_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| ModelError::InvalidInput(format!("tensor `{name}`: {e:?}")))?;
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.tensors.insert(name.to_string(), (Dtype::F32, shape, bytes));
+        Ok(())
+    }
+
+    pub fn put_int<B: Backend, const D: usize>(
+        &mut self,
+        name: &str,
+        tensor: &Tensor<B, D, Int>,
+    ) -> Result<(), ModelError> {
+        let shape = tensor.dims().to_vec();
+        let values = tensor
+            .to_data()
+            .convert::<i64>()
+            .into_vec::<i64>()
+            .map_err(|e| ModelError::InvalidInput(format!("tensor `{name}`: {e:?}")))?;
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.tensors.insert(name.to_string(), (Dtype::I64, shape, bytes));
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Number of scalar values written so far (the parameter count when a whole module was put).
+    pub fn num_values(&self) -> usize {
+        self.tensors.values().map(|(_, shape, _)| shape.iter().product::<usize>()).sum()
+    }
+
+    pub fn write(&self, path: &Path) -> Result<(), ModelError> {
+        let mut views = Vec::with_capacity(self.tensors.len());
+        for (name, (dtype, shape, bytes)) in &self.tensors {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).map_err(|e| {
+                ModelError::CorruptSafetensors { path: path.to_path_buf(), reason: format!("tensor `{name}`: {e}") }
+            })?;
+            views.push((name.as_str(), view));
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
+        }
+        safetensors::tensor::serialize_to_file(views, None, path)
+            .map_err(|e| ModelError::CorruptSafetensors { path: path.to_path_buf(), reason: e.to_string() })
+    }
+}
+
+/// Writes a component folder: `config.json` and one weights file named `weights_file`.
+pub fn save_component<T: Serialize>(
+    dir: &Path,
+    config: &T,
+    weights_file: &str,
+    weights: &TensorWriter,
+) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+    write_config(&dir.join("config.json"), config)?;
+    weights.write(&dir.join(weights_file))
+}
+
+/// Error for an enum-like config field with a value this crate does not implement.
+pub fn unsupported(path: &Path, field: &str, value: impl std::fmt::Debug, reason: &str) -> ModelError {
+    ModelError::UnsupportedConfig {
+        path: path.to_path_buf(),
+        field: field.to_string(),
+        value: format!("{value:?}"),
+        reason: reason.to_string(),
+    }
+}
