@@ -8,5 +8,9 @@
 pub mod checkpoint;
 pub mod error;
 pub mod layers;
+pub mod transformer;
+
+#[cfg(test)]
+mod test_util;
 
 pub use error::ModelError;

@@ -1,0 +1,366 @@
+//! The spatiotemporal DiT: diffusers `WanTransformer3DModel` (Wan2.1 text-to-video), plus an
+//! optional factorized attention layout (spatial attention per frame, then temporal attention per
+//! position; vidfarm's extension, weights under `blocks.N.attn_temporal` / `blocks.N.norm_temporal`).
+//!
+//! Flow: Conv3d patch embedding (patch `(1, 2, 2)`) -> blocks with 6-way adaLN modulation from the
+//! timestep, 3D rotary self-attention and cross-attention to the projected text -> modulated output
+//! norm -> `proj_out` -> unpatchify back to `[batch, channels, frames, height, width]`.
+
+mod attention;
+mod block;
+mod embeddings;
+mod rope;
+
+pub use attention::{AttentionScope, WanAttention, scaled_dot_product};
+pub use block::{BlockDims, FeedForward, WanTransformerBlock};
+pub use embeddings::{ConditionEmbedder, timestep_features};
+pub use rope::{RopeTables, apply_rope, rope_tables};
+
+use std::path::Path;
+
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{TensorSource, TensorWriter, read_config, save_component, unsupported};
+use crate::error::ModelError;
+use crate::layers::{Conv3d, LayerNorm, Linear};
+
+pub const CONFIG_CLASS_NAME: &str = "WanTransformer3DModel";
+const ROPE_THETA: f64 = 10000.0;
+
+/// How self-attention spans the video.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionLayout {
+    /// One attention over all tokens of all frames (Wan2.1).
+    Full,
+    /// Spatial attention within each frame, then temporal attention across frames.
+    Factorized,
+}
+
+impl AttentionLayout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttentionLayout::Full => "full",
+            AttentionLayout::Factorized => "factorized",
+        }
+    }
+}
+
+fn default_patch_size() -> [usize; 3] {
+    [1, 2, 2]
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_true() -> bool {
+    true
+}
+fn default_qk_norm() -> Option<String> {
+    Some(QK_NORM_ACROSS_HEADS.to_string())
+}
+fn default_rope_max_seq_len() -> usize {
+    1024
+}
+fn default_layout() -> String {
+    "full".to_string()
+}
+fn default_class_name() -> String {
+    CONFIG_CLASS_NAME.to_string()
+}
+
+const QK_NORM_ACROSS_HEADS: &str = "rms_norm_across_heads";
+
+/// diffusers' `transformer/config.json` for `WanTransformer3DModel`, plus `attention_layout`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WanTransformerConfig {
+    #[serde(rename = "_class_name", default = "default_class_name")]
+    pub class_name: String,
+    #[serde(default = "default_patch_size")]
+    pub patch_size: [usize; 3],
+    pub num_attention_heads: usize,
+    pub attention_head_dim: usize,
+    pub in_channels: usize,
+    pub out_channels: Option<usize>,
+    pub text_dim: usize,
+    pub freq_dim: usize,
+    pub ffn_dim: usize,
+    pub num_layers: usize,
+    #[serde(default = "default_true")]
+    pub cross_attn_norm: bool,
+    #[serde(default = "default_qk_norm")]
+    pub qk_norm: Option<String>,
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    #[serde(default)]
+    pub image_dim: Option<usize>,
+    #[serde(default)]
+    pub added_kv_proj_dim: Option<usize>,
+    #[serde(default = "default_rope_max_seq_len")]
+    pub rope_max_seq_len: usize,
+    #[serde(default)]
+    pub pos_embed_seq_len: Option<usize>,
+    /// vidfarm extension: `"full"` (Wan) or `"factorized"`.
+    #[serde(default = "default_layout")]
+    pub attention_layout: String,
+}
+
+impl WanTransformerConfig {
+    pub fn from_file(path: &Path) -> Result<Self, ModelError> {
+        let config: Self = read_config(path)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    pub fn inner_dim(&self) -> usize {
+        self.num_attention_heads * self.attention_head_dim
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.out_channels.unwrap_or(self.in_channels)
+    }
+
+    /// The parsed `attention_layout`; `path` names the config in the error.
+    pub fn layout(&self, path: &Path) -> Result<AttentionLayout, ModelError> {
+        match self.attention_layout.as_str() {
+            "full" => Ok(AttentionLayout::Full),
+            "factorized" => Ok(AttentionLayout::Factorized),
+            other => Err(unsupported(path, "attention_layout", other, "expected \"full\" or \"factorized\"")),
+        }
+    }
+
+    /// Rejects values this implementation does not support, naming the field.
+    pub fn validate(&self, path: &Path) -> Result<(), ModelError> {
+        self.layout(path)?;
+        if let Some(image_dim) = self.image_dim {
+            return Err(unsupported(path, "image_dim", image_dim, "image conditioning (I2V) is not implemented"));
+        }
+        if let Some(dim) = self.added_kv_proj_dim {
+            return Err(unsupported(path, "added_kv_proj_dim", dim, "image conditioning (I2V) is not implemented"));
+        }
+        if let Some(len) = self.pos_embed_seq_len {
+            return Err(unsupported(path, "pos_embed_seq_len", len, "image position embedding is not implemented"));
+        }
+        match self.qk_norm.as_deref() {
+            // diffusers builds the across-heads RMS norm whatever this says; so do we.
+            None | Some(QK_NORM_ACROSS_HEADS) => {}
+            Some(other) => {
+                return Err(unsupported(path, "qk_norm", other, "expected \"rms_norm_across_heads\""));
+            }
+        }
+        let sizes = [
+            ("num_attention_heads", self.num_attention_heads),
+            ("attention_head_dim", self.attention_head_dim),
+            ("in_channels", self.in_channels),
+            ("text_dim", self.text_dim),
+            ("freq_dim", self.freq_dim),
+            ("ffn_dim", self.ffn_dim),
+        ];
+        for (field, value) in sizes {
+            if value == 0 {
+                return Err(unsupported(path, field, value, "must be positive"));
+            }
+        }
+        if self.attention_head_dim % 2 == 1 {
+            return Err(unsupported(path, "attention_head_dim", self.attention_head_dim, "rotary embedding needs an even head dim"));
+        }
+        if self.patch_size.contains(&0) {
+            return Err(unsupported(path, "patch_size", self.patch_size, "must be positive"));
+        }
+        Ok(())
+    }
+
+    fn block_dims(&self, layout: AttentionLayout) -> BlockDims {
+        BlockDims {
+            dim: self.inner_dim(),
+            ffn_dim: self.ffn_dim,
+            heads: self.num_attention_heads,
+            eps: self.eps,
+            cross_attn_norm: self.cross_attn_norm,
+            factorized: layout == AttentionLayout::Factorized,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct WanTransformer3DModel<B: Backend> {
+    pub patch_embedding: Conv3d<B>,
+    pub condition_embedder: ConditionEmbedder<B>,
+    pub blocks: Vec<WanTransformerBlock<B>>,
+    pub norm_out: LayerNorm<B>,
+    pub proj_out: Linear<B>,
+    /// `[1, 2, dim]`: shift and scale of the output norm.
+    pub scale_shift_table: Param<Tensor<B, 3>>,
+    #[module(skip)]
+    pub config: WanTransformerConfig,
+}
+
+impl<B: Backend> WanTransformer3DModel<B> {
+    /// Loads a diffusers `transformer/` folder.
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, ModelError> {
+        let config_path = dir.join("config.json");
+        let config = WanTransformerConfig::from_file(&config_path)?;
+        let src = TensorSource::open_component(dir)?;
+        Self::load_from(&src, config, &config_path, device)
+    }
+
+    pub fn load_from(src: &TensorSource, config: WanTransformerConfig, config_path: &Path, device: &B::Device) -> Result<Self, ModelError> {
+        config.validate(config_path)?;
+        let layout = config.layout(config_path)?;
+        let dim = config.inner_dim();
+        let patch = config.patch_size;
+        let blocks = (0..config.num_layers)
+            .map(|i| WanTransformerBlock::load(src, &format!("blocks.{i}"), config.block_dims(layout), device))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            patch_embedding: Conv3d::load(src, "patch_embedding", config.in_channels, dim, patch, patch, [0; 3], device)?,
+            condition_embedder: ConditionEmbedder::load(src, "condition_embedder", dim, config.freq_dim, config.text_dim, device)?,
+            blocks,
+            norm_out: LayerNorm::without_affine(config.eps),
+            proj_out: Linear::load(src, "proj_out", dim, config.out_channels() * patch.iter().product::<usize>(), true, device)?,
+            scale_shift_table: Param::from_tensor(src.tensor("scale_shift_table", [1, 2, dim], device)?),
+            config,
+        })
+    }
+
+    /// A randomly initialised model (seed the backend first for reproducibility).
+    pub fn random(config: WanTransformerConfig, device: &B::Device) -> Result<Self, ModelError> {
+        let config_path = Path::new("<random transformer config>");
+        config.validate(config_path)?;
+        let layout = config.layout(config_path)?;
+        let dim = config.inner_dim();
+        let patch = config.patch_size;
+        Ok(Self {
+            patch_embedding: Conv3d::random(config.in_channels, dim, patch, patch, [0; 3], device),
+            condition_embedder: ConditionEmbedder::random(dim, config.freq_dim, config.text_dim, device),
+            blocks: (0..config.num_layers).map(|_| WanTransformerBlock::random(config.block_dims(layout), device)).collect(),
+            norm_out: LayerNorm::without_affine(config.eps),
+            proj_out: Linear::random(dim, config.out_channels() * patch.iter().product::<usize>(), true, device),
+            scale_shift_table: Param::from_tensor(Tensor::random(
+                [1, 2, dim],
+                Distribution::Normal(0.0, 1.0 / (dim as f64).sqrt()),
+                device,
+            )),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &WanTransformerConfig {
+        &self.config
+    }
+
+    /// All weights under their checkpoint names.
+    pub fn save_tensors(&self, out: &mut TensorWriter) -> Result<(), ModelError> {
+        self.patch_embedding.save(out, "patch_embedding")?;
+        self.condition_embedder.save(out, "condition_embedder")?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            block.save(out, &format!("blocks.{i}"))?;
+        }
+        self.proj_out.save(out, "proj_out")?;
+        out.put("scale_shift_table", &self.scale_shift_table.val())
+    }
+
+    /// Writes a diffusers `transformer/` folder.
+    pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
+        let mut out = TensorWriter::new();
+        self.save_tensors(&mut out)?;
+        save_component(dir, self.config(), "diffusion_pytorch_model.safetensors", &out)
+    }
+
+    /// Predicts the flow for `latents: [batch, channels, frames, height, width]` at `timesteps`
+    /// (one per batch item) given `text: [batch, text_tokens, text_dim]`.
+    pub fn forward(&self, latents: Tensor<B, 5>, timesteps: &[f32], text: Tensor<B, 3>) -> Result<Tensor<B, 5>, ModelError> {
+        let config = self.config();
+        let [batch, channels, frames, height, width] = latents.dims();
+        let [p_t, p_h, p_w] = config.patch_size;
+        if channels != config.in_channels {
+            return Err(ModelError::InvalidInput(format!(
+                "latents have {channels} channels, the transformer expects {}",
+                config.in_channels
+            )));
+        }
+        if frames % p_t != 0 || height % p_h != 0 || width % p_w != 0 {
+            return Err(ModelError::InvalidInput(format!(
+                "latent size {frames}x{height}x{width} is not divisible by the patch size {:?}",
+                config.patch_size
+            )));
+        }
+        let grid = [frames / p_t, height / p_h, width / p_w];
+        if grid.iter().any(|&n| n > config.rope_max_seq_len) {
+            return Err(ModelError::InvalidInput(format!(
+                "patch grid {grid:?} exceeds rope_max_seq_len {}",
+                config.rope_max_seq_len
+            )));
+        }
+        let [text_batch, _, text_dim] = text.dims();
+        if text_batch != batch || text_dim != config.text_dim || timesteps.len() != batch {
+            return Err(ModelError::InvalidInput(format!(
+                "text is {:?} and {} timesteps for a batch of {batch}; expected [{batch}, _, {}] and {batch}",
+                text.dims(),
+                timesteps.len(),
+                config.text_dim
+            )));
+        }
+
+        let device = latents.device();
+        let rope = rope_tables::<B>(config.attention_head_dim, grid, ROPE_THETA, &device);
+        let patches = self.patch_embedding.forward(latents);
+        let dim = config.inner_dim();
+        let tokens = grid.iter().product::<usize>();
+        let mut x = patches.reshape([batch, dim, tokens]).swap_dims(1, 2);
+
+        let cond = self.condition_embedder.forward(timesteps, text);
+        for block in &self.blocks {
+            x = block.forward(x, cond.text.clone(), cond.timestep_proj.clone(), &rope, grid[0]);
+        }
+
+        let modulation = self.scale_shift_table.val() + cond.temb.unsqueeze_dim(1);
+        let shift = modulation.clone().narrow(1, 0, 1);
+        let scale = modulation.narrow(1, 1, 1);
+        let x = self.norm_out.forward(x) * (scale + 1.0) + shift;
+        let x = self.proj_out.forward(x);
+
+        let out_channels = config.out_channels();
+        // [b, f, h, w, pt, ph, pw, c] -> [b, c, f, pt, h, ph, w, pw]
+        let x: Tensor<B, 8> = x.reshape([batch, grid[0], grid[1], grid[2], p_t, p_h, p_w, out_channels]);
+        let x = x.permute([0, 7, 1, 4, 2, 5, 3, 6]);
+        Ok(x.reshape([batch, out_channels, frames, height, width]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{TestBackend, fixture, max_abs_diff};
+
+    type B = TestBackend;
+
+    fn run_fixture(name: &str) -> f32 {
+        let device = Default::default();
+        let dir = fixture(name);
+        let model = WanTransformer3DModel::<B>::load(&dir.join("transformer"), &device).expect("load");
+        let io = TensorSource::open_files(&[dir.join("io.safetensors")]).expect("io");
+        let latents = io.tensor_of_rank::<B, 5>("hidden_states", &device).expect("latents");
+        let text = io.tensor_of_rank::<B, 3>("encoder_hidden_states", &device).expect("text");
+        let timesteps: Vec<f32> =
+            io.tensor_of_rank::<B, 1>("timestep", &device).expect("t").into_data().into_vec().expect("f32");
+        let expected = io.tensor_of_rank::<B, 5>("sample", &device).expect("sample");
+        let out = model.forward(latents, &timesteps, text).expect("forward");
+        max_abs_diff(out, expected)
+    }
+
+    #[test]
+    fn parity_dit_a() {
+        let err = run_fixture("dit_a");
+        println!("dit_a max abs error {err:e}");
+        assert!(err <= 1e-4, "dit_a max abs error {err}");
+    }
+
+    #[test]
+    fn parity_dit_b() {
+        let err = run_fixture("dit_b");
+        println!("dit_b max abs error {err:e}");
+        assert!(err <= 1e-4, "dit_b max abs error {err}");
+    }
+}
