@@ -1,1 +1,27 @@
-//! TODO
+//! The farm's shared state, each part behind one small trait with one module per backend:
+//! the task queue (leases, retries, priorities) and the job book (job records, their changes
+//! and a stream of updates). The in-memory backends serve the embedded single-process farm.
+
+pub mod book;
+pub mod job;
+pub mod memory;
+pub use memory::{MemoryJobBook, MemoryQueue};
+pub mod task;
+
+pub use book::{JobBook, JobUpdate, Page};
+pub use job::{ChunkStatus, ClipInfo, Control, JobChange, JobRecord, JobState, Stage, UpdateDetail};
+pub use task::{Lease, Queue, Task, TaskKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("job {0} not found")]
+    JobNotFound(String),
+    /// The change does not apply to the job in its present state (cancel of a finished job).
+    #[error("{0}")]
+    Precondition(String),
+    #[error("queue backend: {0}")]
+    Backend(String),
+}
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;

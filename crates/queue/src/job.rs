@@ -1,0 +1,223 @@
+//! A job's record and the changes that move it through its life. `JobRecord::apply` is pure,
+//! so every backend applies changes the same way and refuses the same invalid ones.
+
+use crate::QueueError;
+use serde::{Deserialize, Serialize};
+use vidfarm_api::RenderSpec;
+use vidfarm_plan::ChunkPlan;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Paused,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Queued,
+    Denoise,
+    Assemble,
+    Done,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChunkStatus {
+    pub plan: ChunkPlan,
+    pub done: bool,
+    pub steps_done: u32,
+    pub attempts: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClipInfo {
+    pub object_key: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub frames: u32,
+    pub fps: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub spec: RenderSpec,
+    pub state: JobState,
+    pub stage: Stage,
+    pub chunks: Vec<ChunkStatus>,
+    pub error: Option<String>,
+    pub clip: Option<ClipInfo>,
+    pub idempotency_key: Option<String>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    /// Number of changes applied so far.
+    pub sequence: u64,
+}
+
+/// A change to a job, as sent by the coordinator (control) or a worker (progress).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum JobChange {
+    /// A worker started a delivery of a chunk.
+    ChunkStarted { chunk: u32 },
+    Step { chunk: u32, step: u32, steps_total: u32 },
+    ChunkDone { chunk: u32 },
+    AssembleStarted,
+    Succeeded(ClipInfo),
+    Failed(String),
+    Control(Control),
+}
+
+/// What a client asks of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Control {
+    Cancel,
+    Pause,
+    Resume,
+}
+
+/// What an applied change did, for watchers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum UpdateDetail {
+    State(JobState),
+    Step { chunk: u32, step: u32, steps_total: u32 },
+    ChunkFinished(u32),
+    Stage(Stage),
+}
+
+impl JobRecord {
+    pub fn new(id: String, spec: RenderSpec, plan: Vec<ChunkPlan>, idempotency_key: Option<String>, now_ms: i64) -> Self {
+        Self {
+            id,
+            spec,
+            state: JobState::Queued,
+            stage: Stage::Queued,
+            chunks: plan.into_iter().map(|plan| ChunkStatus { plan, done: false, steps_done: 0, attempts: 0 }).collect(),
+            error: None,
+            clip: None,
+            idempotency_key,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            sequence: 0,
+        }
+    }
+
+    pub fn chunks_done(&self) -> usize {
+        self.chunks.iter().filter(|c| c.done).count()
+    }
+
+    pub fn all_chunks_done(&self) -> bool {
+        self.chunks.iter().all(|c| c.done)
+    }
+
+    /// Progress from 0 to 1: denoising steps count for 90%, assembling for the rest.
+    pub fn fraction(&self) -> f64 {
+        match self.stage {
+            Stage::Done => return 1.0,
+            Stage::Assemble => return 0.9,
+            _ => {}
+        }
+        let total = self.chunks.len() as f64 * f64::from(self.spec.steps);
+        let done: f64 = self.chunks.iter().map(|c| if c.done { f64::from(self.spec.steps) } else { f64::from(c.steps_done) }).sum();
+        if total == 0.0 { 0.0 } else { 0.9 * done / total }
+    }
+
+    /// Applies a change. `Ok(None)` means it changed nothing (a late duplicate from a stale
+    /// worker, progress on a finished job); control changes that cannot apply are errors.
+    pub fn apply(&mut self, change: &JobChange, now_ms: i64) -> Result<Option<UpdateDetail>, QueueError> {
+        let detail = match change {
+            JobChange::Control(control) => self.apply_control(*control)?,
+            _ if self.state.is_final() => None,
+            JobChange::ChunkStarted { chunk } => {
+                let status = self.chunk_mut(*chunk)?;
+                status.attempts += 1;
+                status.steps_done = 0;
+                if self.state == JobState::Queued {
+                    self.state = JobState::Running;
+                    self.stage = Stage::Denoise;
+                    Some(UpdateDetail::State(JobState::Running))
+                } else {
+                    Some(UpdateDetail::Stage(self.stage))
+                }
+            }
+            JobChange::Step { chunk, step, steps_total } => {
+                let status = self.chunk_mut(*chunk)?;
+                if status.done {
+                    return Ok(None);
+                }
+                status.steps_done = *step;
+                Some(UpdateDetail::Step { chunk: *chunk, step: *step, steps_total: *steps_total })
+            }
+            JobChange::ChunkDone { chunk } => {
+                let steps = self.spec.steps;
+                let status = self.chunk_mut(*chunk)?;
+                if status.done {
+                    return Ok(None);
+                }
+                status.done = true;
+                status.steps_done = steps;
+                Some(UpdateDetail::ChunkFinished(*chunk))
+            }
+            JobChange::AssembleStarted => {
+                if self.stage == Stage::Assemble {
+                    return Ok(None);
+                }
+                self.stage = Stage::Assemble;
+                Some(UpdateDetail::Stage(Stage::Assemble))
+            }
+            JobChange::Succeeded(clip) => {
+                self.clip = Some(clip.clone());
+                self.state = JobState::Succeeded;
+                self.stage = Stage::Done;
+                Some(UpdateDetail::State(JobState::Succeeded))
+            }
+            JobChange::Failed(error) => {
+                self.error = Some(error.clone());
+                self.state = JobState::Failed;
+                Some(UpdateDetail::State(JobState::Failed))
+            }
+        };
+        if detail.is_some() {
+            self.sequence += 1;
+            self.updated_ms = now_ms;
+        }
+        Ok(detail)
+    }
+
+    fn apply_control(&mut self, control: Control) -> Result<Option<UpdateDetail>, QueueError> {
+        if self.state.is_final() {
+            let verb = format!("{control:?}").to_lowercase();
+            let state = format!("{:?}", self.state).to_lowercase();
+            return Err(QueueError::Precondition(format!("cannot {verb} job {}: it is already {state}", self.id)));
+        }
+        let next = match (control, self.state) {
+            (Control::Cancel, _) => JobState::Cancelled,
+            (Control::Pause, JobState::Paused) | (Control::Resume, JobState::Queued | JobState::Running) => return Ok(None),
+            (Control::Pause, _) => JobState::Paused,
+            (Control::Resume, _) if self.chunks.iter().any(|c| c.attempts > 0) => JobState::Running,
+            (Control::Resume, _) => JobState::Queued,
+        };
+        self.state = next;
+        Ok(Some(UpdateDetail::State(next)))
+    }
+
+    fn chunk_mut(&mut self, chunk: u32) -> Result<&mut ChunkStatus, QueueError> {
+        let id = self.id.clone();
+        self.chunks
+            .get_mut(chunk as usize)
+            .ok_or_else(|| QueueError::Precondition(format!("job {id} has no chunk {chunk}")))
+    }
+}

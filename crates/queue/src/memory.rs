@@ -1,0 +1,259 @@
+//! In-memory backends for the embedded single-process farm.
+
+use crate::book::{JobBook, JobUpdate, Page};
+use crate::job::{JobChange, JobRecord, JobState, UpdateDetail};
+use crate::task::{Lease, Queue, Task};
+use crate::QueueError;
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, broadcast};
+use tokio_stream::wrappers::BroadcastStream;
+use vidfarm_api::Priority;
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+struct Entry {
+    task: Task,
+    /// Arrival order, kept across redeliveries so a lapsed task keeps its place.
+    seq: u64,
+    token: u64,
+    leased_until: Option<Instant>,
+    ready_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    next_seq: u64,
+    next_token: u64,
+    entries: HashMap<String, Entry>,
+    ready: BTreeSet<(Reverse<Priority>, u64, String)>,
+}
+
+impl QueueState {
+    /// Moves due retries and lapsed leases back to the ready set.
+    fn reclaim(&mut self, now: Instant) {
+        for (id, e) in self.entries.iter_mut() {
+            let lapsed = e.leased_until.is_some_and(|t| t <= now);
+            let due = e.ready_at.is_some_and(|t| t <= now);
+            if lapsed || due {
+                e.leased_until = None;
+                e.ready_at = None;
+                self.ready.insert((Reverse(e.task.priority), e.seq, id.clone()));
+            }
+        }
+    }
+
+    fn holds(&self, lease: &Lease) -> bool {
+        self.entries.get(&lease.task.id()).is_some_and(|e| e.token == lease.token && e.leased_until.is_some())
+    }
+}
+
+/// The task queue in memory: a priority-ordered ready set, leases with deadlines.
+#[derive(Default)]
+pub struct MemoryQueue {
+    state: Mutex<QueueState>,
+    pushed: Notify,
+}
+
+impl MemoryQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        // A panic while holding the lock cannot leave the state half-changed in a way that
+        // matters more than stopping the farm, so recover the guard.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl Queue for MemoryQueue {
+    async fn push(&self, mut task: Task) -> Result<(), QueueError> {
+        let id = task.id();
+        {
+            let mut s = self.lock();
+            if s.entries.contains_key(&id) {
+                return Ok(());
+            }
+            task.attempt = 0;
+            let seq = s.next_seq;
+            s.next_seq += 1;
+            s.ready.insert((Reverse(task.priority), seq, id.clone()));
+            s.entries.insert(id, Entry { task, seq, token: 0, leased_until: None, ready_at: None });
+        }
+        self.pushed.notify_waiters();
+        Ok(())
+    }
+
+    async fn pull(&self, worker: &str, lease_for: Duration, wait: Duration) -> Result<Option<Lease>, QueueError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let notified = self.pushed.notified();
+            {
+                let mut s = self.lock();
+                let now = Instant::now();
+                s.reclaim(now);
+                if let Some(key) = s.ready.pop_first() {
+                    s.next_token += 1;
+                    let token = s.next_token;
+                    if let Some(e) = s.entries.get_mut(&key.2) {
+                        e.token = token;
+                        e.leased_until = Some(now + lease_for);
+                        e.task.attempt += 1;
+                        return Ok(Some(Lease { task: e.task.clone(), worker: worker.to_string(), token }));
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            // Wake on a push, or soon enough to notice retries falling due and leases lapsing.
+            let _ = tokio::time::timeout((deadline - now).min(Duration::from_millis(50)), notified).await;
+        }
+    }
+
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<bool, QueueError> {
+        let mut s = self.lock();
+        if !s.holds(lease) {
+            return Ok(false);
+        }
+        if let Some(e) = s.entries.get_mut(&lease.task.id()) {
+            e.leased_until = Some(Instant::now() + lease_for);
+        }
+        Ok(true)
+    }
+
+    async fn ack(&self, lease: &Lease) -> Result<bool, QueueError> {
+        let mut s = self.lock();
+        if !s.holds(lease) {
+            return Ok(false);
+        }
+        s.entries.remove(&lease.task.id());
+        Ok(true)
+    }
+
+    async fn retry(&self, lease: &Lease, delay: Duration) -> Result<bool, QueueError> {
+        let mut s = self.lock();
+        if !s.holds(lease) {
+            return Ok(false);
+        }
+        if let Some(e) = s.entries.get_mut(&lease.task.id()) {
+            e.leased_until = None;
+            e.ready_at = Some(Instant::now() + delay);
+        }
+        Ok(true)
+    }
+
+    async fn discard_job(&self, job_id: &str) -> Result<usize, QueueError> {
+        let mut s = self.lock();
+        let queued: Vec<String> = s
+            .entries
+            .iter()
+            .filter(|(_, e)| e.task.job_id == job_id && e.leased_until.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &queued {
+            s.entries.remove(id);
+        }
+        s.ready.retain(|(_, _, id)| !queued.contains(id));
+        Ok(queued.len())
+    }
+
+    async fn depth(&self) -> Result<usize, QueueError> {
+        Ok(self.lock().entries.len())
+    }
+}
+
+#[derive(Default)]
+struct BookState {
+    jobs: BTreeMap<String, JobRecord>,
+    by_key: HashMap<String, String>,
+}
+
+/// The job book in memory, with a broadcast channel for watchers.
+pub struct MemoryJobBook {
+    state: Mutex<BookState>,
+    updates: broadcast::Sender<JobUpdate>,
+}
+
+impl Default for MemoryJobBook {
+    fn default() -> Self {
+        Self { state: Mutex::default(), updates: broadcast::channel(1024).0 }
+    }
+}
+
+impl MemoryJobBook {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BookState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl JobBook for MemoryJobBook {
+    async fn insert(&self, record: JobRecord) -> Result<(JobRecord, bool), QueueError> {
+        let mut s = self.lock();
+        if let Some(existing) = record.idempotency_key.as_ref().and_then(|k| s.by_key.get(k)).and_then(|id| s.jobs.get(id)) {
+            return Ok((existing.clone(), false));
+        }
+        if let Some(key) = &record.idempotency_key {
+            s.by_key.insert(key.clone(), record.id.clone());
+        }
+        s.jobs.insert(record.id.clone(), record.clone());
+        Ok((record, true))
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
+        Ok(self.lock().jobs.get(id).cloned())
+    }
+
+    async fn list(&self, states: &[JobState], after: Option<&str>, limit: usize) -> Result<Page, QueueError> {
+        let s = self.lock();
+        let start = after.map_or(std::ops::Bound::Unbounded, |a| std::ops::Bound::Excluded(a.to_string()));
+        let mut matching = s
+            .jobs
+            .range((start, std::ops::Bound::Unbounded))
+            .map(|(_, r)| r)
+            .filter(|r| states.is_empty() || states.contains(&r.state));
+        let jobs: Vec<JobRecord> = matching.by_ref().take(limit).cloned().collect();
+        let next = if matching.next().is_some() { jobs.last().map(|r| r.id.clone()) } else { None };
+        Ok(Page { jobs, next })
+    }
+
+    async fn update(&self, id: &str, change: JobChange) -> Result<(JobRecord, Option<UpdateDetail>), QueueError> {
+        let (record, detail) = {
+            let mut s = self.lock();
+            let record = s.jobs.get_mut(id).ok_or_else(|| QueueError::JobNotFound(id.to_string()))?;
+            let detail = record.apply(&change, now_ms())?;
+            (record.clone(), detail)
+        };
+        if let Some(detail) = &detail {
+            // No receivers is fine: nobody is watching.
+            let _ = self.updates.send(JobUpdate { record: record.clone(), detail: detail.clone() });
+        }
+        Ok((record, detail))
+    }
+
+    async fn subscribe(&self, id: &str) -> Result<BoxStream<'static, JobUpdate>, QueueError> {
+        let id = id.to_string();
+        let stream = BroadcastStream::new(self.updates.subscribe())
+            // A watcher that lags skips updates; each carries the whole record, so it catches up.
+            .filter_map(move |u| {
+                let keep = u.ok().filter(|u| u.record.id == id);
+                async move { keep }
+            });
+        Ok(stream.boxed())
+    }
+}
