@@ -218,6 +218,7 @@ impl TensorSource {
             Dtype::BF16 => {
                 bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
             }
+            Dtype::F64 => self.f64_values(name)?.into_iter().map(|v| v as f32).collect(),
             other => {
                 return Err(ModelError::UnsupportedDtype {
                     path: file.path.clone(),
@@ -227,6 +228,21 @@ impl TensorSource {
             }
         };
         Ok(Tensor::from_data(TensorData::new(values, info.shape.clone()), device))
+    }
+
+    /// The values of an F64 or F32 tensor in full precision (schedules, reference numbers).
+    pub fn f64_values(&self, name: &str) -> Result<Vec<f64>, ModelError> {
+        let (file, info) = self.lookup(name)?;
+        let bytes = file.data(info);
+        match info.dtype {
+            Dtype::F64 => Ok(bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8]))).collect()),
+            Dtype::F32 => Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).collect()),
+            other => Err(ModelError::UnsupportedDtype {
+                path: file.path.clone(),
+                tensor: name.to_string(),
+                found: format!("{other:?} (expected F64 or F32)"),
+            }),
+        }
     }
 
     /// An integer tensor (I64 or I32) of any shape of rank `D`, e.g. token ids.

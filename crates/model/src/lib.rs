@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod error;
 pub mod layers;
+pub mod scheduler;
 pub mod transformer;
 
 #[cfg(test)]
