@@ -365,3 +365,136 @@ pub fn unsupported(path: &Path, field: &str, value: impl std::fmt::Debug, reason
         reason: reason.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::Linear;
+    use crate::test_util::TestBackend;
+
+    type B = TestBackend;
+
+    fn write_raw(path: &Path, tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)>) {
+        let views: Vec<_> = tensors
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                (*name, safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).expect("view"))
+            })
+            .collect();
+        safetensors::tensor::serialize_to_file(views, None, path).expect("write");
+    }
+
+    fn f32_bytes(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    fn message(err: ModelError) -> String {
+        err.to_string()
+    }
+
+    #[test]
+    fn missing_weights_file_names_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = TensorSource::open_component(dir.path()).err().expect("must fail");
+        assert!(matches!(err, ModelError::MissingFile { .. }), "{err}");
+        assert!(message(err).contains("diffusion_pytorch_model.safetensors"));
+    }
+
+    #[test]
+    fn missing_tensor_names_file_and_tensor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("model.safetensors");
+        write_raw(&path, vec![("proj.weight", Dtype::F32, vec![2, 3], f32_bytes(&[0.0; 6]))]);
+        let src = TensorSource::open_component(dir.path()).expect("open");
+        let err = Linear::<B>::load(&src, "proj", 3, 2, true, &Default::default()).err().expect("no bias");
+        assert!(matches!(err, ModelError::MissingTensor { .. }), "{err}");
+        let text = message(err);
+        assert!(text.contains("model.safetensors") && text.contains("proj.bias"), "{text}");
+    }
+
+    #[test]
+    fn wrong_shape_names_file_tensor_and_shapes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("model.safetensors");
+        write_raw(&path, vec![("proj.weight", Dtype::F32, vec![3, 2], f32_bytes(&[0.0; 6]))]);
+        let src = TensorSource::open_component(dir.path()).expect("open");
+        let err = Linear::<B>::load(&src, "proj", 3, 2, false, &Default::default()).err().expect("shape");
+        let text = message(err);
+        assert!(text.contains("model.safetensors") && text.contains("proj.weight"), "{text}");
+        assert!(text.contains("[3, 2]") && text.contains("[2, 3]"), "{text}");
+    }
+
+    #[test]
+    fn integer_dtype_is_rejected_with_file_and_tensor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("model.safetensors");
+        let bytes: Vec<u8> = [1i64, 2].iter().flat_map(|v| v.to_le_bytes()).collect();
+        write_raw(&path, vec![("scale", Dtype::I64, vec![2], bytes)]);
+        let src = TensorSource::open_component(dir.path()).expect("open");
+        let err = src.tensor::<B, 1>("scale", [2], &Default::default()).err().expect("dtype");
+        assert!(matches!(err, ModelError::UnsupportedDtype { .. }), "{err}");
+        let text = message(err);
+        assert!(text.contains("model.safetensors") && text.contains("scale") && text.contains("I64"), "{text}");
+    }
+
+    #[test]
+    fn half_precision_weights_convert_to_f32() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("model.safetensors");
+        let f16: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+        let bf16: Vec<u8> = [0.25f32, 3.0].iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect();
+        write_raw(&path, vec![("a", Dtype::F16, vec![2], f16), ("b", Dtype::BF16, vec![2], bf16)]);
+        let src = TensorSource::open_component(dir.path()).expect("open");
+        let device = Default::default();
+        let a: Vec<f32> = src.tensor::<B, 1>("a", [2], &device).expect("a").into_data().into_vec().expect("f32");
+        let b: Vec<f32> = src.tensor::<B, 1>("b", [2], &device).expect("b").into_data().into_vec().expect("f32");
+        assert_eq!((a, b), (vec![1.5, -2.0], vec![0.25, 3.0]));
+    }
+
+    #[test]
+    fn truncated_file_is_reported_as_corrupt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("diffusion_pytorch_model.safetensors");
+        write_raw(&path, vec![("w", Dtype::F32, vec![4], f32_bytes(&[1.0; 4]))]);
+        let bytes = std::fs::read(&path).expect("read");
+        std::fs::write(&path, &bytes[..bytes.len() - 5]).expect("truncate");
+        let err = TensorSource::open_component(dir.path()).err().expect("corrupt");
+        assert!(matches!(err, ModelError::CorruptSafetensors { .. }), "{err}");
+        assert!(message(err).contains("diffusion_pytorch_model.safetensors"));
+        std::fs::write(&path, b"\x05").expect("garbage");
+        assert!(matches!(TensorSource::open_component(dir.path()), Err(ModelError::CorruptSafetensors { .. })));
+    }
+
+    #[test]
+    fn sharded_component_loads_through_its_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_raw(&dir.path().join("model-00001-of-00002.safetensors"), vec![("a", Dtype::F32, vec![1], f32_bytes(&[1.0]))]);
+        write_raw(&dir.path().join("model-00002-of-00002.safetensors"), vec![("b", Dtype::F32, vec![1], f32_bytes(&[2.0]))]);
+        let index = r#"{"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}"#;
+        std::fs::write(dir.path().join("model.safetensors.index.json"), index).expect("index");
+        let src = TensorSource::open_component(dir.path()).expect("open");
+        assert_eq!(src.names(), vec!["a".to_string(), "b".to_string()]);
+        let b: Vec<f32> = src.tensor::<B, 1>("b", [1], &Default::default()).expect("b").into_data().into_vec().expect("f32");
+        assert_eq!(b, vec![2.0]);
+        // A shard named by the index but absent is a missing file.
+        std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).expect("rm");
+        let err = TensorSource::open_component(dir.path()).err().expect("missing shard");
+        assert!(message(err).contains("model-00002-of-00002.safetensors"));
+    }
+
+    #[test]
+    fn writer_round_trips_through_source() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let device = Default::default();
+        let linear = Linear::<B>::random(3, 2, true, &device);
+        let mut out = TensorWriter::new();
+        linear.save(&mut out, "proj").expect("save");
+        assert_eq!(out.num_values(), 8);
+        out.write(&dir.path().join("model.safetensors")).expect("write");
+        let src = TensorSource::open_component(dir.path()).expect("open");
+        let loaded = Linear::<B>::load(&src, "proj", 3, 2, true, &device).expect("load");
+        let x = Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32, -2.0, 0.5], [1, 3]), &device);
+        let diff: f32 = (linear.forward(x.clone()) - loaded.forward(x)).abs().max().into_scalar();
+        assert_eq!(diff, 0.0);
+    }
+}
