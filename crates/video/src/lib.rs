@@ -1,1 +1,182 @@
-//! TODO
+//! Turning decoded frames into a clip: H.264 in yuv420p inside an MP4 with `+faststart`
+//! (the index up front, so players start before the download ends), via FFmpeg's libraries.
+
+use ffmpeg_next as ffmpeg;
+use std::path::{Path, PathBuf};
+
+pub mod probe;
+pub use probe::{ProbeInfo, probe};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VideoError {
+    #[error("frames: {0}")]
+    Frames(String),
+    #[error("FFmpeg while {doing} {path}: {source}")]
+    Ffmpeg { doing: &'static str, path: PathBuf, source: ffmpeg::Error },
+    #[error("FFmpeg has no H.264 encoder (install libx264 and an FFmpeg built with it)")]
+    NoEncoder,
+}
+
+/// RGB frames of one clip, 8 bits per channel, rows packed.
+pub struct RgbFrames {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub frames: Vec<Vec<u8>>,
+}
+
+impl RgbFrames {
+    /// Builds frames from `[3, frames, height, width]` values in [-1, 1], as the VAE decodes them.
+    pub fn from_planar_signed(values: &[f32], frames: usize, height: usize, width: usize, fps: u32) -> Result<Self, VideoError> {
+        let plane = height * width;
+        if values.len() != 3 * frames * plane {
+            return Err(VideoError::Frames(format!(
+                "{} values do not make 3 x {frames} x {height} x {width}",
+                values.len()
+            )));
+        }
+        let to_u8 = |v: f32| ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8;
+        let frames = (0..frames)
+            .map(|f| {
+                let mut rgb = Vec::with_capacity(plane * 3);
+                for p in 0..plane {
+                    for c in 0..3 {
+                        rgb.push(to_u8(values[(c * frames + f) * plane + p]));
+                    }
+                }
+                rgb
+            })
+            .collect();
+        Ok(Self { width: width as u32, height: height as u32, fps, frames })
+    }
+}
+
+/// Encodes frames as an H.264 MP4 at `path`.
+pub fn encode_mp4(clip: &RgbFrames, path: &Path) -> Result<(), VideoError> {
+    let (w, h) = (clip.width, clip.height);
+    if w == 0 || h == 0 || w % 2 != 0 || h % 2 != 0 {
+        return Err(VideoError::Frames(format!("size {w}x{h}: yuv420p needs even, positive sides")));
+    }
+    if clip.fps == 0 || clip.frames.is_empty() {
+        return Err(VideoError::Frames("a clip needs frames and a positive fps".into()));
+    }
+    if let Some(bad) = clip.frames.iter().position(|f| f.len() != (w * h * 3) as usize) {
+        return Err(VideoError::Frames(format!("frame {bad} is not {w}x{h} RGB")));
+    }
+    let err = |doing: &'static str| move |source| VideoError::Ffmpeg { doing, path: path.to_path_buf(), source };
+    ffmpeg::init().map_err(err("initialising for"))?;
+
+    let mut output = ffmpeg::format::output(&path).map_err(err("creating"))?;
+    let codec = ffmpeg::encoder::find(ffmpeg::codec::Id::H264).ok_or(VideoError::NoEncoder)?;
+    let global_header = output.format().flags().contains(ffmpeg::format::Flags::GLOBAL_HEADER);
+    let time_base = ffmpeg::Rational::new(1, clip.fps as i32);
+
+    let mut video = ffmpeg::codec::context::Context::new_with_codec(codec).encoder().video().map_err(err("configuring"))?;
+    video.set_width(w);
+    video.set_height(h);
+    video.set_format(ffmpeg::format::Pixel::YUV420P);
+    video.set_time_base(time_base);
+    video.set_frame_rate(Some(ffmpeg::Rational::new(clip.fps as i32, 1)));
+    if global_header {
+        video.set_flags(ffmpeg::codec::Flags::GLOBAL_HEADER);
+    }
+    let mut options = ffmpeg::Dictionary::new();
+    options.set("preset", "medium");
+    options.set("crf", "18");
+    let mut encoder = video.open_as_with(codec, options).map_err(err("opening the encoder for"))?;
+
+    let stream_index = {
+        let mut stream = output.add_stream(codec).map_err(err("adding a stream to"))?;
+        stream.set_parameters(&encoder);
+        stream.set_time_base(time_base);
+        stream.set_avg_frame_rate(ffmpeg::Rational::new(clip.fps as i32, 1));
+        stream.index()
+    };
+    let mut mux_options = ffmpeg::Dictionary::new();
+    mux_options.set("movflags", "+faststart");
+    output.write_header_with(mux_options).map_err(err("writing the header of"))?;
+    let stream_time_base = output.stream(stream_index).map(|s| s.time_base()).unwrap_or(time_base);
+
+    let mut scaler = ffmpeg::software::scaling::Context::get(
+        ffmpeg::format::Pixel::RGB24,
+        w,
+        h,
+        ffmpeg::format::Pixel::YUV420P,
+        w,
+        h,
+        ffmpeg::software::scaling::Flags::BILINEAR,
+    )
+    .map_err(err("creating the colour converter for"))?;
+
+    let write_packets = |encoder: &mut ffmpeg::encoder::Video, output: &mut ffmpeg::format::context::Output| {
+        let mut packet = ffmpeg::Packet::empty();
+        while encoder.receive_packet(&mut packet).is_ok() {
+            packet.set_stream(stream_index);
+            packet.rescale_ts(time_base, stream_time_base);
+            packet.write_interleaved(output).map_err(err("writing a packet to"))?;
+        }
+        Ok::<(), VideoError>(())
+    };
+
+    let mut rgb = ffmpeg::frame::Video::new(ffmpeg::format::Pixel::RGB24, w, h);
+    let row_bytes = (w * 3) as usize;
+    for (i, pixels) in clip.frames.iter().enumerate() {
+        let stride = rgb.stride(0);
+        let data = rgb.data_mut(0);
+        for (y, row) in pixels.chunks_exact(row_bytes).enumerate() {
+            data[y * stride..y * stride + row_bytes].copy_from_slice(row);
+        }
+        let mut yuv = ffmpeg::frame::Video::empty();
+        scaler.run(&rgb, &mut yuv).map_err(err("converting a frame for"))?;
+        yuv.set_pts(Some(i as i64));
+        encoder.send_frame(&yuv).map_err(err("encoding a frame for"))?;
+        write_packets(&mut encoder, &mut output)?;
+    }
+    encoder.send_eof().map_err(err("finishing the encoder for"))?;
+    write_packets(&mut encoder, &mut output)?;
+    output.write_trailer().map_err(err("writing the trailer of"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_a_clip_that_ffprobe_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clip.mp4");
+        let (w, h, n) = (64usize, 48usize, 17usize);
+        // A white square moving right on black.
+        let mut values = vec![-1.0f32; 3 * n * h * w];
+        for f in 0..n {
+            for c in 0..3 {
+                for y in 16..32 {
+                    for x in (2 * f)..(2 * f + 16) {
+                        values[((c * n + f) * h + y) * w + x] = 1.0;
+                    }
+                }
+            }
+        }
+        let clip = RgbFrames::from_planar_signed(&values, n, h, w, 8).unwrap();
+        encode_mp4(&clip, &path).unwrap();
+        let info = probe(&path).unwrap();
+        assert_eq!(info.codec, "h264");
+        assert_eq!(info.pix_fmt, "yuv420p");
+        assert_eq!((info.width, info.height, info.frames), (64, 48, 17));
+        assert_eq!(info.fps, 8.0);
+        assert!((info.duration_seconds - 17.0 / 8.0).abs() < 0.01, "{}", info.duration_seconds);
+        assert!(info.faststart, "moov before mdat");
+    }
+
+    #[test]
+    fn bad_frames_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.mp4");
+        let odd = RgbFrames { width: 3, height: 2, fps: 8, frames: vec![vec![0; 18]] };
+        assert!(matches!(encode_mp4(&odd, &path), Err(VideoError::Frames(_))));
+        let short = RgbFrames { width: 4, height: 2, fps: 8, frames: vec![vec![0; 5]] };
+        assert!(matches!(encode_mp4(&short, &path), Err(VideoError::Frames(_))));
+        assert!(RgbFrames::from_planar_signed(&[0.0; 5], 1, 2, 2, 8).is_err());
+    }
+}
