@@ -7,9 +7,12 @@
 
 pub mod checkpoint;
 pub mod error;
+pub mod init;
 pub mod layers;
 pub mod scheduler;
+pub mod text_encoder;
 pub mod transformer;
+pub mod vae;
 
 #[cfg(test)]
 mod test_util;
