@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod init;
 pub mod layers;
+pub mod sampling;
 pub mod scheduler;
 pub mod text_encoder;
 pub mod transformer;
