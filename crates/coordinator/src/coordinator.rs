@@ -1,0 +1,133 @@
+//! Job intake and control over the job book and the queue.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use vidfarm_api::{FieldError, ModelProfile, RenderSpec, pb};
+use vidfarm_plan::plan_chunks;
+use vidfarm_queue::{Control, JobBook, JobChange, JobRecord, JobState, Page, Queue, QueueError, Task, TaskKind};
+use vidfarm_store::ArtifactStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("job {job_id} has no clip: it is {state}")]
+    NoClip { job_id: String, state: String },
+    #[error("{0}")]
+    Store(String),
+}
+
+#[derive(Clone)]
+pub struct Coordinator {
+    book: Arc<dyn JobBook>,
+    queue: Arc<dyn Queue>,
+    store: ArtifactStore,
+    models: Vec<ModelProfile>,
+}
+
+/// Most jobs one `list` page holds.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+const DEFAULT_PAGE_SIZE: u32 = 50;
+
+impl Coordinator {
+    /// `models` are the models the farm's workers serve; the first is the default.
+    pub fn new(book: Arc<dyn JobBook>, queue: Arc<dyn Queue>, store: ArtifactStore, models: Vec<ModelProfile>) -> Self {
+        Self { book, queue, store, models }
+    }
+
+    pub fn book(&self) -> &Arc<dyn JobBook> {
+        &self.book
+    }
+
+    pub fn store(&self) -> &ArtifactStore {
+        &self.store
+    }
+
+    /// Validates, plans and queues a job. Returns the job and whether it is new (an
+    /// idempotency key seen before returns the job it made).
+    pub async fn submit(&self, spec: &pb::JobSpec, idempotency_key: &str) -> Result<(JobRecord, bool), CoordinatorError> {
+        if idempotency_key.len() > 256 {
+            return Err(FieldError::new("idempotency_key", "at most 256 bytes").into());
+        }
+        let random = uuid::Uuid::new_v4().as_u128();
+        let spec = RenderSpec::resolve(spec, &self.models, (random >> 64) as u64 & (i64::MAX as u64))?;
+        let plan = plan_chunks(spec.latent_frames(), spec.chunk_latent_frames, spec.overlap_latent_frames, spec.seed)
+            .map_err(|e| FieldError::new("spec.chunk_latent_frames", e.to_string()))?;
+        let now = now_ms();
+        // Ids sort by creation time, which is the order `list` pages in.
+        let id = format!("job-{now:013}-{:08x}", random as u32);
+        let key = (!idempotency_key.is_empty()).then(|| idempotency_key.to_string());
+        let record = JobRecord::new(id, spec, plan, key, now);
+        let (record, created) = self.book.insert(record).await?;
+        if created {
+            for chunk in &record.chunks {
+                let task = Task::new(&record.id, TaskKind::Denoise { chunk: chunk.plan.index }, record.spec.priority);
+                self.queue.push(task).await?;
+            }
+            tracing::info!(job_id = %record.id, chunks = record.chunks.len(), frames = record.spec.frames, "job accepted");
+        }
+        Ok((record, created))
+    }
+
+    pub async fn get(&self, job_id: &str) -> Result<JobRecord, CoordinatorError> {
+        check_job_id(job_id)?;
+        self.book.get(job_id).await?.ok_or_else(|| QueueError::JobNotFound(job_id.to_string()).into())
+    }
+
+    pub async fn list(&self, states: &[JobState], page_token: &str, page_size: u32) -> Result<Page, CoordinatorError> {
+        if page_size > MAX_PAGE_SIZE {
+            return Err(FieldError::new("page_size", format!("at most {MAX_PAGE_SIZE}, got {page_size}")).into());
+        }
+        if !page_token.is_empty() && !looks_like_job_id(page_token) {
+            return Err(FieldError::new("page_token", "not a token from a previous page").into());
+        }
+        let size = if page_size == 0 { DEFAULT_PAGE_SIZE } else { page_size };
+        let after = (!page_token.is_empty()).then_some(page_token);
+        Ok(self.book.list(states, after, size as usize).await?)
+    }
+
+    /// Applies cancel, pause or resume. A cancelled job's queued tasks are dropped; its
+    /// running chunk stops at its next denoising step.
+    pub async fn control(&self, job_id: &str, control: Control) -> Result<JobRecord, CoordinatorError> {
+        check_job_id(job_id)?;
+        let (record, _) = self.book.update(job_id, JobChange::Control(control)).await?;
+        if control == Control::Cancel {
+            self.queue.discard_job(job_id).await?;
+        }
+        tracing::info!(job_id, ?control, "job control");
+        Ok(record)
+    }
+
+    /// The finished clip and a URL to fetch it.
+    pub async fn clip(&self, job_id: &str) -> Result<(JobRecord, String), CoordinatorError> {
+        let record = self.get(job_id).await?;
+        let Some(clip) = &record.clip else {
+            return Err(CoordinatorError::NoClip {
+                job_id: job_id.to_string(),
+                state: format!("{:?}", record.state).to_lowercase(),
+            });
+        };
+        let url = self.store.fetch_url(&clip.object_key).map_err(|e| CoordinatorError::Store(e.to_string()))?;
+        Ok((record, url))
+    }
+}
+
+fn looks_like_job_id(id: &str) -> bool {
+    id.len() <= 64 && id.starts_with("job-") && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+fn check_job_id(job_id: &str) -> Result<(), FieldError> {
+    if job_id.is_empty() {
+        return Err(FieldError::new("job_id", "must not be empty"));
+    }
+    if !looks_like_job_id(job_id) {
+        return Err(FieldError::new("job_id", format!("{job_id:?} is not a job id")));
+    }
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

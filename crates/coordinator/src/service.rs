@@ -1,0 +1,130 @@
+//! `RenderService` over the coordinator: request checks, status codes, the watch stream.
+
+use crate::convert::{clip_to_pb, detail_to_pb, job_to_pb, state_from_pb, state_to_pb};
+use crate::coordinator::{Coordinator, CoordinatorError};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tonic::{Request, Response, Status};
+use vidfarm_api::pb::{self, render_service_server::RenderService};
+use vidfarm_queue::{Control, QueueError};
+
+pub struct RenderApi {
+    coordinator: Coordinator,
+}
+
+impl RenderApi {
+    pub fn new(coordinator: Coordinator) -> Self {
+        Self { coordinator }
+    }
+
+    fn job(&self, record: &vidfarm_queue::JobRecord) -> pb::Job {
+        job_to_pb(record, self.coordinator.store())
+    }
+
+    async fn control(&self, job_id: &str, control: Control) -> Result<Response<pb::Job>, Status> {
+        let record = self.coordinator.control(job_id, control).await.map_err(status)?;
+        Ok(Response::new(self.job(&record)))
+    }
+}
+
+/// Maps coordinator errors to gRPC codes: bad fields are INVALID_ARGUMENT naming the field.
+pub fn status(e: CoordinatorError) -> Status {
+    match e {
+        CoordinatorError::Invalid(field) => field.into(),
+        CoordinatorError::Queue(QueueError::JobNotFound(id)) => Status::not_found(format!("job {id} not found")),
+        CoordinatorError::Queue(QueueError::Precondition(m)) => Status::failed_precondition(m),
+        CoordinatorError::Queue(QueueError::Backend(m)) => Status::unavailable(m),
+        e @ CoordinatorError::NoClip { .. } => Status::failed_precondition(e.to_string()),
+        CoordinatorError::Store(m) => Status::unavailable(m),
+    }
+}
+
+#[tonic::async_trait]
+impl RenderService for RenderApi {
+    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let request = request.into_inner();
+        let spec = request.spec.ok_or_else(|| Status::invalid_argument("spec: is required"))?;
+        let (record, created) = self.coordinator.submit(&spec, &request.idempotency_key).await.map_err(status)?;
+        Ok(Response::new(pb::SubmitJobResponse { job: Some(self.job(&record)), created }))
+    }
+
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let record = self.coordinator.get(&request.into_inner().job_id).await.map_err(status)?;
+        Ok(Response::new(self.job(&record)))
+    }
+
+    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let request = request.into_inner();
+        let mut states = Vec::new();
+        for &s in &request.states {
+            let state = pb::JobState::try_from(s)
+                .ok()
+                .and_then(state_from_pb)
+                .ok_or_else(|| Status::invalid_argument(format!("states: unknown job state {s}")))?;
+            states.push(state);
+        }
+        let page = self.coordinator.list(&states, &request.page_token, request.page_size).await.map_err(status)?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: page.jobs.iter().map(|r| self.job(r)).collect(),
+            next_page_token: page.next.unwrap_or_default(),
+        }))
+    }
+
+    type WatchJobStream = BoxStream<'static, Result<pb::JobEvent, Status>>;
+
+    async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+        let job_id = request.into_inner().job_id;
+        // Subscribe before reading the snapshot, so no change falls between the two.
+        self.coordinator.get(&job_id).await.map_err(status)?;
+        let updates = self.coordinator.book().subscribe(&job_id).await.map_err(|e| status(e.into()))?;
+        let snapshot = self.coordinator.get(&job_id).await.map_err(status)?;
+        let store = self.coordinator.store().clone();
+        let first = pb::JobEvent {
+            sequence: snapshot.sequence,
+            job: Some(job_to_pb(&snapshot, &store)),
+            detail: Some(pb::job_event::Detail::StateChanged(state_to_pb(snapshot.state) as i32)),
+        };
+        let finished = snapshot.state.is_final();
+        let after = snapshot.sequence;
+        let rest = updates
+            .filter(move |u| futures::future::ready(u.record.sequence > after))
+            .map(move |u| pb::JobEvent {
+                sequence: u.record.sequence,
+                job: Some(job_to_pb(&u.record, &store)),
+                detail: Some(detail_to_pb(&u.detail)),
+            });
+        // The stream ends with the event that makes the job final.
+        let rest = rest.scan(finished, |done, event| {
+            if *done {
+                return futures::future::ready(None);
+            }
+            let state = event.job.as_ref().map(|j| j.state).unwrap_or_default();
+            *done = matches!(
+                pb::JobState::try_from(state),
+                Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
+            );
+            futures::future::ready(Some(event))
+        });
+        let stream = futures::stream::once(async move { first }).chain(rest).map(Ok);
+        Ok(Response::new(stream.boxed()))
+    }
+
+    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+        self.control(&request.into_inner().job_id, Control::Cancel).await
+    }
+
+    async fn pause_job(&self, request: Request<pb::PauseJobRequest>) -> Result<Response<pb::Job>, Status> {
+        self.control(&request.into_inner().job_id, Control::Pause).await
+    }
+
+    async fn resume_job(&self, request: Request<pb::ResumeJobRequest>) -> Result<Response<pb::Job>, Status> {
+        self.control(&request.into_inner().job_id, Control::Resume).await
+    }
+
+    async fn get_clip(&self, request: Request<pb::GetClipRequest>) -> Result<Response<pb::Clip>, Status> {
+        let (record, _) = self.coordinator.clip(&request.into_inner().job_id).await.map_err(status)?;
+        clip_to_pb(&record, self.coordinator.store())
+            .map(Response::new)
+            .ok_or_else(|| Status::failed_precondition("job has no clip"))
+    }
+}
