@@ -12,6 +12,7 @@ pub mod layers;
 pub mod sampling;
 pub mod scheduler;
 pub mod text_encoder;
+pub mod tokenizer;
 pub mod transformer;
 pub mod vae;
 
