@@ -245,6 +245,25 @@ impl TensorSource {
         }
     }
 
+    /// The values of a float (F64/F32/F16/BF16) or integer (I64/I32) tensor as f64, e.g. timesteps
+    /// that a reference may store in either form.
+    pub fn f64_values_any(&self, name: &str) -> Result<Vec<f64>, ModelError> {
+        let (file, info) = self.lookup(name)?;
+        let bytes = file.data(info);
+        match info.dtype {
+            Dtype::F64 | Dtype::F32 => self.f64_values(name),
+            Dtype::F16 => Ok(bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f64()).collect()),
+            Dtype::BF16 => Ok(bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64()).collect()),
+            Dtype::I64 => Ok(bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f64).collect()),
+            Dtype::I32 => Ok(bytes.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).collect()),
+            other => Err(ModelError::UnsupportedDtype {
+                path: file.path.clone(),
+                tensor: name.to_string(),
+                found: format!("{other:?} (expected a float or integer tensor)"),
+            }),
+        }
+    }
+
     /// An integer tensor (I64 or I32) of any shape of rank `D`, e.g. token ids.
     pub fn int_tensor_of_rank<B: Backend, const D: usize>(
         &self,

@@ -9,10 +9,12 @@ pub mod checkpoint;
 pub mod error;
 pub mod init;
 pub mod layers;
+pub mod pipeline;
 pub mod sampling;
 pub mod scheduler;
 pub mod text_encoder;
 pub mod tokenizer;
+pub mod tool;
 pub mod transformer;
 pub mod vae;
 
