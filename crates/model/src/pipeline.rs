@@ -419,4 +419,32 @@ mod tests {
         config.transformer.text_dim = 9;
         assert!(matches!(Pipeline::<B>::random(config, 0, &device), Err(ModelError::InvalidInput(_))));
     }
+
+    /// The whole pipeline against diffusers' `WanPipeline` on tiny random components
+    /// (`parity/pipeline.py`): prompt embeddings, UniPC + guidance latents, decoded video.
+    #[test]
+    fn parity_wan_pipeline() {
+        let device = Default::default();
+        let dir = fixture("pipeline");
+        let mut pipeline = Pipeline::<B>::load(&dir.join("wan_tiny"), &device).expect("load");
+        pipeline.max_sequence_length = 12;
+        let io = crate::checkpoint::TensorSource::open_files(&[dir.join("io.safetensors")]).expect("io");
+        let read3 = |name: &str| io.tensor_of_rank::<B, 3>(name, &device).expect(name);
+        let read5 = |name: &str| io.tensor_of_rank::<B, 5>(name, &device).expect(name);
+
+        let cond = pipeline.encode_prompt("a red circle moving to the left").expect("cond");
+        let uncond = pipeline.encode_prompt("blue square").expect("uncond");
+        let cond_err = max_abs_diff(cond.hidden.clone(), read3("prompt_embeds"));
+        let uncond_err = max_abs_diff(uncond.hidden.clone(), read3("negative_prompt_embeds"));
+
+        let opts = SamplingOptions { sampler: SamplerKind::UniPc, steps: 4, guidance_scale: 4.0, flow_shift: 3.0 };
+        let latents =
+            pipeline.denoise(read5("noise"), &cond, &uncond, &opts, &mut |_| StepControl::Continue).expect("denoise");
+        let latents_err = max_abs_diff(latents.clone(), read5("latents"));
+        let video_err = max_abs_diff(pipeline.decode(latents).expect("decode"), read5("video"));
+        println!("pipeline max abs errors: prompt {cond_err:e}, negative {uncond_err:e}, latents {latents_err:e}, video {video_err:e}");
+        for (what, err) in [("prompt", cond_err), ("negative", uncond_err), ("latents", latents_err), ("video", video_err)] {
+            assert!(err <= 1e-4, "{what}: max abs error {err}");
+        }
+    }
 }
