@@ -8,7 +8,6 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 
 use super::AutoencoderKLWanConfig;
-use super::attention::AttentionBlock;
 use super::causal_conv::{CausalConv3d, FeatureCache};
 use super::mid_block::MidBlock;
 use super::norm::ChannelRmsNorm;
@@ -22,7 +21,6 @@ use crate::init::Weights;
 #[derive(Module, Debug)]
 pub enum DownLayer<B: Backend> {
     Residual(ResidualBlock<B>),
-    Attention(AttentionBlock<B>),
     Resample(Resample<B>),
 }
 
@@ -43,17 +41,12 @@ impl<B: Backend> Encoder3d<B> {
         let conv_in = CausalConv3d::cube3(weights, &name("conv_in"), config.in_channels, dims[0], device)?;
 
         let mut down_blocks = Vec::new();
-        let mut scale = 1.0;
         let levels = config.dim_mult.len();
         for level in 0..levels {
             let (mut in_dim, out_dim) = (dims[level], dims[level + 1]);
             for _ in 0..config.num_res_blocks {
                 let layer_prefix = name(&format!("down_blocks.{}", down_blocks.len()));
                 down_blocks.push(DownLayer::Residual(ResidualBlock::new(weights, &layer_prefix, in_dim, out_dim, device)?));
-                if config.attn_scales.contains(&scale) {
-                    let layer_prefix = name(&format!("down_blocks.{}", down_blocks.len()));
-                    down_blocks.push(DownLayer::Attention(AttentionBlock::new(weights, &layer_prefix, out_dim, device)?));
-                }
                 in_dim = out_dim;
             }
             if level != levels - 1 {
@@ -61,7 +54,6 @@ impl<B: Backend> Encoder3d<B> {
                 let layer_prefix = name(&format!("down_blocks.{}", down_blocks.len()));
                 let mode = ResampleMode::Downsample { temporal };
                 down_blocks.push(DownLayer::Resample(Resample::new(weights, &layer_prefix, out_dim, out_dim, mode, device)?));
-                scale /= 2.0;
             }
         }
         let out_dim = dims[levels];
@@ -81,7 +73,6 @@ impl<B: Backend> Encoder3d<B> {
             let layer_prefix = name(&format!("down_blocks.{i}"));
             match layer {
                 DownLayer::Residual(block) => block.save(out, &layer_prefix)?,
-                DownLayer::Attention(block) => block.save(out, &layer_prefix)?,
                 DownLayer::Resample(block) => block.save(out, &layer_prefix)?,
             }
         }
@@ -97,7 +88,6 @@ impl<B: Backend> Encoder3d<B> {
         for layer in &self.down_blocks {
             x = match layer {
                 DownLayer::Residual(block) => block.forward(x, cache),
-                DownLayer::Attention(block) => block.forward(x),
                 DownLayer::Resample(block) => block.forward(x, cache),
             };
         }

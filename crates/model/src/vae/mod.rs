@@ -49,7 +49,7 @@ pub struct AutoencoderKLWanConfig {
     pub z_dim: usize,
     pub dim_mult: Vec<usize>,
     pub num_res_blocks: usize,
-    /// Resolution scales (1, 1/2, ...) at which the encoder adds attention after its residual blocks.
+    /// Resolution scales of extra encoder attention; must be empty (see `validate`).
     pub attn_scales: Vec<f64>,
     /// Per downsampling level, whether it also halves time (the reference's spelling).
     pub temperal_downsample: Vec<bool>,
@@ -120,6 +120,11 @@ impl AutoencoderKLWanConfig {
         }
         if self.is_residual {
             return Err(unsupported(path, "is_residual", self.is_residual, "the residual (Wan2.2) VAE is not implemented"));
+        }
+        if !self.attn_scales.is_empty() {
+            // The reference builds such blocks but its chunked encoder cannot call them.
+            let reason = "down-block attention is not supported (Wan2.1 has none)";
+            return Err(unsupported(path, "attn_scales", &self.attn_scales, reason));
         }
         if let Some(patch) = self.patch_size.filter(|&p| p != 1) {
             return Err(unsupported(path, "patch_size", patch, "patchified (Wan2.2) VAEs are not implemented"));
@@ -371,8 +376,6 @@ mod tests {
             num_res_blocks: 1,
             temperal_downsample: vec![true, true],
             scale_factor_spatial: Some(4),
-            // Exercises the encoder's optional attention after the first downsampling.
-            attn_scales: vec![0.5],
             ..AutoencoderKLWanConfig::default()
         };
         let vae = AutoencoderKLWan::<B>::random(config, &device).expect("random");
@@ -396,6 +399,9 @@ mod tests {
         let residual = AutoencoderKLWanConfig { is_residual: true, ..AutoencoderKLWanConfig::default() };
         let err = residual.validate(path).expect_err("residual VAE");
         assert!(matches!(&err, ModelError::UnsupportedConfig { field, .. } if field == "is_residual"), "{err}");
+        let attention = AutoencoderKLWanConfig { attn_scales: vec![0.5], ..AutoencoderKLWanConfig::default() };
+        let err = attention.validate(path).expect_err("down-block attention");
+        assert!(matches!(&err, ModelError::UnsupportedConfig { field, .. } if field == "attn_scales"), "{err}");
         let short = AutoencoderKLWanConfig { temperal_downsample: vec![true], ..AutoencoderKLWanConfig::default() };
         let err = short.validate(path).expect_err("too few temporal flags");
         assert!(matches!(&err, ModelError::UnsupportedConfig { field, .. } if field == "temperal_downsample"), "{err}");
