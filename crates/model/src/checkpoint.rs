@@ -425,7 +425,7 @@ mod tests {
         let path = dir.path().join("model.safetensors");
         write_raw(&path, vec![("proj.weight", Dtype::F32, vec![2, 3], f32_bytes(&[0.0; 6]))]);
         let src = TensorSource::open_component(dir.path()).expect("open");
-        let err = Linear::<B>::load(&src, "proj", 3, 2, true, &Default::default()).err().expect("no bias");
+        let err = Linear::<B>::load(&src, "proj", 3, 2, true, &Default::default()).expect_err("no bias");
         assert!(matches!(err, ModelError::MissingTensor { .. }), "{err}");
         let text = message(err);
         assert!(text.contains("model.safetensors") && text.contains("proj.bias"), "{text}");
@@ -437,7 +437,7 @@ mod tests {
         let path = dir.path().join("model.safetensors");
         write_raw(&path, vec![("proj.weight", Dtype::F32, vec![3, 2], f32_bytes(&[0.0; 6]))]);
         let src = TensorSource::open_component(dir.path()).expect("open");
-        let err = Linear::<B>::load(&src, "proj", 3, 2, false, &Default::default()).err().expect("shape");
+        let err = Linear::<B>::load(&src, "proj", 3, 2, false, &Default::default()).expect_err("shape");
         let text = message(err);
         assert!(text.contains("model.safetensors") && text.contains("proj.weight"), "{text}");
         assert!(text.contains("[3, 2]") && text.contains("[2, 3]"), "{text}");
@@ -450,7 +450,7 @@ mod tests {
         let bytes: Vec<u8> = [1i64, 2].iter().flat_map(|v| v.to_le_bytes()).collect();
         write_raw(&path, vec![("scale", Dtype::I64, vec![2], bytes)]);
         let src = TensorSource::open_component(dir.path()).expect("open");
-        let err = src.tensor::<B, 1>("scale", [2], &Default::default()).err().expect("dtype");
+        let err = src.tensor::<B, 1>("scale", [2], &Default::default()).expect_err("dtype");
         assert!(matches!(err, ModelError::UnsupportedDtype { .. }), "{err}");
         let text = message(err);
         assert!(text.contains("model.safetensors") && text.contains("scale") && text.contains("I64"), "{text}");

@@ -230,7 +230,7 @@ mod tests {
             1,
             &Default::default(),
         );
-        let err = result.err().expect("no z in the DiT inputs");
+        let err = result.expect_err("no z in the DiT inputs");
         assert!(err.to_string().contains('z'), "{err}");
     }
 

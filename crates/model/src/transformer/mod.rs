@@ -387,24 +387,24 @@ mod config_tests {
         let mut config = serde_json::to_value(tiny_config("full")).expect("json");
         config["attention_layout"] = "diagonal".into();
         std::fs::write(&path, config.to_string()).expect("write");
-        let err = WanTransformerConfig::from_file(&path).err().expect("unknown layout");
+        let err = WanTransformerConfig::from_file(&path).expect_err("unknown layout");
         let text = err.to_string();
         assert!(text.contains("config.json") && text.contains("attention_layout") && text.contains("diagonal"), "{text}");
 
         config["attention_layout"] = "full".into();
         config["image_dim"] = 1280.into();
         std::fs::write(&path, config.to_string()).expect("write");
-        let text = WanTransformerConfig::from_file(&path).err().expect("i2v").to_string();
+        let text = WanTransformerConfig::from_file(&path).expect_err("i2v").to_string();
         assert!(text.contains("image_dim"), "{text}");
 
         config["image_dim"] = serde_json::Value::Null;
         config["qk_norm"] = "layer_norm".into();
         std::fs::write(&path, config.to_string()).expect("write");
-        let text = WanTransformerConfig::from_file(&path).err().expect("qk_norm").to_string();
+        let text = WanTransformerConfig::from_file(&path).expect_err("qk_norm").to_string();
         assert!(text.contains("qk_norm") && text.contains("layer_norm"), "{text}");
 
         std::fs::write(&path, "{\"num_layers\": \"two\"}").expect("write");
-        let text = WanTransformerConfig::from_file(&path).err().expect("type").to_string();
+        let text = WanTransformerConfig::from_file(&path).expect_err("type").to_string();
         assert!(text.contains("config.json"), "{text}");
     }
 
