@@ -21,6 +21,7 @@ use crate::transformer::{WanTransformer3DModel, WanTransformerConfig};
 use crate::vae::{AutoencoderKLWan, AutoencoderKLWanConfig};
 
 pub use crate::sampling::{SamplerKind, SamplingOptions, StepControl, StepProgress};
+pub use crate::scheduler::FlowSampler;
 
 /// The backend a worker runs: CUDA with the `cuda` feature, else the CPU backend.
 #[cfg(feature = "cuda")]
@@ -293,6 +294,19 @@ impl<B: Backend> Pipeline<B> {
         on_step: &mut dyn FnMut(StepProgress) -> StepControl,
     ) -> Result<Tensor<B, 5>, ModelError> {
         crate::sampling::denoise(&self.transformer, noise, cond.hidden.clone(), uncond.hidden.clone(), opts, on_step)
+    }
+
+    /// One step's guided flow prediction at timestep `t`, for callers that drive the sampler
+    /// themselves (e.g. co-denoising overlapping chunks with one [`FlowSampler`] per chunk).
+    pub fn guided_flow(
+        &self,
+        latents: Tensor<B, 5>,
+        t: f64,
+        cond: &PromptEmbedding<B>,
+        uncond: &PromptEmbedding<B>,
+        guidance_scale: f32,
+    ) -> Result<Tensor<B, 5>, ModelError> {
+        crate::sampling::guided_flow(&self.transformer, latents, t, cond.hidden.clone(), uncond.hidden.clone(), guidance_scale)
     }
 
     /// Un-normalises latents with the VAE's `latents_mean`/`latents_std` (as `WanPipeline` does) and

@@ -114,6 +114,38 @@ pub enum StepControl {
     Stop,
 }
 
+/// The classifier-free-guided flow prediction at timestep `t` (one sampler step's model work):
+/// `uncond + scale * (cond - uncond)`, or just the conditional prediction when `guidance_scale`
+/// is at most 1. Both passes run as one batch when the embeddings have the same shape.
+pub fn guided_flow<B: Backend>(
+    transformer: &WanTransformer3DModel<B>,
+    latents: Tensor<B, 5>,
+    t: f64,
+    cond: Tensor<B, 3>,
+    uncond: Tensor<B, 3>,
+    guidance_scale: f32,
+) -> Result<Tensor<B, 5>, ModelError> {
+    let batch = latents.dims()[0];
+    if guidance_scale <= 1.0 {
+        return transformer.forward(latents, &vec![t as f32; batch], cond);
+    }
+    let (cond_flow, uncond_flow) = if cond.dims() == uncond.dims() {
+        let both = transformer.forward(
+            Tensor::cat(vec![latents.clone(), latents], 0),
+            &vec![t as f32; 2 * batch],
+            Tensor::cat(vec![cond, uncond], 0),
+        )?;
+        (both.clone().narrow(0, 0, batch), both.narrow(0, batch, batch))
+    } else {
+        let timesteps = vec![t as f32; batch];
+        (
+            transformer.forward(latents.clone(), &timesteps, cond)?,
+            transformer.forward(latents, &timesteps, uncond)?,
+        )
+    };
+    Ok(uncond_flow.clone() + (cond_flow - uncond_flow) * guidance_scale)
+}
+
 /// Runs the sampler from `noise` (`[batch, channels, frames, height, width]`, sigma 1) to sigma 0,
 /// guiding the flow prediction with `cond`/`uncond` text embeddings (`[batch, tokens, text_dim]`).
 /// Returns `Err(ModelError::Cancelled)` as soon as `on_step` answers [`StepControl::Stop`].
@@ -126,21 +158,12 @@ pub fn denoise<B: Backend>(
     on_step: &mut dyn FnMut(StepProgress) -> StepControl,
 ) -> Result<Tensor<B, 5>, ModelError> {
     opts.validate()?;
-    let batch = noise.dims()[0];
     let mut sampler = opts.sampler::<B, 5>();
     let total = sampler.remaining();
     let mut latents = noise;
     for step in 1..=total {
         let Some(t) = sampler.next_timestep() else { break };
-        let timesteps = vec![t as f32; batch];
-        let cond_flow = transformer.forward(latents.clone(), &timesteps, cond.clone())?;
-        let flow = if opts.uses_guidance() {
-            let uncond_flow = transformer.forward(latents.clone(), &timesteps, uncond.clone())?;
-            // Wan / diffusers: uncond + scale * (cond - uncond).
-            uncond_flow.clone() + (cond_flow - uncond_flow) * opts.guidance_scale
-        } else {
-            cond_flow
-        };
+        let flow = guided_flow(transformer, latents.clone(), t, cond.clone(), uncond.clone(), opts.guidance_scale)?;
         latents = sampler.step(flow, latents);
         if on_step(StepProgress { step, total }) == StepControl::Stop {
             return Err(ModelError::Cancelled);
@@ -229,5 +252,17 @@ mod tests {
         let opts = SamplingOptions { sampler: SamplerKind::Euler, steps: 0, guidance_scale: 1.0, flow_shift: 1.0 };
         let result = denoise(&model, noise, cond, uncond, &opts, &mut |_| StepControl::Continue);
         assert!(matches!(result, Err(ModelError::InvalidInput(_))));
+    }
+
+    #[test]
+    fn batched_guidance_matches_separate_passes() {
+        let model = tiny_transformer();
+        let (noise, cond, uncond) = inputs();
+        let batched = guided_flow(&model, noise.clone(), 700.0, cond.clone(), uncond.clone(), 5.0).expect("batched");
+        let timesteps = [700.0f32];
+        let c = model.forward(noise.clone(), &timesteps, cond).expect("cond");
+        let u = model.forward(noise, &timesteps, uncond).expect("uncond");
+        let separate = u.clone() + (c - u) * 5.0;
+        assert!(max_abs_diff(batched, separate) < 1e-5);
     }
 }
