@@ -307,7 +307,9 @@ mod tests {
         let io = fixture_io();
         let z = io.tensor_of_rank::<B, 5>(&format!("decode{latent_frames}.z"), &device).expect("z");
         let expected = io.tensor_of_rank::<B, 5>(&format!("decode{latent_frames}.sample"), &device).expect("sample");
-        let err = max_abs_diff(vae.decode(z).expect("decode"), expected);
+        // A batch of two copies checks that batch items stay apart.
+        let batch = Tensor::cat(vec![z.clone(), z], 0);
+        let err = max_abs_diff(vae.decode(batch).expect("decode"), Tensor::cat(vec![expected.clone(), expected], 0));
         println!("vae decode ({latent_frames} latent frames) max abs error {err:e}");
         assert!(err <= 1e-4, "vae decode ({latent_frames} latent frames) max abs error {err}");
     }
@@ -329,7 +331,8 @@ mod tests {
         let io = fixture_io();
         let x = io.tensor_of_rank::<B, 5>("encode.x", &device).expect("x");
         let expected = io.tensor_of_rank::<B, 5>("encode.mean", &device).expect("mean");
-        let err = max_abs_diff(vae.encode(x).expect("encode"), expected);
+        let batch = Tensor::cat(vec![x.clone(), x], 0);
+        let err = max_abs_diff(vae.encode(batch).expect("encode"), Tensor::cat(vec![expected.clone(), expected], 0));
         println!("vae encode max abs error {err:e}");
         assert!(err <= 1e-4, "vae encode max abs error {err}");
     }
