@@ -22,3 +22,8 @@ pub mod vae;
 mod test_util;
 
 pub use error::ModelError;
+pub use pipeline::{
+    DefaultBackend, Pipeline, PipelineConfig, PipelineInfo, PromptEmbedding, SamplerKind, SamplingOptions,
+    StepControl, StepProgress,
+};
+pub use tool::{Component, ComponentTiming, model_info, run_component};
