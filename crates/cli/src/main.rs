@@ -1,1 +1,289 @@
-fn main() {}
+//! `vidfarm`: render a clip on the embedded farm, serve the farm over gRPC, drive a farm as a
+//! client, and inspect or check models.
+
+mod client;
+mod farm;
+mod model_cmd;
+mod output;
+mod settings;
+mod spec_args;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use std::path::PathBuf;
+use tokio::net::TcpListener;
+use vidfarm_queue::JobState;
+use vidfarm_telemetry::LogFormat;
+
+use crate::client::ControlVerb;
+use crate::farm::Farm;
+use crate::settings::Settings;
+use crate::spec_args::SpecArgs;
+
+#[derive(Parser)]
+#[command(name = "vidfarm", version, about = "A distributed text-to-video render farm")]
+struct Cli {
+    /// A TOML config file layered over the defaults (see config/vidfarm.toml).
+    #[arg(long, global = true, env = "VIDFARM_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Render one clip on the embedded farm (no Redis, no S3) and write it as MP4.
+    Render {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Where to write the MP4.
+        #[arg(short, long, default_value = "clip.mp4")]
+        out: PathBuf,
+        /// The model folder [settings: server.model].
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Keep intermediate artifacts here instead of a temporary folder.
+        #[arg(long)]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the embedded farm behind the gRPC API.
+    Serve {
+        /// [settings: server.listen]
+        #[arg(long)]
+        listen: Option<String>,
+        /// [settings: server.store]
+        #[arg(long)]
+        store: Option<String>,
+        /// [settings: server.model]
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// In-process workers [settings: worker.count].
+        #[arg(long)]
+        workers: Option<u32>,
+    },
+    /// Submit a job; prints its id (`job_id` with --json).
+    Submit {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// The same key always names the same job: resubmitting is safe.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Follow the job to its end with a progress bar.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Follow a job to its end with a progress bar.
+    Watch {
+        job_id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    Get {
+        job_id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    List {
+        /// Only jobs in these states (repeatable).
+        #[arg(long = "state")]
+        states: Vec<String>,
+        #[arg(long, default_value_t = 50)]
+        page_size: u32,
+        #[arg(long)]
+        page_token: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    Cancel {
+        job_id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    Pause {
+        job_id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    Resume {
+        job_id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Download a finished clip and check its sha256.
+    Fetch {
+        job_id: String,
+        #[arg(short, long)]
+        out: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Model tools: inspect, run one component, make random weights.
+    Model {
+        #[command(subcommand)]
+        command: model_cmd::ModelCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct Conn {
+    /// The coordinator [settings: client.addr].
+    #[arg(long)]
+    addr: Option<String>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    let format = if settings.log.format == "json" { LogFormat::Json } else { LogFormat::Text };
+    // A render shows a progress bar; its logs would only scroll it away.
+    let quiet_level = match &cli.command {
+        Command::Serve { .. } => settings.log.level.as_str(),
+        _ => "warn",
+    };
+    vidfarm_telemetry::init(format, quiet_level);
+    let addr = |conn: &Conn| conn.addr.clone().unwrap_or_else(|| settings.client.addr.clone());
+    match cli.command {
+        Command::Render { spec, out, model, store, json } => render(&settings, &spec, &out, model, store, json).await,
+        Command::Serve { listen, store, model, workers } => {
+            let mut settings = settings.clone();
+            if let Some(w) = workers {
+                settings.worker.count = w;
+            }
+            let listen = listen.unwrap_or_else(|| settings.server.listen.clone());
+            let store = store.unwrap_or_else(|| settings.server.store.clone());
+            let model = model.unwrap_or_else(|| settings.server.model.clone());
+            serve(&settings, &listen, &store, &model).await
+        }
+        Command::Submit { spec, idempotency_key, wait, conn } => {
+            client::submit(&mut client::connect(&addr(&conn)).await?, &spec, idempotency_key, wait, conn.json).await
+        }
+        Command::Watch { job_id, conn } => client::watch(&mut client::connect(&addr(&conn)).await?, &job_id, conn.json).await,
+        Command::Get { job_id, conn } => client::get(&mut client::connect(&addr(&conn)).await?, &job_id, conn.json).await,
+        Command::List { states, page_size, page_token, conn } => {
+            client::list(&mut client::connect(&addr(&conn)).await?, &states, page_size, page_token, conn.json).await
+        }
+        Command::Cancel { job_id, conn } => {
+            client::control(&mut client::connect(&addr(&conn)).await?, &job_id, ControlVerb::Cancel, conn.json).await
+        }
+        Command::Pause { job_id, conn } => {
+            client::control(&mut client::connect(&addr(&conn)).await?, &job_id, ControlVerb::Pause, conn.json).await
+        }
+        Command::Resume { job_id, conn } => {
+            client::control(&mut client::connect(&addr(&conn)).await?, &job_id, ControlVerb::Resume, conn.json).await
+        }
+        Command::Fetch { job_id, out, conn } => {
+            client::fetch(&mut client::connect(&addr(&conn)).await?, &job_id, &out, conn.json).await
+        }
+        Command::Model { command } => model_cmd::run(command).await,
+    }
+}
+
+async fn render(settings: &Settings, spec: &SpecArgs, out: &PathBuf, model: Option<PathBuf>, store: Option<String>, json: bool) -> Result<()> {
+    let model = model.unwrap_or_else(|| settings.server.model.clone());
+    let scratch = tempfile_dir()?;
+    let store = store.unwrap_or_else(|| scratch.display().to_string());
+    let farm = Farm::start(settings, &model, &store).await?;
+    let unknown = farm.pipeline.tokenizer.encode(&spec.prompt, farm.pipeline.max_sequence_length)?.unknown_words;
+    if !unknown.is_empty() {
+        eprintln!("warning: the model does not know these words of the prompt: {}", unknown.join(", "));
+    }
+    let (record, _) = farm.coordinator.submit(&spec.to_pb(), "").await?;
+    let mut updates = farm.coordinator.book().subscribe(&record.id).await?;
+    let bar = output::job_bar(json);
+    let store = farm.coordinator.store().clone();
+    let mut current = farm.coordinator.get(&record.id).await?;
+    while !current.state.is_final() {
+        output::update_bar(&bar, &vidfarm_coordinator::convert::job_to_pb(&current, &store));
+        match updates.next().await {
+            Some(update) => current = update.record,
+            None => bail!("the farm stopped before the job ended"),
+        }
+    }
+    bar.finish_and_clear();
+    farm.stop().await;
+    let job = vidfarm_coordinator::convert::job_to_pb(&current, &store);
+    if current.state != JobState::Succeeded {
+        bail!("job {} ended {}: {}", current.id, output::state_name(job.state), current.error.unwrap_or_default());
+    }
+    let clip = current.clip.as_ref().context("a succeeded job has a clip")?;
+    let bytes = store.get(&clip.object_key).await?;
+    std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let mut value = output::job_json(&job);
+    value["path"] = out.display().to_string().into();
+    if json {
+        println!("{value}");
+    } else {
+        println!(
+            "{}: {} frames at {} fps, {}x{}, {} bytes",
+            out.display(),
+            clip.frames,
+            clip.fps,
+            clip.width,
+            clip.height,
+            clip.size_bytes
+        );
+    }
+    Ok(())
+}
+
+/// A private scratch folder for a render's intermediate artifacts.
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("vidfarm-render-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+async fn serve(settings: &Settings, listen: &str, store: &str, model: &PathBuf) -> Result<()> {
+    let farm = Farm::start(settings, model, store).await?;
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let local = listener.local_addr()?;
+    // Scripts and tests read the bound address (the port may have been 0) from this line.
+    println!("listening on {local}");
+    tracing::info!(%local, store, model = %model.display(), "serving");
+    vidfarm_coordinator::serve(farm.coordinator.clone(), listener, shutdown_signal()).await?;
+    tracing::info!("shutting down: finishing tasks in hand");
+    farm.stop().await;
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM (what Kubernetes sends before killing a pod).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = futures::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -65,6 +65,8 @@ pub fn encode_mp4(clip: &RgbFrames, path: &Path) -> Result<(), VideoError> {
     }
     let err = |doing: &'static str| move |source| VideoError::Ffmpeg { doing, path: path.to_path_buf(), source };
     ffmpeg::init().map_err(err("initialising for"))?;
+    // x264's per-encode statistics are noise in a farm's logs; errors still show.
+    ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error);
 
     let mut output = ffmpeg::format::output(&path).map_err(err("creating"))?;
     let codec = ffmpeg::encoder::find(ffmpeg::codec::Id::H264).ok_or(VideoError::NoEncoder)?;

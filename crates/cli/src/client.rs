@@ -1,0 +1,140 @@
+//! The client commands: the RenderService over gRPC.
+
+use crate::output::{clip_json, is_final, job_bar, job_json, job_line, state_name, update_bar};
+use crate::spec_args::SpecArgs;
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use tonic::transport::Channel;
+use vidfarm_api::pb::{self, render_service_client::RenderServiceClient};
+
+pub type Client = RenderServiceClient<Channel>;
+
+pub async fn connect(addr: &str) -> Result<Client> {
+    let addr = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    RenderServiceClient::connect(addr.clone()).await.with_context(|| format!("connecting to {addr}"))
+}
+
+fn print(json: bool, value: serde_json::Value, text: String) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{text}");
+    }
+}
+
+pub async fn submit(client: &mut Client, spec: &SpecArgs, key: Option<String>, wait: bool, json: bool) -> Result<()> {
+    let request = pb::SubmitJobRequest { spec: Some(spec.to_pb()), idempotency_key: key.unwrap_or_default() };
+    let response = client.submit_job(request).await.map_err(status_error)?.into_inner();
+    let job = response.job.context("the server answered without a job")?;
+    if !wait {
+        let mut value = job_json(&job);
+        value["created"] = response.created.into();
+        print(json, value, job.job_id.clone());
+        return Ok(());
+    }
+    watch(client, &job.job_id, json).await
+}
+
+/// Follows a job to its end with a progress bar; fails when the job does not succeed.
+pub async fn watch(client: &mut Client, job_id: &str, json: bool) -> Result<()> {
+    let mut stream = client
+        .watch_job(pb::WatchJobRequest { job_id: job_id.to_string() })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let bar = job_bar(json);
+    let mut last = None;
+    while let Some(event) = stream.next().await {
+        let event = event.map_err(status_error)?;
+        if let Some(job) = event.job {
+            update_bar(&bar, &job);
+            let done = is_final(job.state);
+            last = Some(job);
+            if done {
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let job = last.context("the watch stream ended without an event")?;
+    print(json, job_json(&job), job_line(&job));
+    if state_name(job.state) != "succeeded" {
+        bail!("job {} ended {}", job.job_id, state_name(job.state));
+    }
+    Ok(())
+}
+
+pub async fn get(client: &mut Client, job_id: &str, json: bool) -> Result<()> {
+    let job = client.get_job(pb::GetJobRequest { job_id: job_id.to_string() }).await.map_err(status_error)?.into_inner();
+    print(json, job_json(&job), job_line(&job));
+    Ok(())
+}
+
+pub async fn list(client: &mut Client, states: &[String], page_size: u32, page_token: Option<String>, json: bool) -> Result<()> {
+    let mut codes = Vec::new();
+    for s in states {
+        let code = pb::JobState::from_str_name(&format!("JOB_STATE_{}", s.to_uppercase()))
+            .with_context(|| format!("unknown state {s:?}: queued, running, paused, succeeded, failed or cancelled"))?;
+        codes.push(code as i32);
+    }
+    let request = pb::ListJobsRequest { page_size, page_token: page_token.unwrap_or_default(), states: codes };
+    let page = client.list_jobs(request).await.map_err(status_error)?.into_inner();
+    let value = serde_json::json!({
+        "jobs": page.jobs.iter().map(job_json).collect::<Vec<_>>(),
+        "next_page_token": page.next_page_token,
+    });
+    let mut text: Vec<String> = page.jobs.iter().map(job_line).collect();
+    if !page.next_page_token.is_empty() {
+        text.push(format!("next page: --page-token {}", page.next_page_token));
+    }
+    print(json, value, text.join("\n"));
+    Ok(())
+}
+
+pub enum ControlVerb {
+    Cancel,
+    Pause,
+    Resume,
+}
+
+pub async fn control(client: &mut Client, job_id: &str, verb: ControlVerb, json: bool) -> Result<()> {
+    let job_id = job_id.to_string();
+    let job = match verb {
+        ControlVerb::Cancel => client.cancel_job(pb::CancelJobRequest { job_id }).await,
+        ControlVerb::Pause => client.pause_job(pb::PauseJobRequest { job_id }).await,
+        ControlVerb::Resume => client.resume_job(pb::ResumeJobRequest { job_id }).await,
+    }
+    .map_err(status_error)?
+    .into_inner();
+    print(json, job_json(&job), job_line(&job));
+    Ok(())
+}
+
+/// Downloads a job's clip and checks its sha256 against the one the farm recorded.
+pub async fn fetch(client: &mut Client, job_id: &str, out: &Path, json: bool) -> Result<()> {
+    let clip = client.get_clip(pb::GetClipRequest { job_id: job_id.to_string() }).await.map_err(status_error)?.into_inner();
+    let url = url::Url::parse(&clip.url).with_context(|| format!("clip URL {:?}", clip.url))?;
+    let bytes = match url.scheme() {
+        "file" => {
+            let path = url.to_file_path().map_err(|()| anyhow::anyhow!("clip URL {url} is not a local path"))?;
+            tokio::fs::read(&path).await.with_context(|| format!("reading {}", path.display()))?
+        }
+        other => bail!("cannot fetch {other}:// URLs yet: {url}"),
+    };
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    if sha256 != clip.sha256 {
+        bail!("clip of job {job_id} is corrupt: sha256 {sha256}, the farm recorded {}", clip.sha256);
+    }
+    tokio::fs::write(out, &bytes).await.with_context(|| format!("writing {}", out.display()))?;
+    let mut value = clip_json(&clip);
+    value["path"] = out.display().to_string().into();
+    print(json, value, format!("{} ({} bytes, sha256 {})", out.display(), clip.size_bytes, clip.sha256));
+    Ok(())
+}
+
+/// A gRPC status as an error a person can read.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}

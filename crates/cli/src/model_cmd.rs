@@ -1,0 +1,81 @@
+//! `vidfarm model`: inspect a model folder, run one component on given tensors (to check a
+//! checkpoint against the reference, or time it), and fill a folder of configs with random weights.
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use std::path::PathBuf;
+use vidfarm_model::pipeline::{DefaultBackend, Pipeline, PipelineConfig};
+use vidfarm_model::text_encoder::UMT5Config;
+use vidfarm_model::tool::{Component, model_info, run_component};
+use vidfarm_model::transformer::WanTransformerConfig;
+use vidfarm_model::vae::AutoencoderKLWanConfig;
+
+#[derive(Subcommand)]
+pub enum ModelCommand {
+    /// Print a model folder's config, parameter count and dtype as JSON.
+    Info { dir: PathBuf },
+    /// Run one component on the tensors of a safetensors file and write its output.
+    Forward {
+        /// dit, vae-decode, vae-encode or text.
+        #[arg(long)]
+        component: String,
+        /// The component's folder (config.json and weights), e.g. MODEL/transformer.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        inputs: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Run this many more times after the first and print the timings as JSON.
+        #[arg(long, default_value_t = 0)]
+        repeat: usize,
+    },
+    /// Write random weights into a model folder that holds only configs
+    /// (transformer/, vae/, text_encoder/ config.json, tokenizer/tokenizer.json, scheduler/).
+    Init {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Longest prompt in tokens.
+        #[arg(long, default_value_t = 32)]
+        max_sequence_length: usize,
+    },
+}
+
+pub async fn run(command: ModelCommand) -> Result<()> {
+    tokio::task::spawn_blocking(move || run_blocking(command)).await?
+}
+
+fn run_blocking(command: ModelCommand) -> Result<()> {
+    match command {
+        ModelCommand::Info { dir } => {
+            let info = model_info(&dir)?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
+        }
+        ModelCommand::Forward { component, checkpoint, inputs, out, repeat } => {
+            let component: Component = component.parse()?;
+            let timing = run_component(component, &checkpoint, &inputs, &out, repeat + 1)?;
+            if repeat > 0 {
+                println!("{}", serde_json::json!({ "load_s": timing.load_s, "run_s": timing.run_s }));
+            }
+        }
+        ModelCommand::Init { dir, seed, max_sequence_length } => {
+            let scheduler: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(dir.join("scheduler/scheduler_config.json")).context("reading scheduler/scheduler_config.json")?,
+            )
+            .context("scheduler/scheduler_config.json")?;
+            let config = PipelineConfig {
+                transformer: WanTransformerConfig::from_file(&dir.join("transformer/config.json"))?,
+                vae: AutoencoderKLWanConfig::from_file(&dir.join("vae/config.json"))?,
+                text_encoder: UMT5Config::from_file(&dir.join("text_encoder/config.json"))?,
+                tokenizer: dir.join("tokenizer/tokenizer.json"),
+                flow_shift: scheduler["flow_shift"].as_f64().context("scheduler_config.json has no flow_shift")?,
+                max_sequence_length,
+            };
+            let pipeline = Pipeline::<DefaultBackend>::random(config, seed, &Default::default())?;
+            pipeline.save(&dir)?;
+            println!("wrote random weights (seed {seed}) into {}", dir.display());
+        }
+    }
+    Ok(())
+}

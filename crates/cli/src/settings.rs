@@ -1,0 +1,141 @@
+//! Settings: `config/vidfarm.toml`'s defaults (compiled in, documented there), then a config
+//! file, then `VIDFARM_<SECTION>_<KEY>` environment variables; flags override all three.
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The documented defaults: the repository's config file itself.
+const DEFAULTS: &str = include_str!("../../../config/vidfarm.toml");
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub worker: WorkerSettings,
+    pub client: ClientSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: String,
+    pub store: String,
+    pub model: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub count: u32,
+    pub lease_seconds: u64,
+    pub max_attempts: u32,
+    pub retry_base_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSettings {
+    pub addr: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: String,
+    pub level: String,
+}
+
+impl Settings {
+    /// Loads the settings; `file` (or `VIDFARM_CONFIG`) names a TOML file layered over the defaults.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        Self::load_from(file, |name| std::env::var(name).ok())
+    }
+
+    fn load_from(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut table: toml::Table = DEFAULTS.parse().context("the built-in defaults")?;
+        let file = file.map(Path::to_path_buf).or_else(|| env("VIDFARM_CONFIG").map(PathBuf::from));
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {}", path.display()))?;
+            let overlay: toml::Table = text.parse().with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+            merge(&mut table, overlay, &path)?;
+        }
+        for (section, values) in table.iter_mut() {
+            let Some(values) = values.as_table_mut() else { continue };
+            for (key, value) in values.iter_mut() {
+                let name = format!("VIDFARM_{}_{}", section.to_uppercase(), key.to_uppercase());
+                if let Some(raw) = env(&name) {
+                    *value = parse_like(value, &raw).with_context(|| format!("environment variable {name}={raw:?}"))?;
+                }
+            }
+        }
+        let settings: Settings = toml::Value::Table(table).try_into().context("settings")?;
+        Ok(settings)
+    }
+}
+
+/// Layers `overlay` over `base`; a section or key the defaults lack is a mistake worth naming.
+fn merge(base: &mut toml::Table, overlay: toml::Table, path: &Path) -> Result<()> {
+    for (section, values) in overlay {
+        let Some(base_section) = base.get_mut(&section).and_then(|v| v.as_table_mut()) else {
+            bail!("config file {}: unknown section [{section}]", path.display());
+        };
+        let toml::Value::Table(values) = values else {
+            bail!("config file {}: [{section}] must be a table", path.display());
+        };
+        for (key, value) in values {
+            match base_section.get(&key) {
+                Some(old) if old.type_str() == value.type_str() => {
+                    base_section.insert(key, value);
+                }
+                Some(old) => bail!("config file {}: {section}.{key} must be a {}", path.display(), old.type_str()),
+                None => bail!("config file {}: unknown key {section}.{key}", path.display()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses an environment value as the type the default has.
+fn parse_like(default: &toml::Value, raw: &str) -> Result<toml::Value> {
+    Ok(match default {
+        toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse().context("expected an integer")?),
+        toml::Value::Float(_) => toml::Value::Float(raw.trim().parse().context("expected a number")?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(raw.trim().parse().context("expected true or false")?),
+        _ => toml::Value::String(raw.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_file_and_environment_layer_in_order() {
+        let dir = std::env::temp_dir().join(format!("vidfarm-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("farm.toml");
+        std::fs::write(&file, "[server]\nlisten = \"0.0.0.0:9000\"\n[worker]\ncount = 4\n").unwrap();
+        let env = |name: &str| match name {
+            "VIDFARM_WORKER_COUNT" => Some("8".to_string()),
+            "VIDFARM_CLIENT_ADDR" => Some("http://farm:7700".to_string()),
+            _ => None,
+        };
+        let s = Settings::load_from(Some(&file), env).unwrap();
+        assert_eq!(s.server.listen, "0.0.0.0:9000");
+        assert_eq!(s.worker.count, 8);
+        assert_eq!(s.client.addr, "http://farm:7700");
+        assert_eq!(s.worker.lease_seconds, 15);
+
+        std::fs::write(&file, "[server]\nlisten = 5\n").unwrap();
+        let err = format!("{:#}", Settings::load_from(Some(&file), |_| None).unwrap_err());
+        assert!(err.contains("server.listen must be a string"), "{err}");
+        std::fs::write(&file, "[server]\nlsten = \"x\"\n").unwrap();
+        let err = format!("{:#}", Settings::load_from(Some(&file), |_| None).unwrap_err());
+        assert!(err.contains("unknown key server.lsten"), "{err}");
+        let err = format!("{:#}", Settings::load_from(None, |n| (n == "VIDFARM_WORKER_COUNT").then(|| "many".into())).unwrap_err());
+        assert!(err.contains("VIDFARM_WORKER_COUNT"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,272 @@
+//! The task loop: lease, do, report, repeat, until told to shut down.
+
+use crate::render::{Directive, decode_clip, denoise_chunk};
+use burn::tensor::backend::Backend;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use vidfarm_model::pipeline::Pipeline;
+use vidfarm_plan::{BlendCurve, stitch};
+use vidfarm_queue::{ClipInfo, JobBook, JobChange, JobRecord, JobState, Lease, Queue, QueueError, Task, TaskKind};
+use vidfarm_store::{ArtifactStore, StoreError};
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Shown in leases and logs.
+    pub name: String,
+    /// How long a lease lasts without renewal; renewed every third of it.
+    pub lease: Duration,
+    /// Attempts at a task before its job fails with the task's last error.
+    pub max_attempts: u32,
+    /// First retry delay; doubled on each further attempt.
+    pub retry_base: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self { name: "worker".into(), lease: Duration::from_secs(15), max_attempts: 3, retry_base: Duration::from_secs(1) }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Model(#[from] vidfarm_model::ModelError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Video(#[from] vidfarm_video::VideoError),
+    #[error("stitching: {0}")]
+    Stitch(#[from] vidfarm_plan::LatentsError),
+    #[error("temporary file: {0}")]
+    Temp(std::io::Error),
+    #[error("render thread: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// How a task ended, as far as the queue is concerned.
+enum Outcome {
+    Done,
+    /// Not ours any more (cancelled, job over, lease lost): drop it without a result.
+    Abandoned,
+    /// Not now (the job is paused): hand it back.
+    Later,
+}
+
+pub struct Worker<B: Backend> {
+    config: WorkerConfig,
+    queue: Arc<dyn Queue>,
+    book: Arc<dyn JobBook>,
+    store: ArtifactStore,
+    pipeline: Arc<Pipeline<B>>,
+}
+
+impl<B: Backend> Worker<B>
+where
+    Pipeline<B>: Send + Sync,
+{
+    pub fn new(config: WorkerConfig, queue: Arc<dyn Queue>, book: Arc<dyn JobBook>, store: ArtifactStore, pipeline: Arc<Pipeline<B>>) -> Self {
+        Self { config, queue, book, store, pipeline }
+    }
+
+    /// Takes and runs tasks until `shutdown` turns true; the task in hand is finished first.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+        tracing::info!(worker = %self.config.name, "worker started");
+        while !*shutdown.borrow() {
+            let lease = tokio::select! {
+                lease = self.queue.pull(&self.config.name, self.config.lease, Duration::from_secs(1)) => lease?,
+                _ = shutdown.changed() => break,
+            };
+            if let Some(lease) = lease {
+                self.handle(lease).await?;
+            }
+        }
+        tracing::info!(worker = %self.config.name, "worker stopped");
+        Ok(())
+    }
+
+    /// Runs one leased task to an outcome; errors of the task itself are retried or fail the
+    /// job, and only queue errors (the farm itself failing) come back.
+    async fn handle(&self, lease: Lease) -> Result<(), QueueError> {
+        let job_id = lease.task.job_id.clone();
+        let span = tracing::info_span!("task", job_id = %job_id, kind = ?lease.task.kind, attempt = lease.task.attempt);
+        let _enter = span.enter();
+        let Some(record) = self.book.get(&job_id).await? else {
+            self.queue.ack(&lease).await?;
+            return Ok(());
+        };
+        let result = match record.state {
+            s if s.is_final() => Ok(Outcome::Abandoned),
+            JobState::Paused => Ok(Outcome::Later),
+            _ => match lease.task.kind {
+                TaskKind::Denoise { chunk } => self.denoise(&lease, &record, chunk).await,
+                TaskKind::Assemble => self.assemble(&lease, &record).await,
+            },
+        };
+        match result {
+            Ok(Outcome::Done | Outcome::Abandoned) => {
+                self.queue.ack(&lease).await?;
+            }
+            Ok(Outcome::Later) => {
+                self.queue.retry(&lease, Duration::from_millis(500)).await?;
+            }
+            Err(error) => {
+                let attempts = match lease.task.kind {
+                    TaskKind::Denoise { chunk } => self
+                        .book
+                        .get(&job_id)
+                        .await?
+                        .and_then(|r| r.chunks.get(chunk as usize).map(|c| c.attempts))
+                        .unwrap_or(lease.task.attempt),
+                    TaskKind::Assemble => lease.task.attempt,
+                };
+                let what = match lease.task.kind {
+                    TaskKind::Denoise { chunk } => format!("chunk {chunk}"),
+                    TaskKind::Assemble => "assembling the clip".to_string(),
+                };
+                if attempts >= self.config.max_attempts {
+                    tracing::error!(%error, attempts, "task failed for good");
+                    let reason = format!("{what} failed after {attempts} attempts: {error}");
+                    self.book.update(&job_id, JobChange::Failed(reason)).await?;
+                    self.queue.ack(&lease).await?;
+                } else {
+                    let delay = self.config.retry_base * 2u32.saturating_pow(attempts.saturating_sub(1));
+                    tracing::warn!(%error, attempts, ?delay, "task failed, retrying");
+                    self.queue.retry(&lease, delay).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn denoise(&self, lease: &Lease, record: &JobRecord, chunk: u32) -> Result<Outcome, WorkerError> {
+        let key = ArtifactStore::chunk_key(&record.id, chunk);
+        let Some(status) = record.chunks.get(chunk as usize) else {
+            return Ok(Outcome::Abandoned);
+        };
+        // A result already stored (a previous holder finished, then lost its lease) is final:
+        // chunk keys are deterministic and so are their contents.
+        if !status.done && !self.store.exists(&key).await? {
+            self.book.update(&record.id, JobChange::ChunkStarted { chunk }).await?;
+            let directive = Arc::new(AtomicU8::new(Directive::Run as u8));
+            let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
+            let work = {
+                let (pipeline, spec, plan, directive) =
+                    (self.pipeline.clone(), record.spec.clone(), status.plan, directive.clone());
+                tokio::task::spawn_blocking(move || {
+                    denoise_chunk(&pipeline, &spec, &plan, &directive, &mut |p| {
+                        // The receiver outlives the work; a send can only fail after it is done.
+                        let _ = progress_tx.send(p);
+                    })
+                })
+            };
+            let latents = match self.supervise(lease, &record.id, work, &directive, |p| JobChange::Step {
+                chunk,
+                step: p.step as u32,
+                steps_total: p.total as u32,
+            }, &mut progress_rx).await? {
+                Some(result) => result?,
+                None => return Ok(Outcome::Abandoned),
+            };
+            self.store.put_latents(&key, &latents).await?;
+        }
+        let (after, _) = self.book.update(&record.id, JobChange::ChunkDone { chunk }).await?;
+        if after.all_chunks_done() && !after.state.is_final() {
+            self.queue.push(Task::new(&record.id, TaskKind::Assemble, record.spec.priority)).await?;
+        }
+        Ok(Outcome::Done)
+    }
+
+    async fn assemble(&self, lease: &Lease, record: &JobRecord) -> Result<Outcome, WorkerError> {
+        self.book.update(&record.id, JobChange::AssembleStarted).await?;
+        let mut parts = Vec::with_capacity(record.chunks.len());
+        for c in &record.chunks {
+            parts.push((c.plan, self.store.get_latents(&ArtifactStore::chunk_key(&record.id, c.plan.index)).await?));
+        }
+        let latents = stitch(record.spec.latent_frames(), &parts, BlendCurve::Linear)?;
+        let dir = tempfile::tempdir().map_err(WorkerError::Temp)?;
+        let path = dir.path().join("clip.mp4");
+        let directive = Arc::new(AtomicU8::new(Directive::Run as u8));
+        let work = {
+            let (pipeline, spec, path) = (self.pipeline.clone(), record.spec.clone(), path.clone());
+            tokio::task::spawn_blocking(move || -> Result<(u32, u32, u32), WorkerError> {
+                let frames = decode_clip(&pipeline, &spec, latents)?;
+                vidfarm_video::encode_mp4(&frames, &path)?;
+                Ok((frames.frames.len() as u32, frames.width, frames.height))
+            })
+        };
+        let (_, mut no_progress) = mpsc::unbounded_channel::<vidfarm_model::pipeline::StepProgress>();
+        let Some(result) = self.supervise(lease, &record.id, work, &directive, |_| JobChange::AssembleStarted, &mut no_progress).await?
+        else {
+            return Ok(Outcome::Abandoned);
+        };
+        let (frames, width, height) = result?;
+        let stored = self.store.put_file(&ArtifactStore::clip_key(&record.id), &path).await?;
+        let clip = ClipInfo {
+            object_key: stored.key,
+            size_bytes: stored.size_bytes,
+            sha256: stored.sha256,
+            frames,
+            fps: record.spec.fps,
+            width,
+            height,
+        };
+        tracing::info!(job_id = %record.id, bytes = clip.size_bytes, frames, "clip stored");
+        self.book.update(&record.id, JobChange::Succeeded(clip)).await?;
+        Ok(Outcome::Done)
+    }
+
+    /// Waits for blocking work while renewing the lease, forwarding progress, and turning the
+    /// job's state into directives. `None` when the work was stopped because it is not ours.
+    async fn supervise<T, P>(
+        &self,
+        lease: &Lease,
+        job_id: &str,
+        mut work: tokio::task::JoinHandle<T>,
+        directive: &AtomicU8,
+        progress_change: impl Fn(P) -> JobChange,
+        progress: &mut mpsc::UnboundedReceiver<P>,
+    ) -> Result<Option<T>, WorkerError> {
+        let mut tick = tokio::time::interval(self.config.lease / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                done = &mut work => {
+                    let out = done?;
+                    while let Ok(p) = progress.try_recv() {
+                        self.book.update(job_id, progress_change(p)).await?;
+                    }
+                    return Ok((Directive::load(directive) != Directive::Stop).then_some(out));
+                }
+                Some(p) = progress.recv() => {
+                    self.book.update(job_id, progress_change(p)).await?;
+                    self.refresh_directive(job_id, directive).await?;
+                }
+                _ = tick.tick() => {
+                    if !self.queue.renew(lease, self.config.lease).await? {
+                        tracing::warn!(job_id, "lease lost; stopping the task");
+                        directive.store(Directive::Stop as u8, Ordering::Release);
+                    } else {
+                        self.refresh_directive(job_id, directive).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn refresh_directive(&self, job_id: &str, directive: &AtomicU8) -> Result<(), QueueError> {
+        if Directive::load(directive) == Directive::Stop {
+            return Ok(());
+        }
+        let next = match self.book.get(job_id).await?.map(|r| r.state) {
+            Some(JobState::Paused) => Directive::Pause,
+            Some(JobState::Queued | JobState::Running) => Directive::Run,
+            _ => Directive::Stop,
+        };
+        directive.store(next as u8, Ordering::Release);
+        Ok(())
+    }
+}
