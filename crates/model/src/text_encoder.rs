@@ -285,36 +285,63 @@ impl<B: Backend> DenseReluDense<B> {
     }
 }
 
-/// One `UMT5Block`: `layer.0` (norm, self-attention, residual) then `layer.1` (norm, feed-forward, residual).
+/// `UMT5LayerSelfAttention` (`layer.0`): pre-norm self-attention with a residual connection.
+#[derive(Module, Debug)]
+pub struct LayerSelfAttention<B: Backend> {
+    pub layer_norm: RmsNorm<B>,
+    /// `SelfAttention`.
+    pub self_attention: SelfAttention<B>,
+}
+
+/// `UMT5LayerFF` (`layer.1`): pre-norm feed-forward with a residual connection.
+#[derive(Module, Debug)]
+pub struct LayerFF<B: Backend> {
+    pub layer_norm: RmsNorm<B>,
+    /// `DenseReluDense`.
+    pub dense_relu_dense: DenseReluDense<B>,
+}
+
+/// One `UMT5Block` of the encoder: `layer.0` then `layer.1`.
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
-    pub attention_norm: RmsNorm<B>,
-    pub attention: SelfAttention<B>,
-    pub ff_norm: RmsNorm<B>,
-    pub ff: DenseReluDense<B>,
+    pub layer_0: LayerSelfAttention<B>,
+    pub layer_1: LayerFF<B>,
 }
 
 impl<B: Backend> Block<B> {
     fn new(weights: Weights, prefix: &str, config: &UMT5Config, feed_forward: (bool, Activation), device: &B::Device) -> Result<Self, ModelError> {
         let (gated, activation) = feed_forward;
         Ok(Self {
-            attention_norm: rms_norm(weights, &format!("{prefix}.layer.0.layer_norm"), config, device)?,
-            attention: SelfAttention::new(weights, &format!("{prefix}.layer.0.SelfAttention"), config, device)?,
-            ff_norm: rms_norm(weights, &format!("{prefix}.layer.1.layer_norm"), config, device)?,
-            ff: DenseReluDense::new(weights, &format!("{prefix}.layer.1.DenseReluDense"), config, gated, activation, device)?,
+            layer_0: LayerSelfAttention {
+                layer_norm: rms_norm(weights, &format!("{prefix}.layer.0.layer_norm"), config, device)?,
+                self_attention: SelfAttention::new(weights, &format!("{prefix}.layer.0.SelfAttention"), config, device)?,
+            },
+            layer_1: LayerFF {
+                layer_norm: rms_norm(weights, &format!("{prefix}.layer.1.layer_norm"), config, device)?,
+                dense_relu_dense: DenseReluDense::new(
+                    weights,
+                    &format!("{prefix}.layer.1.DenseReluDense"),
+                    config,
+                    gated,
+                    activation,
+                    device,
+                )?,
+            },
         })
     }
 
     fn save(&self, out: &mut TensorWriter, prefix: &str) -> Result<(), ModelError> {
-        self.attention_norm.save(out, &format!("{prefix}.layer.0.layer_norm"))?;
-        self.attention.save(out, &format!("{prefix}.layer.0.SelfAttention"))?;
-        self.ff_norm.save(out, &format!("{prefix}.layer.1.layer_norm"))?;
-        self.ff.save(out, &format!("{prefix}.layer.1.DenseReluDense"))
+        self.layer_0.layer_norm.save(out, &format!("{prefix}.layer.0.layer_norm"))?;
+        self.layer_0.self_attention.save(out, &format!("{prefix}.layer.0.SelfAttention"))?;
+        self.layer_1.layer_norm.save(out, &format!("{prefix}.layer.1.layer_norm"))?;
+        self.layer_1.dense_relu_dense.save(out, &format!("{prefix}.layer.1.DenseReluDense"))
     }
 
     fn forward(&self, x: Tensor<B, 3>, key_mask: Tensor<B, 4>) -> Tensor<B, 3> {
-        let x = x.clone() + self.attention.forward(self.attention_norm.forward(x), key_mask);
-        x.clone() + self.ff.forward(self.ff_norm.forward(x))
+        let attention = &self.layer_0;
+        let x = x.clone() + attention.self_attention.forward(attention.layer_norm.forward(x), key_mask);
+        let ff = &self.layer_1;
+        x.clone() + ff.dense_relu_dense.forward(ff.layer_norm.forward(x))
     }
 }
 

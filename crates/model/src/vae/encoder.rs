@@ -18,6 +18,8 @@ use crate::error::ModelError;
 use crate::init::Weights;
 
 /// One entry of the encoder's flat `down_blocks` list.
+// A handful of these per model: the variants' size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum DownLayer<B: Backend> {
     Residual(ResidualBlock<B>),
