@@ -29,8 +29,10 @@ pub type DefaultBackend = burn::backend::Cuda;
 #[cfg(not(feature = "cuda"))]
 pub type DefaultBackend = burn::backend::Flex;
 
-/// Wan's text length: prompts are padded (with zero embeddings) or truncated to this many tokens.
+/// Wan's text length: prompts are padded (with zero embeddings) or truncated to this many tokens,
+/// unless `tokenizer/tokenizer_config.json` sets a smaller `model_max_length`.
 pub const MAX_SEQUENCE_LENGTH: usize = 512;
+const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 const DIFFUSERS_VERSION: &str = "0.42.1";
 const PIPELINE_CLASS_NAME: &str = "WanPipeline";
 
@@ -135,6 +137,7 @@ pub struct Pipeline<B: Backend> {
     pub transformer: WanTransformer3DModel<B>,
     pub vae: AutoencoderKLWan<B>,
     pub scheduler: SchedulerConfig,
+    /// Prompt length in tokens (persisted as `model_max_length` in `tokenizer_config.json`).
     pub max_sequence_length: usize,
     device: B::Device,
 }
@@ -142,6 +145,35 @@ pub struct Pipeline<B: Backend> {
 /// Wan's `whitespace_clean`: runs of whitespace become one space, ends trimmed.
 fn clean_prompt(prompt: &str) -> String {
     prompt.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `model_max_length` of `tokenizer_config.json` when present and below [`MAX_SEQUENCE_LENGTH`]
+/// (transformers writes a huge sentinel when the tokenizer has no limit).
+fn read_max_sequence_length(tokenizer_dir: &Path) -> Result<usize, ModelError> {
+    let path = tokenizer_dir.join(TOKENIZER_CONFIG);
+    if !path.is_file() {
+        return Ok(MAX_SEQUENCE_LENGTH);
+    }
+    let config: serde_json::Value = read_config(&path)?;
+    match config.get("model_max_length").and_then(|v| v.as_f64()) {
+        Some(length) if length >= 1.0 && length < MAX_SEQUENCE_LENGTH as f64 => Ok(length as usize),
+        Some(length) if length < 1.0 => Err(unsupported(&path, "model_max_length", length, "must be at least 1")),
+        _ => Ok(MAX_SEQUENCE_LENGTH),
+    }
+}
+
+/// Writes `model_max_length` into `tokenizer_config.json`, keeping any other fields already there.
+fn write_max_sequence_length(tokenizer_dir: &Path, length: usize) -> Result<(), ModelError> {
+    let path = tokenizer_dir.join(TOKENIZER_CONFIG);
+    let mut config: serde_json::Value = if path.is_file() {
+        read_config(&path)?
+    } else {
+        json!({ "tokenizer_class": "PreTrainedTokenizerFast" })
+    };
+    if let Some(fields) = config.as_object_mut() {
+        fields.insert("model_max_length".into(), length.into());
+    }
+    write_config(&path, &config)
 }
 
 fn check_model_index(dir: &Path) -> Result<(), ModelError> {
@@ -175,6 +207,7 @@ impl<B: Backend> Pipeline<B> {
         scheduler.validate(&scheduler_path)?;
         let tokenizer_path = dir.join("tokenizer").join("tokenizer.json");
         let tokenizer_json = std::fs::read_to_string(&tokenizer_path).map_err(|e| io_error(&tokenizer_path, e))?;
+        let max_sequence_length = read_max_sequence_length(&dir.join("tokenizer"))?;
         Ok(Self {
             tokenizer: Tokenizer::from_file(&tokenizer_path)?,
             tokenizer_json,
@@ -182,13 +215,16 @@ impl<B: Backend> Pipeline<B> {
             transformer: WanTransformer3DModel::load(&dir.join("transformer"), device)?,
             vae: AutoencoderKLWan::load(&dir.join("vae"), device)?,
             scheduler,
-            max_sequence_length: MAX_SEQUENCE_LENGTH,
+            max_sequence_length,
             device: device.clone(),
         })
     }
 
     /// A pipeline with random weights (reproducible for a given `seed` and backend).
     pub fn random(config: PipelineConfig, seed: u64, device: &B::Device) -> Result<Self, ModelError> {
+        if config.max_sequence_length == 0 {
+            return Err(ModelError::InvalidInput("max_sequence_length must be at least 1".into()));
+        }
         if config.transformer.text_dim != config.text_encoder.d_model {
             return Err(ModelError::InvalidInput(format!(
                 "transformer text_dim {} differs from the text encoder's d_model {}",
@@ -238,6 +274,7 @@ impl<B: Backend> Pipeline<B> {
         std::fs::create_dir_all(&tokenizer_dir).map_err(|e| io_error(&tokenizer_dir, e))?;
         let tokenizer_path = tokenizer_dir.join("tokenizer.json");
         std::fs::write(&tokenizer_path, &self.tokenizer_json).map_err(|e| io_error(&tokenizer_path, e))?;
+        write_max_sequence_length(&tokenizer_dir, self.max_sequence_length)?;
         self.text_encoder.save(&dir.join("text_encoder"))?;
         self.transformer.save(&dir.join("transformer"))?;
         self.vae.save(&dir.join("vae"))
@@ -381,8 +418,8 @@ mod tests {
         let pipeline = Pipeline::<B>::random(tiny_config(), 1, &device).expect("random");
         let dir = tempfile::tempdir().expect("tempdir");
         pipeline.save(dir.path()).expect("save");
-        let mut loaded = Pipeline::<B>::load(dir.path(), &device).expect("load");
-        loaded.max_sequence_length = pipeline.max_sequence_length;
+        let loaded = Pipeline::<B>::load(dir.path(), &device).expect("load");
+        assert_eq!(loaded.max_sequence_length, 16, "kept in tokenizer_config.json");
         assert_eq!(loaded.info(), PipelineInfo { latent_channels: 16, temporal_factor: 4, spatial_factor: 8, patch_size: [1, 2, 2] });
         assert_eq!(loaded.default_options().flow_shift, 3.0);
 
