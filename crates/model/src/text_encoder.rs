@@ -165,6 +165,15 @@ pub fn relative_position_bucket(relative_position: i64, num_buckets: usize, max_
     direction + large.min(half - 1)
 }
 
+/// Buckets of every (query, key) pair of a `len`-token sequence, row-major `[len * len]`; the
+/// same for every layer, each of which looks them up in its own bias table.
+fn relative_position_buckets<B: Backend>(len: usize, num_buckets: usize, max_distance: usize, device: &B::Device) -> Tensor<B, 1, Int> {
+    let buckets: Vec<i64> = (0..len as i64)
+        .flat_map(|query| (0..len as i64).map(move |key| relative_position_bucket(key - query, num_buckets, max_distance) as i64))
+        .collect();
+    Tensor::from_data(TensorData::new(buckets, [len * len]), device)
+}
+
 /// `UMT5Attention` (encoder self-attention with its own relative-position bias).
 #[derive(Module, Debug)]
 pub struct SelfAttention<B: Backend> {
@@ -175,7 +184,6 @@ pub struct SelfAttention<B: Backend> {
     /// `[num_buckets, num_heads]`.
     pub relative_attention_bias: Param<Tensor<B, 2>>,
     pub num_heads: usize,
-    pub max_distance: usize,
 }
 
 impl<B: Backend> SelfAttention<B> {
@@ -195,7 +203,6 @@ impl<B: Backend> SelfAttention<B> {
             o: linear("o", inner, d_model)?,
             relative_attention_bias: Param::from_tensor(relative_attention_bias),
             num_heads: config.num_heads,
-            max_distance: config.relative_attention_max_distance,
         })
     }
 
@@ -207,23 +214,16 @@ impl<B: Backend> SelfAttention<B> {
         out.put(&join(prefix, "relative_attention_bias.weight"), &self.relative_attention_bias.val())
     }
 
-    /// `[1, heads, len, len]` bias added to the attention scores.
-    fn position_bias(&self, len: usize, device: &B::Device) -> Tensor<B, 4> {
-        let num_buckets = self.relative_attention_bias.val().dims()[0];
-        let buckets: Vec<i64> = (0..len as i64)
-            .flat_map(|query| {
-                (0..len as i64).map(move |key| relative_position_bucket(key - query, num_buckets, self.max_distance) as i64)
-            })
-            .collect();
-        let buckets = Tensor::<B, 1, Int>::from_data(TensorData::new(buckets, [len * len]), device);
+    /// `[1, heads, len, len]` bias added to the attention scores, from this layer's table.
+    fn position_bias(&self, buckets: Tensor<B, 1, Int>, len: usize) -> Tensor<B, 4> {
         let bias = self.relative_attention_bias.val().select(0, buckets); // [len * len, heads]
         bias.reshape([len, len, self.num_heads]).permute([2, 0, 1]).unsqueeze_dim(0)
     }
 
-    /// `x: [batch, len, d_model]`; `key_mask: [batch, 1, 1, len]` additive (0 or `MASKED_SCORE`).
-    fn forward(&self, x: Tensor<B, 3>, key_mask: Tensor<B, 4>) -> Tensor<B, 3> {
+    /// `x: [batch, len, d_model]`; `key_mask: [batch, 1, 1, len]` additive (0 or `MASKED_SCORE`);
+    /// `buckets: [len * len]` from [`relative_position_buckets`].
+    fn forward(&self, x: Tensor<B, 3>, key_mask: Tensor<B, 4>, buckets: Tensor<B, 1, Int>) -> Tensor<B, 3> {
         let [batch, len, _] = x.dims();
-        let device = x.device();
         let heads = self.num_heads;
         let split = |t: Tensor<B, 3>| {
             let head_dim = t.dims()[2] / heads;
@@ -233,7 +233,7 @@ impl<B: Backend> SelfAttention<B> {
         let k = split(self.k.forward(x.clone()));
         let v = split(self.v.forward(x));
         // T5 folds the scale into the weights: no 1/sqrt(d) here.
-        let scores = q.matmul(k.swap_dims(2, 3)) + self.position_bias(len, &device) + key_mask;
+        let scores = q.matmul(k.swap_dims(2, 3)) + self.position_bias(buckets, len) + key_mask;
         let attended = softmax(scores, 3).matmul(v);
         let [_, _, _, head_dim] = attended.dims();
         self.o.forward(attended.swap_dims(1, 2).reshape([batch, len, heads * head_dim]))
@@ -337,9 +337,9 @@ impl<B: Backend> Block<B> {
         self.layer_1.dense_relu_dense.save(out, &format!("{prefix}.layer.1.DenseReluDense"))
     }
 
-    fn forward(&self, x: Tensor<B, 3>, key_mask: Tensor<B, 4>) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>, key_mask: Tensor<B, 4>, buckets: Tensor<B, 1, Int>) -> Tensor<B, 3> {
         let attention = &self.layer_0;
-        let x = x.clone() + attention.self_attention.forward(attention.layer_norm.forward(x), key_mask);
+        let x = x.clone() + attention.self_attention.forward(attention.layer_norm.forward(x), key_mask, buckets);
         let ff = &self.layer_1;
         x.clone() + ff.dense_relu_dense.forward(ff.layer_norm.forward(x))
     }
@@ -440,9 +440,16 @@ impl<B: Backend> UMT5EncoderModel<B> {
             return Err(ModelError::InvalidInput(format!("token id {bad} is outside the vocabulary of {vocab}")));
         }
         let key_mask = attention_mask.equal_elem(0).float().mul_scalar(MASKED_SCORE).reshape([batch, 1, 1, len]);
+        let config = &self.config;
+        let buckets = relative_position_buckets::<B>(
+            len,
+            config.relative_attention_num_buckets,
+            config.relative_attention_max_distance,
+            &key_mask.device(),
+        );
         let mut x = burn::tensor::module::embedding(self.shared.val(), input_ids);
         for block in &self.block {
-            x = block.forward(x, key_mask.clone());
+            x = block.forward(x, key_mask.clone(), buckets.clone());
         }
         Ok(self.final_layer_norm.forward(x))
     }
