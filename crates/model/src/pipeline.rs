@@ -7,6 +7,7 @@
 //! VAE's `latents_mean`/`latents_std` -> VAE decode -> video in `[-1, 1]`.
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -162,15 +163,34 @@ fn read_max_sequence_length(tokenizer_dir: &Path) -> Result<usize, ModelError> {
     }
 }
 
-/// Writes `model_max_length` into `tokenizer_config.json`, keeping any other fields already there.
-fn write_max_sequence_length(tokenizer_dir: &Path, length: usize) -> Result<(), ModelError> {
+/// The transformers class that loads this `tokenizer.json`: T5's for a Unigram model (umT5),
+/// the generic fast tokenizer otherwise (e.g. vidfarm's word-level one).
+fn tokenizer_class(tokenizer_json: &str) -> &'static str {
+    let model_type = serde_json::from_str::<serde_json::Value>(tokenizer_json)
+        .ok()
+        .and_then(|json| json["model"]["type"].as_str().map(str::to_owned));
+    match model_type.as_deref() {
+        Some("Unigram") => "T5TokenizerFast",
+        _ => "PreTrainedTokenizerFast",
+    }
+}
+
+/// Writes `tokenizer_config.json` so transformers (and so diffusers' `WanPipeline`) can load the
+/// tokenizer and pad to a fixed length: class, special tokens, and `model_max_length` (the
+/// pipeline's prompt length). Fields already in the file are kept, except the length.
+fn write_tokenizer_config(tokenizer_dir: &Path, tokenizer_json: &str, length: usize) -> Result<(), ModelError> {
     let path = tokenizer_dir.join(TOKENIZER_CONFIG);
-    let mut config: serde_json::Value = if path.is_file() {
-        read_config(&path)?
-    } else {
-        json!({ "tokenizer_class": "PreTrainedTokenizerFast" })
-    };
+    let mut config: serde_json::Value = if path.is_file() { read_config(&path)? } else { json!({}) };
+    let vocabulary = tokenizers::Tokenizer::from_str(tokenizer_json).ok();
+    let has_token = |token: &str| vocabulary.as_ref().is_some_and(|t| t.token_to_id(token).is_some());
     if let Some(fields) = config.as_object_mut() {
+        fields.entry("tokenizer_class").or_insert_with(|| tokenizer_class(tokenizer_json).into());
+        let specials = [("pad_token", ["<pad>", "[PAD]"]), ("eos_token", ["</s>", "[SEP]"]), ("unk_token", ["<unk>", "[UNK]"])];
+        for (field, spellings) in specials {
+            if let Some(token) = spellings.into_iter().find(|t| has_token(t)) {
+                fields.entry(field).or_insert_with(|| token.into());
+            }
+        }
         fields.insert("model_max_length".into(), length.into());
     }
     write_config(&path, &config)
@@ -261,7 +281,7 @@ impl<B: Backend> Pipeline<B> {
             "expand_timesteps": false,
             "scheduler": ["diffusers", "UniPCMultistepScheduler"],
             "text_encoder": ["transformers", "UMT5EncoderModel"],
-            "tokenizer": ["transformers", "T5TokenizerFast"],
+            "tokenizer": ["transformers", tokenizer_class(&self.tokenizer_json)],
             "transformer": ["diffusers", "WanTransformer3DModel"],
             "transformer_2": [null, null],
             "vae": ["diffusers", "AutoencoderKLWan"]
@@ -274,7 +294,7 @@ impl<B: Backend> Pipeline<B> {
         std::fs::create_dir_all(&tokenizer_dir).map_err(|e| io_error(&tokenizer_dir, e))?;
         let tokenizer_path = tokenizer_dir.join("tokenizer.json");
         std::fs::write(&tokenizer_path, &self.tokenizer_json).map_err(|e| io_error(&tokenizer_path, e))?;
-        write_max_sequence_length(&tokenizer_dir, self.max_sequence_length)?;
+        write_tokenizer_config(&tokenizer_dir, &self.tokenizer_json, self.max_sequence_length)?;
         self.text_encoder.save(&dir.join("text_encoder"))?;
         self.transformer.save(&dir.join("transformer"))?;
         self.vae.save(&dir.join("vae"))
