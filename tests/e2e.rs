@@ -1,1 +1,293 @@
+//! End to end: the `vidfarm` binary started as a server on a loopback port and driven over
+//! TCP by the generated tonic client and by the CLI's own client commands.
 
+use futures::StreamExt;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tonic::Code;
+use tonic::transport::Channel;
+use vidfarm_api::pb::{self, render_service_client::RenderServiceClient};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vidfarm");
+const PROMPT: &str = "a red circle moving to the right on a white background";
+
+/// A `vidfarm serve` process on an ephemeral port, killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+    _store: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(workers: u32) -> Self {
+        let store = tempfile::tempdir().unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers", &workers.to_string(), "--store"])
+            .arg(store.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("vidfarm serve starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Self { child, addr: format!("http://{addr}"), _store: store }
+    }
+
+    async fn client(&self) -> RenderServiceClient<Channel> {
+        RenderServiceClient::connect(self.addr.clone()).await.unwrap()
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN).args(args).args(["--addr", &self.addr]).output().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spec(seconds: f64) -> pb::JobSpec {
+    pb::JobSpec {
+        prompt: PROMPT.into(),
+        length: Some(pb::job_spec::Length::Seconds(seconds)),
+        seed: Some(7),
+        steps: Some(4),
+        ..Default::default()
+    }
+}
+
+async fn submit(client: &mut RenderServiceClient<Channel>, spec: pb::JobSpec, key: &str) -> pb::SubmitJobResponse {
+    client
+        .submit_job(pb::SubmitJobRequest { spec: Some(spec), idempotency_key: key.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Follows a job's stream to its end; returns every event.
+async fn watch_to_end(client: &mut RenderServiceClient<Channel>, job_id: &str) -> Vec<pb::JobEvent> {
+    let mut stream = client.watch_job(pb::WatchJobRequest { job_id: job_id.into() }).await.unwrap().into_inner();
+    let mut events = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(120), stream.next()).await.expect("events keep coming") {
+        events.push(event.unwrap());
+    }
+    events
+}
+
+fn final_state(events: &[pb::JobEvent]) -> pb::JobState {
+    let job = events.last().and_then(|e| e.job.as_ref()).expect("a last event with the job");
+    pb::JobState::try_from(job.state).unwrap()
+}
+
+fn json(output: &std::process::Output) -> serde_json::Value {
+    assert!(output.status.success(), "command failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+fn probe(path: &Path) -> vidfarm_video::ProbeInfo {
+    vidfarm_video::probe(path).unwrap()
+}
+
+#[tokio::test]
+async fn submit_watch_get_and_fetch_over_tcp() {
+    let server = Server::start(1);
+    let channel = Channel::from_shared(server.addr.clone()).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "vidfarm.v1.RenderService".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    let mut client = server.client().await;
+    let twelve_steps = pb::JobSpec { steps: Some(12), ..spec(2.0) };
+    let first = submit(&mut client, twelve_steps.clone(), "e2e-key").await;
+    assert!(first.created);
+    let job = first.job.unwrap();
+
+    let events = watch_to_end(&mut client, &job.job_id).await;
+    assert_eq!(final_state(&events), pb::JobState::Succeeded);
+    let steps = events.iter().filter(|e| matches!(e.detail, Some(pb::job_event::Detail::Step(_)))).count();
+    let chunks = events.iter().filter(|e| matches!(e.detail, Some(pb::job_event::Detail::ChunkFinished(_)))).count();
+    // The watch starts a moment after the submit; the first step or two may precede it.
+    assert!(steps >= 8, "per-step progress is streamed ({steps} step events of 12)");
+    assert_eq!(chunks, job.chunks.len(), "every chunk's completion is streamed");
+    let again = submit(&mut client, twelve_steps, "e2e-key").await;
+    assert!(!again.created, "the same idempotency key returns the same job");
+    assert_eq!(again.job.unwrap().job_id, job.job_id);
+    assert!(events.windows(2).all(|w| w[0].sequence < w[1].sequence), "sequence numbers increase");
+
+    let got = client.get_job(pb::GetJobRequest { job_id: job.job_id.clone() }).await.unwrap().into_inner();
+    assert_eq!(got.progress.unwrap().fraction, 1.0);
+    let clip = client.get_clip(pb::GetClipRequest { job_id: job.job_id.clone() }).await.unwrap().into_inner();
+    assert_eq!((clip.frames, clip.fps, clip.width, clip.height), (17, 8, 64, 64));
+    assert_eq!(clip.sha256.len(), 64);
+    assert!(clip.url.starts_with("file://"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fetched.mp4");
+    let fetched = json(&server.cli(&["fetch", &job.job_id, "-o", out.to_str().unwrap(), "--json"]));
+    assert_eq!(fetched["sha256"], clip.sha256.as_str());
+    let info = probe(&out);
+    assert_eq!((info.codec.as_str(), info.pix_fmt.as_str()), ("h264", "yuv420p"));
+    assert_eq!((info.width, info.height, info.frames, info.fps), (64, 64, 17, 8.0));
+    assert!((info.duration_seconds - 17.0 / 8.0).abs() < 0.01);
+    assert!(info.faststart);
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_job_between_steps() {
+    let server = Server::start(1);
+    let mut client = server.client().await;
+    let long = pb::JobSpec { steps: Some(200), ..spec(8.0) };
+    let job = submit(&mut client, long, "").await.job.unwrap();
+    let mut stream = client.watch_job(pb::WatchJobRequest { job_id: job.job_id.clone() }).await.unwrap().into_inner();
+    // Wait until denoising is under way.
+    while let Some(event) = stream.next().await {
+        if matches!(event.unwrap().detail, Some(pb::job_event::Detail::Step(_))) {
+            break;
+        }
+    }
+    let cancelled = client.cancel_job(pb::CancelJobRequest { job_id: job.job_id.clone() }).await.unwrap().into_inner();
+    assert_eq!(cancelled.state, pb::JobState::Cancelled as i32);
+    let steps_at_cancel = cancelled.progress.unwrap().steps_done;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = client.get_job(pb::GetJobRequest { job_id: job.job_id.clone() }).await.unwrap().into_inner();
+    let steps_later = later.progress.unwrap().steps_done;
+    assert!(steps_later <= steps_at_cancel + 1, "the chunk stopped at its next step ({steps_at_cancel} -> {steps_later})");
+    assert!(later.clip.is_none());
+    let again = client.cancel_job(pb::CancelJobRequest { job_id: job.job_id.clone() }).await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+}
+
+#[tokio::test]
+async fn pause_holds_a_job_and_resume_finishes_it() {
+    let server = Server::start(1);
+    let mut client = server.client().await;
+    let job = submit(&mut client, pb::JobSpec { steps: Some(40), ..spec(2.0) }, "").await.job.unwrap();
+    let paused = client.pause_job(pb::PauseJobRequest { job_id: job.job_id.clone() }).await.unwrap().into_inner();
+    assert_eq!(paused.state, pb::JobState::Paused as i32);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = client.get_job(pb::GetJobRequest { job_id: job.job_id.clone() }).await.unwrap().into_inner();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = client.get_job(pb::GetJobRequest { job_id: job.job_id.clone() }).await.unwrap().into_inner();
+    assert_eq!(after.state, pb::JobState::Paused as i32);
+    assert_eq!(before.progress.unwrap().steps_done, after.progress.unwrap().steps_done, "a paused job makes no progress");
+    client.resume_job(pb::ResumeJobRequest { job_id: job.job_id.clone() }).await.unwrap();
+    assert_eq!(final_state(&watch_to_end(&mut client, &job.job_id).await), pb::JobState::Succeeded);
+}
+
+#[tokio::test]
+async fn bad_requests_get_the_right_status_naming_the_field() {
+    let server = Server::start(1);
+    let mut client = server.client().await;
+    let cases: Vec<(&str, pb::JobSpec)> = vec![
+        ("spec.prompt", pb::JobSpec { prompt: String::new(), ..spec(1.0) }),
+        ("spec.prompt", pb::JobSpec { prompt: "x".repeat(5000), ..spec(1.0) }),
+        ("spec.seconds", spec(0.0)),
+        ("spec.seconds", spec(-3.0)),
+        ("spec.seconds", spec(1e9)),
+        ("spec.frames", pb::JobSpec { length: Some(pb::job_spec::Length::Frames(0)), ..spec(1.0) }),
+        ("spec.frames", pb::JobSpec { length: Some(pb::job_spec::Length::Frames(10_000_000)), ..spec(1.0) }),
+        ("spec.fps", pb::JobSpec { fps: Some(0), ..spec(1.0) }),
+        ("spec.fps", pb::JobSpec { fps: Some(100_000), ..spec(1.0) }),
+        ("spec.width", pb::JobSpec { width: Some(65), ..spec(1.0) }),
+        ("spec.height", pb::JobSpec { height: Some(100_000), ..spec(1.0) }),
+        ("spec.steps", pb::JobSpec { steps: Some(0), ..spec(1.0) }),
+        ("spec.steps", pb::JobSpec { steps: Some(5000), ..spec(1.0) }),
+        ("spec.sampler", pb::JobSpec { sampler: "ddpm".into(), ..spec(1.0) }),
+        ("spec.model", pb::JobSpec { model: "sora".into(), ..spec(1.0) }),
+        ("spec.overlap_latent_frames", pb::JobSpec { chunk_latent_frames: Some(3), overlap_latent_frames: Some(3), ..spec(1.0) }),
+        ("spec.guidance_scale", pb::JobSpec { guidance_scale: Some(f32::NAN), ..spec(1.0) }),
+    ];
+    for (field, bad) in cases {
+        let status = client
+            .submit_job(pb::SubmitJobRequest { spec: Some(bad), idempotency_key: String::new() })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(status.message().starts_with(field), "{field}: {}", status.message());
+    }
+    let missing = client.submit_job(pb::SubmitJobRequest::default()).await.unwrap_err();
+    assert_eq!(missing.code(), Code::InvalidArgument);
+    assert!(missing.message().starts_with("spec"));
+
+    let unknown = "job-0000000000000-00000000".to_string();
+    let e = client.get_job(pb::GetJobRequest { job_id: unknown.clone() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = client.cancel_job(pb::CancelJobRequest { job_id: unknown.clone() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = client.get_job(pb::GetJobRequest { job_id: String::new() }).await.unwrap_err();
+    assert_eq!((e.code(), e.message().starts_with("job_id")), (Code::InvalidArgument, true));
+    let e = client.get_clip(pb::GetClipRequest { job_id: "../../etc/passwd".into() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = client.list_jobs(pb::ListJobsRequest { page_size: 5000, ..Default::default() }).await.unwrap_err();
+    assert_eq!((e.code(), e.message().starts_with("page_size")), (Code::InvalidArgument, true));
+    let e = client.list_jobs(pb::ListJobsRequest { states: vec![42], ..Default::default() }).await.unwrap_err();
+    assert_eq!((e.code(), e.message().starts_with("states")), (Code::InvalidArgument, true));
+
+    // A job not yet finished has no clip; a finished one cannot be cancelled.
+    let job = submit(&mut client, spec(1.0), "").await.job.unwrap();
+    let e = client.get_clip(pb::GetClipRequest { job_id: job.job_id.clone() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(final_state(&watch_to_end(&mut client, &job.job_id).await), pb::JobState::Succeeded);
+    let e = client.cancel_job(pb::CancelJobRequest { job_id: job.job_id.clone() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let e = client.pause_job(pb::PauseJobRequest { job_id: job.job_id.clone() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn cli_client_commands_speak_json() {
+    let server = Server::start(1);
+    let submitted = json(&server.cli(&["submit", PROMPT, "--seconds", "1", "--steps", "2", "--json"]));
+    let job_id = submitted["job_id"].as_str().expect("submit prints job_id").to_string();
+    let watched = json(&server.cli(&["watch", &job_id, "--json"]));
+    assert_eq!(watched["state"], "succeeded");
+    let got = json(&server.cli(&["get", &job_id, "--json"]));
+    assert_eq!(got["job_id"], job_id.as_str());
+    assert_eq!(got["clip"]["frames"], 9);
+    let waited = json(&server.cli(&["submit", PROMPT, "--frames", "5", "--steps", "2", "--priority", "high", "--wait", "--json"]));
+    assert_eq!(waited["state"], "succeeded");
+    let listed = json(&server.cli(&["list", "--state", "succeeded", "--page-size", "1", "--json"]));
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);
+    let token = listed["next_page_token"].as_str().unwrap();
+    assert!(!token.is_empty(), "a second page exists");
+    let second = json(&server.cli(&["list", "--state", "succeeded", "--page-size", "1", "--page-token", token, "--json"]));
+    assert_eq!(second["jobs"].as_array().unwrap().len(), 1);
+    assert_ne!(second["jobs"][0]["job_id"], listed["jobs"][0]["job_id"]);
+    let bad = server.cli(&["submit", PROMPT, "--fps", "0", "--json"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("spec.fps"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
+
+#[test]
+fn render_writes_the_asked_clip_on_the_embedded_farm() {
+    let dir = tempfile::tempdir().unwrap();
+    let out: PathBuf = dir.path().join("clip.mp4");
+    let output = Command::new(BIN)
+        .args(["render", "a red circle moving to the right on a blue zebra background", "--seconds", "4", "--steps", "4", "-o"])
+        .arg(&out)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let value = json(&output);
+    assert_eq!(value["state"], "succeeded");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("zebra"), "unknown words are named: {stderr}");
+    let info = probe(&out);
+    assert_eq!((info.width, info.height, info.frames, info.fps), (64, 64, 33, 8.0));
+    assert_eq!(info.codec, "h264");
+
+    let missing = Command::new(BIN).args(["render", PROMPT, "--model", "/nonexistent/model", "-o"]).arg(&out).output().unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/model"));
+}

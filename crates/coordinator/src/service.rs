@@ -93,17 +93,18 @@ impl RenderService for RenderApi {
                 job: Some(job_to_pb(&u.record, &store)),
                 detail: Some(detail_to_pb(&u.detail)),
             });
-        // The stream ends with the event that makes the job final.
-        let rest = rest.scan(finished, |done, event| {
-            if *done {
-                return futures::future::ready(None);
+        // The stream ends with the event that makes the job final, without waiting for another.
+        let rest = futures::stream::unfold((rest.boxed(), finished), |(mut updates, done)| async move {
+            if done {
+                return None;
             }
+            let event = updates.next().await?;
             let state = event.job.as_ref().map(|j| j.state).unwrap_or_default();
-            *done = matches!(
+            let done = matches!(
                 pb::JobState::try_from(state),
                 Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
             );
-            futures::future::ready(Some(event))
+            Some((event, (updates, done)))
         });
         let stream = futures::stream::once(async move { first }).chain(rest).map(Ok);
         Ok(Response::new(stream.boxed()))
