@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every vidfarm test: installs the system packages, starts Redis when it is not
+# running, runs the Rust workspace's tests (unit, model parity, end-to-end over TCP), checks
+# that the CUDA backend builds, and runs the Python gRPC client test against the binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash deploy/install-deps.sh
+
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  redis-server --daemonize yes --save "" --appendonly no >/dev/null
+  for _ in $(seq 50); do redis-cli ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+
+target="${CARGO_TARGET_DIR:-target}"
+cargo build --locked -p vidfarm
+cargo test --locked --workspace
+cargo check --locked -p vidfarm --features cuda
+
+venv="${VIDFARM_TEST_VENV:-$target/py-test-venv}"
+[ -x "$venv/bin/pytest" ] || { python3 -m venv "$venv" && "$venv/bin/pip" install -q -r tests/python/requirements.txt; }
+VIDFARM_BIN="$target/debug/vidfarm" "$venv/bin/pytest" -q tests/python
