@@ -291,3 +291,66 @@ fn render_writes_the_asked_clip_on_the_embedded_farm() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/model"));
 }
+
+#[tokio::test]
+async fn reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+        server_reflection_response::MessageResponse,
+    };
+    let server = Server::start(1);
+    let channel = Channel::from_shared(server.addr.clone()).unwrap().connect().await.unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut responses = client.server_reflection_info(futures::stream::iter([request])).await.unwrap().into_inner();
+    let response = responses.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("expected a service list, got {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"vidfarm.v1.RenderService".to_string()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+}
+
+/// `vidfarm model forward` on a diffusers checkpoint reproduces the reference's output, so anyone
+/// can check a checkpoint; `--repeat` times it.
+#[test]
+fn model_forward_matches_the_reference_fixture() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/dit_a");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let output = Command::new(BIN)
+        .args(["model", "forward", "--component", "dit", "--repeat", "2", "--checkpoint"])
+        .arg(fixture.join("transformer"))
+        .arg("--inputs")
+        .arg(fixture.join("io.safetensors"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let timing = json(&output);
+    assert!(timing["load_s"].as_f64().unwrap() >= 0.0);
+    assert!(timing["run_s"].as_array().unwrap().len() >= 2);
+
+    let f32s = |view: safetensors::tensor::TensorView<'_>| -> Vec<f32> {
+        view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    };
+    let ours = std::fs::read(&out).unwrap();
+    let reference = std::fs::read(fixture.join("io.safetensors")).unwrap();
+    let ours = f32s(safetensors::SafeTensors::deserialize(&ours).unwrap().tensor("sample").unwrap());
+    let reference = f32s(safetensors::SafeTensors::deserialize(&reference).unwrap().tensor("sample").unwrap());
+    assert_eq!(ours.len(), reference.len());
+    let max_error = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(max_error <= 1e-4, "max abs error {max_error}");
+
+    let info = json(&Command::new(BIN).args(["model", "info"]).arg(fixture.join("transformer")).output().unwrap());
+    assert!(info.to_string().contains("parameters"), "{info}");
+    let missing = Command::new(BIN)
+        .args(["model", "forward", "--component", "dit", "--checkpoint", "/nonexistent/transformer", "--inputs"])
+        .arg(fixture.join("io.safetensors"))
+        .args(["--out", "/y"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/transformer"));
+}

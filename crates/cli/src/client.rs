@@ -18,9 +18,9 @@ pub async fn connect(addr: &str) -> Result<Client> {
 
 fn print(json: bool, value: serde_json::Value, text: String) {
     if json {
-        println!("{value}");
+        crate::output::emit(value);
     } else {
-        println!("{text}");
+        crate::output::emit(text);
     }
 }
 

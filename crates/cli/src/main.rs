@@ -231,9 +231,9 @@ async fn render(settings: &Settings, spec: &SpecArgs, out: &PathBuf, model: Opti
     let mut value = output::job_json(&job);
     value["path"] = out.display().to_string().into();
     if json {
-        println!("{value}");
+        output::emit(value);
     } else {
-        println!(
+        output::emit(format!(
             "{}: {} frames at {} fps, {}x{}, {} bytes",
             out.display(),
             clip.frames,
@@ -241,7 +241,7 @@ async fn render(settings: &Settings, spec: &SpecArgs, out: &PathBuf, model: Opti
             clip.width,
             clip.height,
             clip.size_bytes
-        );
+        ));
     }
     Ok(())
 }
@@ -258,7 +258,7 @@ async fn serve(settings: &Settings, listen: &str, store: &str, model: &PathBuf) 
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let local = listener.local_addr()?;
     // Scripts and tests read the bound address (the port may have been 0) from this line.
-    println!("listening on {local}");
+    output::emit(format!("listening on {local}"));
     tracing::info!(%local, store, model = %model.display(), "serving");
     vidfarm_coordinator::serve(farm.coordinator.clone(), listener, shutdown_signal()).await?;
     tracing::info!("shutting down: finishing tasks in hand");

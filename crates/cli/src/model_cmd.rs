@@ -50,13 +50,13 @@ fn run_blocking(command: ModelCommand) -> Result<()> {
     match command {
         ModelCommand::Info { dir } => {
             let info = model_info(&dir)?;
-            println!("{}", serde_json::to_string_pretty(&info)?);
+            crate::output::emit(serde_json::to_string_pretty(&info)?);
         }
         ModelCommand::Forward { component, checkpoint, inputs, out, repeat } => {
             let component: Component = component.parse()?;
             let timing = run_component(component, &checkpoint, &inputs, &out, repeat + 1)?;
             if repeat > 0 {
-                println!("{}", serde_json::json!({ "load_s": timing.load_s, "run_s": timing.run_s }));
+                crate::output::emit(serde_json::json!({ "load_s": timing.load_s, "run_s": timing.run_s }));
             }
         }
         ModelCommand::Init { dir, seed, max_sequence_length } => {
@@ -74,7 +74,7 @@ fn run_blocking(command: ModelCommand) -> Result<()> {
             };
             let pipeline = Pipeline::<DefaultBackend>::random(config, seed, &Default::default())?;
             pipeline.save(&dir)?;
-            println!("wrote random weights (seed {seed}) into {}", dir.display());
+            crate::output::emit(format!("wrote random weights (seed {seed}) into {}", dir.display()));
         }
     }
     Ok(())

@@ -103,3 +103,11 @@ pub fn update_bar(bar: &ProgressBar, job: &pb::Job) {
         p.steps_total
     ));
 }
+
+/// Writes one line to stdout. A reader that went away (`vidfarm list | head`) is not an
+/// error worth a panic: the line is dropped.
+pub fn emit(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
