@@ -209,3 +209,29 @@ mod memory_backend {
         super::book_pauses_and_resumes(&MemoryJobBook::new()).await;
     }
 }
+
+#[cfg(test)]
+mod redis_backend {
+    use crate::redis::{RedisJobBook, RedisQueue, test_namespace};
+
+    /// Runs each check in a namespace of its own on the local Redis, removed afterwards.
+    macro_rules! on_redis {
+        ($($check:ident => $backend:ident),* $(,)?) => {$(
+            #[tokio::test]
+            async fn $check() {
+                let ns = test_namespace().await;
+                super::$check(&$backend::new(ns.clone())).await;
+                ns.clear().await.unwrap();
+            }
+        )*};
+    }
+
+    on_redis! {
+        queue_orders_and_acks => RedisQueue,
+        queue_redelivers_lapsed_leases => RedisQueue,
+        queue_retries_and_discards => RedisQueue,
+        book_stores_and_lists => RedisJobBook,
+        book_applies_changes_and_streams_them => RedisJobBook,
+        book_pauses_and_resumes => RedisJobBook,
+    }
+}

@@ -1,11 +1,14 @@
 //! The farm's shared state, each part behind one small trait with one module per backend:
 //! the task queue (leases, retries, priorities) and the job book (job records, their changes
-//! and a stream of updates). The in-memory backends serve the embedded single-process farm.
+//! and a stream of updates). The in-memory backends serve the embedded single-process farm,
+//! the Redis ones a distributed farm.
 
 pub mod book;
 pub mod job;
 pub mod memory;
 pub use memory::{MemoryJobBook, MemoryQueue};
+pub mod redis;
+pub use redis::{RedisJobBook, RedisNamespace, RedisQueue};
 pub mod task;
 
 pub use book::{JobBook, JobUpdate, Page};

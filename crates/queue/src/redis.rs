@@ -1,0 +1,626 @@
+//! Redis backends for the distributed farm: the task queue as sorted sets changed only by Lua
+//! scripts (each step atomic on the server, timed by the server's clock), the job book as JSON
+//! records changed by compare-and-set and announced on a per-job channel. `REDIS.md` beside
+//! this crate's manifest describes the keys and the guarantees.
+
+use crate::book::{JobBook, JobUpdate, Page};
+use crate::job::{JobChange, JobRecord, JobState, UpdateDetail};
+use crate::memory::now_ms;
+use crate::task::{Lease, Queue, Task};
+use crate::QueueError;
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{AsyncCommands, Client, Script};
+use std::time::{Duration, Instant};
+use vidfarm_api::Priority;
+
+/// How often a waiting `pull` asks again.
+const PULL_POLL: Duration = Duration::from_millis(25);
+/// Compare-and-set attempts before an update gives up (each loses only to another writer).
+const MAX_UPDATE_RACES: usize = 64;
+
+fn backend(context: &str, e: impl std::fmt::Display) -> QueueError {
+    QueueError::Backend(format!("{context}: {e}"))
+}
+
+/// A Redis URL without its password, for messages.
+fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://***@{}", &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+/// One farm's corner of a Redis server: a connection that reconnects by itself, and the
+/// prefix (`vidfarm:<namespace>:`) of every key the farm touches.
+#[derive(Clone)]
+pub struct RedisNamespace {
+    client: Client,
+    conn: ConnectionManager,
+    prefix: String,
+    url: String,
+}
+
+impl RedisNamespace {
+    /// Connects, failing fast with the (password-free) URL when Redis cannot be reached, so
+    /// the caller decides how to wait and retry.
+    pub async fn connect(url: &str, namespace: &str) -> Result<Self, QueueError> {
+        let shown = redacted(url);
+        let valid = !namespace.is_empty() && namespace.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !valid {
+            return Err(QueueError::Backend(format!(
+                "Redis namespace {namespace:?}: use letters, digits, '-', '_' and '.'"
+            )));
+        }
+        let client = Client::open(url).map_err(|e| backend(&format!("Redis URL {shown}"), e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(10)));
+        let conn = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(|e| backend(&format!("cannot reach Redis at {shown}"), e))?;
+        Ok(Self { client, conn, prefix: format!("vidfarm:{namespace}:"), url: shown })
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> QueueError {
+        backend(&format!("Redis {} {what}", self.url), e)
+    }
+
+    /// Records why a value was moved aside (`HGETALL vidfarm:<ns>:malformed` lists them).
+    fn malformed_key(&self) -> String {
+        self.key("malformed")
+    }
+
+    /// Deletes every key of the namespace.
+    #[cfg(test)]
+    pub(crate) async fn clear(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let keys: Vec<String> = {
+            let mut iter = conn.scan_match::<_, String>(format!("{}*", self.prefix)).await.map_err(|e| self.err("scan", e))?;
+            let mut keys = Vec::new();
+            while let Some(key) = iter.next_item().await {
+                keys.push(key.map_err(|e| self.err("scan", e))?);
+            }
+            keys
+        };
+        if !keys.is_empty() {
+            let mut conn = self.conn.clone();
+            let _: () = conn.del(keys).await.map_err(|e| self.err("del", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// The server's clock in milliseconds: leases are timed by one clock, whatever the workers' say.
+const NOW: &str = r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+";
+
+/// KEYS: leased set, task hash. ARGV: task id, token. The caller still holds the lease.
+const HOLDS: &str = r"
+local function holds()
+  return redis.call('HGET', KEYS[2], 'token') == ARGV[2] and redis.call('ZSCORE', KEYS[1], ARGV[1]) ~= false
+end
+";
+
+/// KEYS: ready set, task hash, sequence counter. ARGV: task JSON, priority rank, task id.
+/// The score orders by rank, then arrival; it stays with the task across redeliveries.
+const PUSH: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local seq = redis.call('INCR', KEYS[3])
+local score = string.format('%.0f', tonumber(ARGV[2]) * 1e12 + seq)
+redis.call('HSET', KEYS[2], 'task', ARGV[1], 'score', score, 'attempt', 0, 'token', 0)
+redis.call('ZADD', KEYS[1], score, ARGV[3])
+return 1
+";
+
+/// KEYS: ready, delayed, leased, malformed. ARGV: task hash prefix, token counter, lease ms,
+/// worker. Moves due retries and lapsed leases back to ready, then leases the first ready task.
+const PULL: &str = r"
+local now = now_ms()
+for _, set in ipairs({KEYS[2], KEYS[3]}) do
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', set, '-inf', now)) do
+    redis.call('ZREM', set, id)
+    local score = redis.call('HGET', ARGV[1] .. id, 'score')
+    if score then
+      redis.call('ZADD', KEYS[1], score, id)
+    else
+      redis.call('HSET', KEYS[4], 'task:' .. id, 'listed as ' .. set .. ' without a task record')
+    end
+  end
+end
+while true do
+  local first = redis.call('ZPOPMIN', KEYS[1])
+  if #first == 0 then return false end
+  local id = first[1]
+  local key = ARGV[1] .. id
+  local json = redis.call('HGET', key, 'task')
+  if json then
+    local token = redis.call('INCR', ARGV[2])
+    local attempt = redis.call('HINCRBY', key, 'attempt', 1)
+    redis.call('HSET', key, 'token', token, 'worker', ARGV[4])
+    redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), id)
+    return {id, json, attempt, token}
+  end
+  redis.call('HSET', KEYS[4], 'task:' .. id, 'queued without a task record')
+end
+";
+
+/// KEYS: leased, task hash. ARGV: id, token, lease ms.
+const RENEW: &str = r"
+if not holds() then return 0 end
+redis.call('ZADD', KEYS[1], now_ms() + tonumber(ARGV[3]), ARGV[1])
+return 1
+";
+
+/// KEYS: leased, task hash. ARGV: id, token.
+const ACK: &str = r"
+if not holds() then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
+";
+
+/// KEYS: leased, task hash, delayed. ARGV: id, token, delay ms.
+const RETRY: &str = r"
+if not holds() then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[3], now_ms() + tonumber(ARGV[3]), ARGV[1])
+return 1
+";
+
+/// KEYS: ready, delayed. ARGV: task hash prefix, task id prefix of the job (`<job>/`).
+const DISCARD_JOB: &str = r"
+local n = 0
+for _, set in ipairs(KEYS) do
+  for _, id in ipairs(redis.call('ZRANGE', set, 0, -1)) do
+    if string.sub(id, 1, #ARGV[2]) == ARGV[2] then
+      redis.call('ZREM', set, id)
+      redis.call('DEL', ARGV[1] .. id)
+      n = n + 1
+    end
+  end
+end
+return n
+";
+
+/// KEYS: leased, task hash, malformed. ARGV: id, reason. Takes an unreadable task out of the
+/// queue, keeping its text and the reason beside it.
+const SET_ASIDE_TASK: &str = r"
+redis.call('ZREM', KEYS[1], ARGV[1])
+local raw = redis.call('HGET', KEYS[2], 'task') or ''
+redis.call('HSET', KEYS[3], 'task:' .. ARGV[1], ARGV[2] .. ': ' .. raw)
+redis.call('DEL', KEYS[2])
+return 1
+";
+
+fn priority_rank(priority: Priority) -> u8 {
+    match priority {
+        Priority::High => 0,
+        Priority::Normal => 1,
+        Priority::Low => 2,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The task queue in Redis. Keys: `queue:ready` (zset, rank and arrival), `queue:delayed`
+/// (zset, due time of retries), `queue:leased` (zset, lease deadline), `queue:task:<id>`
+/// (hash: task JSON, score, attempt, token, worker), counters `queue:seq` and `queue:token`.
+pub struct RedisQueue {
+    ns: RedisNamespace,
+    push: Script,
+    pull: Script,
+    renew: Script,
+    ack: Script,
+    retry: Script,
+    discard_job: Script,
+    set_aside: Script,
+}
+
+impl RedisQueue {
+    pub fn new(ns: RedisNamespace) -> Self {
+        let lease_check = |body: &str| Script::new(&format!("{NOW}{HOLDS}{body}"));
+        Self {
+            ns,
+            push: Script::new(PUSH),
+            pull: Script::new(&format!("{NOW}{PULL}")),
+            renew: lease_check(RENEW),
+            ack: lease_check(ACK),
+            retry: lease_check(RETRY),
+            discard_job: Script::new(DISCARD_JOB),
+            set_aside: Script::new(SET_ASIDE_TASK),
+        }
+    }
+
+    fn task_key(&self, id: &str) -> String {
+        self.ns.key(&format!("queue:task:{id}"))
+    }
+
+    /// Runs one of the lease-holder scripts (renew, ack, retry) with its extra key and argument.
+    async fn as_holder(&self, script: &Script, lease: &Lease, extra_key: Option<String>, extra_arg: Option<u64>) -> Result<bool, QueueError> {
+        let id = lease.task.id();
+        let mut call = script.key(self.ns.key("queue:leased"));
+        call.key(self.task_key(&id));
+        if let Some(key) = extra_key {
+            call.key(key);
+        }
+        call.arg(&id).arg(lease.token.to_string());
+        if let Some(arg) = extra_arg {
+            call.arg(arg);
+        }
+        let held: i64 = call.invoke_async(&mut self.ns.conn.clone()).await.map_err(|e| self.ns.err("lease script", e))?;
+        Ok(held == 1)
+    }
+
+    /// One attempt at leasing a ready task; unreadable tasks are set aside on the way.
+    async fn try_pull(&self, worker: &str, lease_for: Duration) -> Result<Option<Lease>, QueueError> {
+        let mut conn = self.ns.conn.clone();
+        loop {
+            let leased: Option<(String, String, u32, u64)> = self
+                .pull
+                .key(self.ns.key("queue:ready"))
+                .key(self.ns.key("queue:delayed"))
+                .key(self.ns.key("queue:leased"))
+                .key(self.ns.malformed_key())
+                .arg(self.ns.key("queue:task:"))
+                .arg(self.ns.key("queue:token"))
+                .arg(millis(lease_for))
+                .arg(worker)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.ns.err("pull", e))?;
+            let Some((id, json, attempt, token)) = leased else { return Ok(None) };
+            match serde_json::from_str::<Task>(&json) {
+                Ok(mut task) if task.id() == id => {
+                    task.attempt = attempt;
+                    return Ok(Some(Lease { task, worker: worker.to_string(), token }));
+                }
+                parsed => {
+                    let reason = match parsed {
+                        Ok(task) => format!("stored under id {id} but is task {}", task.id()),
+                        Err(e) => format!("unreadable task: {e}"),
+                    };
+                    tracing::warn!(task = %id, %reason, "setting a malformed task aside");
+                    let _: i64 = self
+                        .set_aside
+                        .key(self.ns.key("queue:leased"))
+                        .key(self.task_key(&id))
+                        .key(self.ns.malformed_key())
+                        .arg(&id)
+                        .arg(reason)
+                        .invoke_async(&mut conn)
+                        .await
+                        .map_err(|e| self.ns.err("setting a task aside", e))?;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Queue for RedisQueue {
+    async fn push(&self, task: Task) -> Result<(), QueueError> {
+        let id = task.id();
+        let json = serde_json::to_string(&Task { attempt: 0, ..task.clone() }).map_err(|e| backend("encoding a task", e))?;
+        let _: i64 = self
+            .push
+            .key(self.ns.key("queue:ready"))
+            .key(self.task_key(&id))
+            .key(self.ns.key("queue:seq"))
+            .arg(json)
+            .arg(priority_rank(task.priority))
+            .arg(&id)
+            .invoke_async(&mut self.ns.conn.clone())
+            .await
+            .map_err(|e| self.ns.err("push", e))?;
+        Ok(())
+    }
+
+    async fn pull(&self, worker: &str, lease_for: Duration, wait: Duration) -> Result<Option<Lease>, QueueError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(lease) = self.try_pull(worker, lease_for).await? {
+                return Ok(Some(lease));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep((deadline - now).min(PULL_POLL)).await;
+        }
+    }
+
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<bool, QueueError> {
+        self.as_holder(&self.renew, lease, None, Some(millis(lease_for))).await
+    }
+
+    async fn ack(&self, lease: &Lease) -> Result<bool, QueueError> {
+        self.as_holder(&self.ack, lease, None, None).await
+    }
+
+    async fn retry(&self, lease: &Lease, delay: Duration) -> Result<bool, QueueError> {
+        self.as_holder(&self.retry, lease, Some(self.ns.key("queue:delayed")), Some(millis(delay))).await
+    }
+
+    async fn discard_job(&self, job_id: &str) -> Result<usize, QueueError> {
+        let n: usize = self
+            .discard_job
+            .key(self.ns.key("queue:ready"))
+            .key(self.ns.key("queue:delayed"))
+            .arg(self.ns.key("queue:task:"))
+            .arg(format!("{job_id}/"))
+            .invoke_async(&mut self.ns.conn.clone())
+            .await
+            .map_err(|e| self.ns.err("discard", e))?;
+        Ok(n)
+    }
+
+    async fn depth(&self) -> Result<usize, QueueError> {
+        let (ready, delayed, leased): (usize, usize, usize) = ::redis::pipe()
+            .zcard(self.ns.key("queue:ready"))
+            .zcard(self.ns.key("queue:delayed"))
+            .zcard(self.ns.key("queue:leased"))
+            .query_async(&mut self.ns.conn.clone())
+            .await
+            .map_err(|e| self.ns.err("depth", e))?;
+        Ok(ready + delayed + leased)
+    }
+}
+
+/// KEYS: job key, job index, idempotency key (the job key again when there is none).
+/// ARGV: id, record JSON, job key prefix, '1' when there is an idempotency key.
+/// Returns false when stored, else the record the idempotency key already names ('' if gone).
+const INSERT_JOB: &str = r"
+if ARGV[4] == '1' then
+  local existing = redis.call('GET', KEYS[3])
+  if existing then return redis.call('GET', ARGV[3] .. existing) or '' end
+  redis.call('SET', KEYS[3], ARGV[1])
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+return false
+";
+
+/// KEYS: job key, updates channel. ARGV: the record as read, the record after the change, the
+/// update message. Stores and announces only if nobody changed the record meanwhile.
+const UPDATE_JOB: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('PUBLISH', KEYS[2], ARGV[3])
+return 1
+";
+
+/// KEYS: job key, job index, malformed, set-aside key. ARGV: id, reason.
+const SET_ASIDE_JOB: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[4]) end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[3], 'job:' .. ARGV[1], ARGV[2])
+return 1
+";
+
+/// Jobs read per round trip while listing with a state filter.
+const LIST_BATCH: usize = 200;
+
+/// The job book in Redis. Keys: `job:<id>` (the record as JSON), `jobs` (zset of ids, all
+/// scored 0 so they page in id order), `idempotency:<key>` (job id); channel `updates:<id>`.
+pub struct RedisJobBook {
+    ns: RedisNamespace,
+    insert: Script,
+    update: Script,
+    set_aside: Script,
+}
+
+impl RedisJobBook {
+    pub fn new(ns: RedisNamespace) -> Self {
+        Self { ns, insert: Script::new(INSERT_JOB), update: Script::new(UPDATE_JOB), set_aside: Script::new(SET_ASIDE_JOB) }
+    }
+
+    fn job_key(&self, id: &str) -> String {
+        self.ns.key(&format!("job:{id}"))
+    }
+
+    /// Parses a stored record; an unreadable one is moved to `malformed:job:<id>` with its
+    /// reason recorded, and reads as absent.
+    async fn parse(&self, id: &str, raw: &str) -> Result<Option<JobRecord>, QueueError> {
+        let reason = match serde_json::from_str::<JobRecord>(raw) {
+            Ok(record) if record.id == id => return Ok(Some(record)),
+            Ok(record) => format!("stored under id {id} but is job {}", record.id),
+            Err(e) => format!("unreadable job record: {e}"),
+        };
+        tracing::warn!(job_id = %id, %reason, "setting a malformed job record aside");
+        let _: i64 = self
+            .set_aside
+            .key(self.job_key(id))
+            .key(self.ns.key("jobs"))
+            .key(self.ns.malformed_key())
+            .key(self.ns.key(&format!("malformed:job:{id}")))
+            .arg(id)
+            .arg(reason)
+            .invoke_async(&mut self.ns.conn.clone())
+            .await
+            .map_err(|e| self.ns.err("setting a job aside", e))?;
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl JobBook for RedisJobBook {
+    async fn insert(&self, record: JobRecord) -> Result<(JobRecord, bool), QueueError> {
+        let json = serde_json::to_string(&record).map_err(|e| backend("encoding a job record", e))?;
+        let idempotency = record.idempotency_key.as_ref().map(|k| self.ns.key(&format!("idempotency:{k}")));
+        let existing: Option<String> = self
+            .insert
+            .key(self.job_key(&record.id))
+            .key(self.ns.key("jobs"))
+            .key(idempotency.clone().unwrap_or_else(|| self.job_key(&record.id)))
+            .arg(&record.id)
+            .arg(json)
+            .arg(self.ns.key("job:"))
+            .arg(if idempotency.is_some() { "1" } else { "0" })
+            .invoke_async(&mut self.ns.conn.clone())
+            .await
+            .map_err(|e| self.ns.err("insert", e))?;
+        let Some(raw) = existing else { return Ok((record, true)) };
+        let found = serde_json::from_str::<JobRecord>(&raw).map_err(|e| {
+            QueueError::Backend(format!("the job named by idempotency key {:?} is missing or unreadable: {e}", record.idempotency_key))
+        })?;
+        Ok((found, false))
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
+        let raw: Option<String> = self.ns.conn.clone().get(self.job_key(id)).await.map_err(|e| self.ns.err("get", e))?;
+        match raw {
+            Some(raw) => self.parse(id, &raw).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn list(&self, states: &[JobState], after: Option<&str>, limit: usize) -> Result<Page, QueueError> {
+        let mut conn = self.ns.conn.clone();
+        let mut jobs = Vec::new();
+        let mut cursor = after.map_or("-".to_string(), |a| format!("({a}"));
+        // One more than asked tells whether another page follows.
+        while jobs.len() <= limit {
+            let batch = if states.is_empty() { limit + 1 - jobs.len() } else { LIST_BATCH };
+            let ids: Vec<String> = conn
+                .zrangebylex_limit(self.ns.key("jobs"), &cursor, "+", 0, batch as isize)
+                .await
+                .map_err(|e| self.ns.err("list", e))?;
+            let Some(last) = ids.last() else { break };
+            cursor = format!("({last}");
+            let keys: Vec<String> = ids.iter().map(|id| self.job_key(id)).collect();
+            let raws: Vec<Option<String>> = ::redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.map_err(|e| self.ns.err("list", e))?;
+            for (id, raw) in ids.iter().zip(raws) {
+                let Some(raw) = raw else { continue };
+                if let Some(record) = self.parse(id, &raw).await?
+                    && (states.is_empty() || states.contains(&record.state))
+                    && jobs.len() <= limit
+                {
+                    jobs.push(record);
+                }
+            }
+            if ids.len() < batch {
+                break;
+            }
+        }
+        let more = jobs.len() > limit;
+        jobs.truncate(limit);
+        let next = if more { jobs.last().map(|r| r.id.clone()) } else { None };
+        Ok(Page { jobs, next })
+    }
+
+    async fn update(&self, id: &str, change: JobChange) -> Result<(JobRecord, Option<UpdateDetail>), QueueError> {
+        let mut conn = self.ns.conn.clone();
+        for _ in 0..MAX_UPDATE_RACES {
+            let raw: Option<String> = conn.get(self.job_key(id)).await.map_err(|e| self.ns.err("update", e))?;
+            let raw = raw.ok_or_else(|| QueueError::JobNotFound(id.to_string()))?;
+            let mut record = self.parse(id, &raw).await?.ok_or_else(|| QueueError::JobNotFound(id.to_string()))?;
+            let Some(detail) = record.apply(&change, now_ms())? else { return Ok((record, None)) };
+            let after = serde_json::to_string(&record).map_err(|e| backend("encoding a job record", e))?;
+            let message = serde_json::to_string(&(&record, &detail)).map_err(|e| backend("encoding an update", e))?;
+            let stored: i64 = self
+                .update
+                .key(self.job_key(id))
+                .key(self.ns.key(&format!("updates:{id}")))
+                .arg(&raw)
+                .arg(after)
+                .arg(message)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.ns.err("update", e))?;
+            if stored == 1 {
+                return Ok((record, Some(detail)));
+            }
+        }
+        Err(QueueError::Backend(format!("job {id}: gave up after {MAX_UPDATE_RACES} concurrent changes won the race")))
+    }
+
+    async fn subscribe(&self, id: &str) -> Result<BoxStream<'static, JobUpdate>, QueueError> {
+        // Subscribing takes a connection of its own: a subscribed connection runs no commands.
+        let mut pubsub = self.ns.client.get_async_pubsub().await.map_err(|e| self.ns.err("subscribe", e))?;
+        pubsub.subscribe(self.ns.key(&format!("updates:{id}"))).await.map_err(|e| self.ns.err("subscribe", e))?;
+        let stream = pubsub.into_on_message().filter_map(|msg| async move {
+            match serde_json::from_slice::<(JobRecord, UpdateDetail)>(msg.get_payload_bytes()) {
+                Ok((record, detail)) => Some(JobUpdate { record, detail }),
+                Err(e) => {
+                    tracing::warn!(channel = msg.get_channel_name(), error = %e, "skipping a malformed job update");
+                    None
+                }
+            }
+        });
+        Ok(stream.boxed())
+    }
+}
+
+/// A fresh namespace on the local test Redis (`tests/run.sh` starts one); `clear` it after.
+#[cfg(test)]
+pub(crate) async fn test_namespace() -> RedisNamespace {
+    let name = format!("test-{}", uuid::Uuid::new_v4().simple());
+    RedisNamespace::connect("redis://127.0.0.1:6379", &name).await.expect("a Redis server on 127.0.0.1:6379")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::sample_record;
+    use crate::task::TaskKind;
+
+    #[tokio::test]
+    async fn unreachable_redis_is_a_clear_error_naming_the_url() {
+        let err = RedisNamespace::connect("redis://user:secret@127.0.0.1:1", "ns").await.err().expect("nothing listens on port 1");
+        let text = err.to_string();
+        assert!(text.contains("cannot reach Redis at redis://***@127.0.0.1:1"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+        let err = RedisNamespace::connect("redis://127.0.0.1:6379", "a b").await.err().expect("a space is refused");
+        assert!(err.to_string().contains("namespace"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn malformed_tasks_are_set_aside_with_their_reason() {
+        let ns = test_namespace().await;
+        let queue = RedisQueue::new(ns.clone());
+        queue.push(Task::new("bad", TaskKind::Denoise { chunk: 0 }, Priority::High)).await.unwrap();
+        queue.push(Task::new("good", TaskKind::Denoise { chunk: 0 }, Priority::Low)).await.unwrap();
+        let mut conn = ns.conn.clone();
+        let _: () = conn.hset(queue.task_key("bad/denoise/0"), "task", "{not json").await.unwrap();
+        let lease = queue.pull("w", Duration::from_secs(30), Duration::ZERO).await.unwrap().expect("the readable task");
+        assert_eq!(lease.task.job_id, "good");
+        let reason: String = conn.hget(ns.malformed_key(), "task:bad/denoise/0").await.unwrap();
+        assert!(reason.starts_with("unreadable task") && reason.ends_with("{not json"), "{reason}");
+        assert!(queue.ack(&lease).await.unwrap());
+        assert_eq!(queue.depth().await.unwrap(), 0, "the bad task left the queue");
+        ns.clear().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn malformed_job_records_are_set_aside_and_read_as_absent() {
+        let ns = test_namespace().await;
+        let book = RedisJobBook::new(ns.clone());
+        book.insert(sample_record("job-1", None)).await.unwrap();
+        book.insert(sample_record("job-2", None)).await.unwrap();
+        let mut conn = ns.conn.clone();
+        let _: () = conn.set(book.job_key("job-1"), "garbage").await.unwrap();
+        let page = book.list(&[], None, 10).await.unwrap();
+        assert_eq!(page.jobs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["job-2"]);
+        assert!(book.get("job-1").await.unwrap().is_none());
+        assert!(matches!(book.update("job-1", JobChange::ChunkStarted { chunk: 0 }).await, Err(QueueError::JobNotFound(_))));
+        let reason: String = conn.hget(ns.malformed_key(), "job:job-1").await.unwrap();
+        assert!(reason.starts_with("unreadable job record"), "{reason}");
+        let kept: String = conn.get(ns.key("malformed:job:job-1")).await.unwrap();
+        assert_eq!(kept, "garbage");
+        ns.clear().await.unwrap();
+    }
+}
