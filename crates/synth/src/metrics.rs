@@ -1,0 +1,67 @@
+//! Scores: how well a detection matches a scene's attributes, and how a clip moves in time.
+
+use crate::detect::Detection;
+use crate::render::Clip;
+use crate::scene::SceneSpec;
+use serde::Serialize;
+
+/// How many of a scene's objects a detection got right, attribute by attribute. An object's
+/// shape and motion count only when an object of its colour was found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Adherence {
+    pub objects: usize,
+    pub colour_correct: usize,
+    pub shape_correct: usize,
+    pub motion_correct: usize,
+    pub background_correct: bool,
+    /// Detected objects of colours the scene does not have.
+    pub extra_objects: usize,
+}
+
+impl Adherence {
+    /// The clip follows its prompt: background, and every object's colour, shape and motion.
+    pub fn all_correct(&self) -> bool {
+        self.background_correct && [self.colour_correct, self.shape_correct, self.motion_correct].iter().all(|&n| n == self.objects)
+    }
+}
+
+pub fn score(detection: &Detection, scene: &SceneSpec) -> Adherence {
+    let mut adherence = Adherence { objects: scene.objects.len(), background_correct: detection.background == Some(scene.background), ..Default::default() };
+    for expected in &scene.objects {
+        if let Some(found) = detection.objects.iter().find(|o| o.colour == expected.colour) {
+            adherence.colour_correct += 1;
+            adherence.shape_correct += usize::from(found.shape == expected.shape);
+            adherence.motion_correct += usize::from(found.motion == Some(expected.motion));
+        }
+    }
+    adherence.extra_objects = detection.objects.iter().filter(|o| !scene.objects.iter().any(|e| e.colour == o.colour)).count();
+    adherence
+}
+
+/// Mean absolute difference between frames `i - 1` and `i`, per byte (0 to 255).
+fn frame_difference(clip: &Clip, i: usize) -> f64 {
+    let (a, b) = (&clip.frames[i - 1], &clip.frames[i]);
+    let total: u64 = a.iter().zip(b).map(|(&x, &y)| u64::from(x.abs_diff(y))).sum();
+    total as f64 / a.len().max(1) as f64
+}
+
+/// Temporal smoothness: the mean absolute difference of consecutive frames, per byte (0 to
+/// 255); `None` for clips under two frames.
+pub fn mean_abs_frame_difference(clip: &Clip) -> Option<f64> {
+    let pairs = clip.frames.len().checked_sub(1).filter(|&n| n > 0)?;
+    Some((1..clip.frames.len()).map(|i| frame_difference(clip, i)).sum::<f64>() / pairs as f64)
+}
+
+/// How visible chunk seams are: the mean frame difference across the seams divided by the
+/// mean inside chunks (1.0: invisible). A seam at `f` is the change from frame `f - 1` to `f`.
+/// `None` when either side has no frame pairs (or nothing changes inside chunks).
+pub fn seam_ratio(clip: &Clip, seams: &[usize]) -> Option<f64> {
+    let (mut across, mut inside) = (Vec::new(), Vec::new());
+    for i in 1..clip.frames.len() {
+        let difference = frame_difference(clip, i);
+        if seams.contains(&i) { across.push(difference) } else { inside.push(difference) }
+    }
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let (across, inside) = (mean(&across)?, mean(&inside)?);
+    (inside > 0.0).then(|| across / inside)
+}
