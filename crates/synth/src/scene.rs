@@ -120,6 +120,23 @@ impl SceneSpec {
             }
         }
     }
+
+    /// The first `count` distinct scenes sampled from seeds 0, 1, 2, ... on one side of the
+    /// split: a fixed prompt set whose shorter versions are prefixes of the longer. Fewer when
+    /// the split has fewer distinct scenes than seeds tried (a hundred per scene asked for).
+    pub fn prompt_set(split: Split, count: usize) -> Vec<Self> {
+        let mut scenes: Vec<Self> = Vec::new();
+        for seed in 0..(count as u64).saturating_mul(100) {
+            if scenes.len() == count {
+                break;
+            }
+            let scene = Self::sample(seed, split);
+            if !scenes.contains(&scene) {
+                scenes.push(scene);
+            }
+        }
+        scenes
+    }
 }
 
 #[cfg(test)]
@@ -166,6 +183,18 @@ mod tests {
         for caption in ["", "a red circle", "a red blob moving up on a white background", "a red circle moving up on a red background"] {
             assert!(SceneSpec::parse(caption).is_err(), "{caption:?} parsed");
         }
+    }
+
+    #[test]
+    fn prompt_sets_are_distinct_held_out_and_grow_by_prefix() {
+        let long = SceneSpec::prompt_set(Split::HeldOut, 40);
+        assert_eq!(long.len(), 40);
+        assert!(long.iter().all(|s| s.split() == Split::HeldOut));
+        assert_eq!(SceneSpec::prompt_set(Split::HeldOut, 10), long[..10]);
+        let mut captions: Vec<String> = long.iter().map(SceneSpec::caption).collect();
+        captions.sort();
+        captions.dedup();
+        assert_eq!(captions.len(), 40);
     }
 
     proptest! {

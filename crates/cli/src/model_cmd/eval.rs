@@ -1,0 +1,226 @@
+//! `vidfarm model eval`: renders held-out captions (attribute combinations training never
+//! showed together) with a model, chunked as the farm renders them, and scores each clip with
+//! the synthetic-video detector: colour, shape and motion adherence, smoothness, seam ratio.
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU8;
+use vidfarm_api::{ModelProfile, RenderSpec, pb};
+use vidfarm_model::pipeline::{DefaultBackend, Pipeline};
+use vidfarm_plan::{BlendCurve, ChunkPlan, plan_chunks, stitch};
+use vidfarm_synth::{Adherence, Clip, DetectorConfig, SceneSpec, Split, detect, mean_abs_frame_difference, score, seam_ratio};
+use vidfarm_worker::render::{Directive, decode_clip, denoise_chunk};
+
+pub struct EvalArgs {
+    pub model: PathBuf,
+    pub limit: usize,
+    pub seed: u64,
+    pub seconds: Option<f64>,
+    pub steps: Option<u32>,
+    pub out: Option<PathBuf>,
+    pub min_adherence: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct PromptResult {
+    prompt: String,
+    #[serde(flatten)]
+    adherence: Adherence,
+    all_correct: bool,
+    /// What the detector saw: background, and per object colour, shape and motion.
+    detected: String,
+    mean_abs_frame_difference: Option<f64>,
+    seam_ratio: Option<f64>,
+    render_s: f64,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    prompts: usize,
+    adherence: f64,
+    colour_accuracy: f64,
+    shape_accuracy: f64,
+    motion_accuracy: f64,
+    background_accuracy: f64,
+    mean_abs_frame_difference: Option<f64>,
+    seam_ratio: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    model: String,
+    split: Split,
+    frames: u32,
+    width: u32,
+    height: u32,
+    fps: u32,
+    steps: u32,
+    chunk_latent_frames: u32,
+    overlap_latent_frames: u32,
+    summary: &'a Summary,
+    results: &'a [PromptResult],
+}
+
+/// The video frames where one chunk hands over to the next: the middle of each overlap (the
+/// crossfade's centre), mapped from latent frames to the first video frame each one decodes to.
+fn seam_frames(chunks: &[ChunkPlan], overlap: u32, temporal_factor: u32) -> Vec<usize> {
+    chunks
+        .iter()
+        .skip(1)
+        .map(|chunk| chunk.start + overlap / 2)
+        .filter(|&latent| latent > 0)
+        .map(|latent| (1 + temporal_factor * (latent - 1)) as usize)
+        .collect()
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, count) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    (count > 0).then(|| sum / count as f64)
+}
+
+fn render(pipeline: &Pipeline<DefaultBackend>, spec: &RenderSpec, chunks: &[ChunkPlan]) -> Result<Clip> {
+    let run = AtomicU8::new(Directive::Run as u8);
+    let parts = chunks
+        .iter()
+        .map(|chunk| Ok((*chunk, denoise_chunk(pipeline, spec, chunk, &run, &mut |_| {})?)))
+        .collect::<Result<Vec<_>>>()?;
+    let latents = stitch(spec.latent_frames(), &parts, BlendCurve::Linear)?;
+    let frames = decode_clip(pipeline, spec, latents)?;
+    Ok(Clip::new(frames.width as usize, frames.height as usize, frames.fps, frames.frames)?)
+}
+
+fn describe(detection: &vidfarm_synth::Detection) -> String {
+    let background = detection.background.map_or("none", |c| c.word());
+    let objects: Vec<String> = detection
+        .objects
+        .iter()
+        .map(|o| format!("{} {} {}", o.colour.word(), o.shape.word(), o.motion.map_or("still", |m| m.phrase())))
+        .collect();
+    format!("[{}] on {background}", objects.join("; "))
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let dir = crate::farm::resolve_model_dir(&args.model);
+    let profile = ModelProfile::load(&dir)?;
+    let pipeline = Pipeline::<DefaultBackend>::load(&dir, &Default::default()).with_context(|| format!("loading model {}", dir.display()))?;
+    let scenes = SceneSpec::prompt_set(Split::HeldOut, args.limit);
+    if scenes.is_empty() {
+        bail!("--limit must be at least 1");
+    }
+    let mut results = Vec::with_capacity(scenes.len());
+    let mut first_spec = None;
+    for (index, scene) in scenes.iter().enumerate() {
+        let prompt = scene.caption();
+        let job = pb::JobSpec {
+            prompt: prompt.clone(),
+            length: args.seconds.map(pb::job_spec::Length::Seconds),
+            seed: Some(args.seed.wrapping_add(index as u64)),
+            steps: args.steps,
+            ..Default::default()
+        };
+        let spec = RenderSpec::resolve(&job, std::slice::from_ref(&profile), args.seed)?;
+        let chunks = plan_chunks(spec.latent_frames(), spec.chunk_latent_frames, spec.overlap_latent_frames, spec.seed)?;
+        let started = std::time::Instant::now();
+        let clip = render(&pipeline, &spec, &chunks).with_context(|| format!("rendering {prompt:?}"))?;
+        let detection = detect(&clip, &DetectorConfig::default());
+        let adherence = score(&detection, scene);
+        let result = PromptResult {
+            all_correct: adherence.all_correct(),
+            detected: describe(&detection),
+            adherence,
+            mean_abs_frame_difference: mean_abs_frame_difference(&clip),
+            seam_ratio: seam_ratio(&clip, &seam_frames(&chunks, spec.overlap_latent_frames, spec.temporal_factor)),
+            render_s: started.elapsed().as_secs_f64(),
+            prompt,
+        };
+        eprintln!("[{}/{}] {} {}", index + 1, scenes.len(), if result.all_correct { "ok  " } else { "miss" }, result.prompt);
+        results.push(result);
+        first_spec.get_or_insert(spec);
+    }
+    let spec = first_spec.context("at least one prompt was rendered")?;
+
+    let objects: usize = results.iter().map(|r| r.adherence.objects).sum();
+    let fraction = |count: usize, of: usize| count as f64 / of.max(1) as f64;
+    let summary = Summary {
+        prompts: results.len(),
+        adherence: fraction(results.iter().filter(|r| r.all_correct).count(), results.len()),
+        colour_accuracy: fraction(results.iter().map(|r| r.adherence.colour_correct).sum(), objects),
+        shape_accuracy: fraction(results.iter().map(|r| r.adherence.shape_correct).sum(), objects),
+        motion_accuracy: fraction(results.iter().map(|r| r.adherence.motion_correct).sum(), objects),
+        background_accuracy: fraction(results.iter().filter(|r| r.adherence.background_correct).count(), results.len()),
+        mean_abs_frame_difference: mean(results.iter().filter_map(|r| r.mean_abs_frame_difference)),
+        seam_ratio: mean(results.iter().filter_map(|r| r.seam_ratio)),
+    };
+    print_table(&results, &summary);
+    if let Some(out) = &args.out {
+        let report = Report {
+            model: dir.display().to_string(),
+            split: Split::HeldOut,
+            frames: spec.frames,
+            width: spec.width,
+            height: spec.height,
+            fps: spec.fps,
+            steps: spec.steps,
+            chunk_latent_frames: spec.chunk_latent_frames,
+            overlap_latent_frames: spec.overlap_latent_frames,
+            summary: &summary,
+            results: &results,
+        };
+        write_json(out, &report)?;
+    }
+    if let Some(floor) = args.min_adherence
+        && summary.adherence < floor
+    {
+        bail!("prompt adherence {:.3} is under the floor {floor}", summary.adherence);
+    }
+    Ok(())
+}
+
+fn write_json(path: &Path, report: &Report) -> Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(report)?).with_context(|| format!("writing {}", path.display()))
+}
+
+fn print_table(results: &[PromptResult], summary: &Summary) {
+    let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    crate::output::emit(format!("{:<4} {:>6} {:>5} {:>6} {:>6} {:>6}  {:<70} detected", "ok", "colour", "shape", "motion", "diff", "seam", "prompt"));
+    for r in results {
+        let a = &r.adherence;
+        crate::output::emit(format!(
+            "{:<4} {:>6} {:>5} {:>6} {:>6} {:>6}  {:<70} {}",
+            if r.all_correct { "yes" } else { "no" },
+            format!("{}/{}", a.colour_correct, a.objects),
+            format!("{}/{}", a.shape_correct, a.objects),
+            format!("{}/{}", a.motion_correct, a.objects),
+            cell(r.mean_abs_frame_difference),
+            cell(r.seam_ratio),
+            r.prompt,
+            r.detected
+        ));
+    }
+    crate::output::emit(format!(
+        "{} prompts: adherence {:.3}, colour {:.3}, shape {:.3}, motion {:.3}, background {:.3}, mean frame difference {}, seam ratio {}",
+        summary.prompts,
+        summary.adherence,
+        summary.colour_accuracy,
+        summary.shape_accuracy,
+        summary.motion_accuracy,
+        summary.background_accuracy,
+        cell(summary.mean_abs_frame_difference),
+        cell(summary.seam_ratio)
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seams_sit_mid_overlap_in_video_frames() {
+        // 9 latent frames in chunks of 6 sharing 2: chunks [0, 6) and [4, 9); the crossfade's
+        // middle is latent frame 5, whose first video frame is 1 + 4 * 4 = 17.
+        let chunks = plan_chunks(9, 6, 2, 0).unwrap();
+        assert_eq!(seam_frames(&chunks, 2, 4), vec![17]);
+        assert!(seam_frames(&plan_chunks(5, 6, 2, 0).unwrap(), 2, 4).is_empty());
+    }
+}
