@@ -61,6 +61,16 @@ pub async fn load_model(dir: &Path) -> Result<(ModelProfile, Arc<Pipeline<Defaul
     Ok((profile, Arc::new(pipeline)))
 }
 
+/// A worker's settings, the same for embedded and distributed workers.
+pub fn worker_config(settings: &Settings, name: String) -> WorkerConfig {
+    WorkerConfig {
+        name,
+        lease: Duration::from_secs(settings.worker.lease_seconds.max(1)),
+        max_attempts: settings.worker.max_attempts.max(1),
+        retry_base: Duration::from_millis(settings.worker.retry_base_ms),
+    }
+}
+
 impl Farm {
     pub async fn start(settings: &Settings, model_dir: &Path, store: &str) -> Result<Self> {
         let (profile, pipeline) = load_model(model_dir).await?;
@@ -71,12 +81,7 @@ impl Farm {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let workers = (0..settings.worker.count.max(1))
             .map(|i| {
-                let config = WorkerConfig {
-                    name: format!("embedded-{i}"),
-                    lease: Duration::from_secs(settings.worker.lease_seconds.max(1)),
-                    max_attempts: settings.worker.max_attempts.max(1),
-                    retry_base: Duration::from_millis(settings.worker.retry_base_ms),
-                };
+                let config = worker_config(settings, format!("embedded-{i}"));
                 let worker = Worker::new(config, queue.clone(), book.clone(), store.clone(), pipeline.clone());
                 let rx = shutdown_rx.clone();
                 tokio::spawn(async move {

@@ -2,6 +2,7 @@
 //! client, and inspect or check models.
 
 mod client;
+mod distributed;
 mod farm;
 mod model_cmd;
 mod output;
@@ -63,6 +64,34 @@ enum Command {
         /// In-process workers [settings: worker.count].
         #[arg(long)]
         workers: Option<u32>,
+    },
+    /// Run a coordinator of a distributed farm: the gRPC API over Redis, no rendering.
+    Coordinator {
+        #[command(flatten)]
+        redis: distributed::RedisArgs,
+        /// [settings: server.listen]
+        #[arg(long)]
+        listen: Option<String>,
+        /// The store the workers write to [settings: server.store].
+        #[arg(long)]
+        store: Option<String>,
+        /// The model folder; only its vidfarm.toml is read [settings: server.model].
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
+    /// Run a worker of a distributed farm: renders tasks from Redis until SIGTERM.
+    Worker {
+        #[command(flatten)]
+        redis: distributed::RedisArgs,
+        /// [settings: server.store]
+        #[arg(long)]
+        store: Option<String>,
+        /// [settings: server.model]
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Shown in leases and logs (default: host name and process id).
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Submit a job; prints its id (`job_id` with --json).
     Submit {
@@ -156,7 +185,7 @@ async fn run(cli: Cli) -> Result<()> {
     let format = if settings.log.format == "json" { LogFormat::Json } else { LogFormat::Text };
     // A render shows a progress bar; its logs would only scroll it away.
     let quiet_level = match &cli.command {
-        Command::Serve { .. } => settings.log.level.as_str(),
+        Command::Serve { .. } | Command::Coordinator { .. } | Command::Worker { .. } => settings.log.level.as_str(),
         _ => "warn",
     };
     vidfarm_telemetry::init(format, quiet_level);
@@ -172,6 +201,17 @@ async fn run(cli: Cli) -> Result<()> {
             let store = store.unwrap_or_else(|| settings.server.store.clone());
             let model = model.unwrap_or_else(|| settings.server.model.clone());
             serve(&settings, &listen, &store, &model).await
+        }
+        Command::Coordinator { redis, listen, store, model } => {
+            let listen = listen.unwrap_or_else(|| settings.server.listen.clone());
+            let store = store.unwrap_or_else(|| settings.server.store.clone());
+            let model = model.unwrap_or_else(|| settings.server.model.clone());
+            distributed::coordinator(&settings, &redis, &listen, &store, &model).await
+        }
+        Command::Worker { redis, store, model, name } => {
+            let store = store.unwrap_or_else(|| settings.server.store.clone());
+            let model = model.unwrap_or_else(|| settings.server.model.clone());
+            distributed::worker(&settings, &redis, &store, &model, name).await
         }
         Command::Submit { spec, idempotency_key, wait, conn } => {
             client::submit(&mut client::connect(&addr(&conn)).await?, &spec, idempotency_key, wait, conn.json).await

@@ -15,6 +15,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub client: ClientSettings,
     pub log: LogSettings,
+    pub redis: RedisSettings,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -38,6 +39,13 @@ pub struct WorkerSettings {
 #[serde(deny_unknown_fields)]
 pub struct ClientSettings {
     pub addr: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: String,
+    pub namespace: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -1,0 +1,104 @@
+//! The distributed farm: `vidfarm coordinator` (gRPC API and job state, no rendering) and
+//! `vidfarm worker` (renders tasks), any number of each, meeting only in Redis and the store.
+
+use anyhow::{Context, Result};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use vidfarm_api::ModelProfile;
+use vidfarm_coordinator::Coordinator;
+use vidfarm_queue::{RedisJobBook, RedisNamespace, RedisQueue};
+use vidfarm_worker::Worker;
+
+use crate::farm::{load_model, open_store, resolve_model_dir, worker_config};
+use crate::settings::Settings;
+
+/// Connection attempts before giving up on an unreachable Redis; the waits between them double
+/// from half a second to ten, about a minute in all.
+const CONNECT_ATTEMPTS: u32 = 9;
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+#[derive(clap::Args)]
+pub struct RedisArgs {
+    /// The Redis that holds the farm's queue and jobs [settings: redis.url].
+    #[arg(long)]
+    redis: Option<String>,
+    /// Key namespace: farms on one Redis with different namespaces never see each other
+    /// [settings: redis.namespace].
+    #[arg(long)]
+    redis_namespace: Option<String>,
+}
+
+/// Connects to Redis, waiting with backoff while it is unreachable (it may be starting too).
+async fn connect(settings: &Settings, args: &RedisArgs) -> Result<(Arc<RedisQueue>, Arc<RedisJobBook>)> {
+    let url = args.redis.as_deref().unwrap_or(&settings.redis.url);
+    let namespace = args.redis_namespace.as_deref().unwrap_or(&settings.redis.namespace);
+    let (mut attempt, mut backoff) = (1, FIRST_BACKOFF);
+    loop {
+        match RedisNamespace::connect(url, namespace).await {
+            Ok(ns) => return Ok((Arc::new(RedisQueue::new(ns.clone())), Arc::new(RedisJobBook::new(ns)))),
+            Err(e) if attempt < CONNECT_ATTEMPTS => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "Redis not reachable yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                attempt += 1;
+            }
+            Err(e) => return Err(e).with_context(|| format!("gave up after {attempt} attempts")),
+        }
+    }
+}
+
+/// Serves the gRPC API over the Redis queue and job book. Needs only the model's profile
+/// (its limits and defaults), not its weights.
+pub async fn coordinator(settings: &Settings, redis: &RedisArgs, listen: &str, store: &str, model: &Path) -> Result<()> {
+    let model_dir = resolve_model_dir(model);
+    let profile = ModelProfile::load(&model_dir).with_context(|| format!("model {}", model_dir.display()))?;
+    let store = open_store(store)?;
+    let (queue, book) = connect(settings, redis).await?;
+    let coordinator = Coordinator::new(book, queue, store, vec![profile]);
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let local = listener.local_addr()?;
+    // Scripts and tests read the bound address (the port may have been 0) from this line.
+    crate::output::emit(format!("listening on {local}"));
+    tracing::info!(%local, "coordinator serving");
+    vidfarm_coordinator::serve(coordinator, listener, crate::shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Runs one worker until SIGTERM or Ctrl-C, which let it finish the task in hand and take no
+/// more. A failing Redis (the farm's state unreachable) pauses the worker, it does not end it.
+pub async fn worker(settings: &Settings, redis: &RedisArgs, store: &str, model: &Path, name: Option<String>) -> Result<()> {
+    let (_, pipeline) = load_model(model).await?;
+    let store = open_store(store)?;
+    let (queue, book) = connect(settings, redis).await?;
+    let name = name.unwrap_or_else(default_worker_name);
+    let worker = Worker::new(worker_config(settings, name.clone()), queue, book, store, pipeline);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        crate::shutdown_signal().await;
+        tracing::info!("shutting down: finishing the task in hand");
+        let _ = shutdown.send(true);
+    });
+    crate::output::emit(format!("worker {name} started"));
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        match worker.run(shutdown_rx.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) if !*shutdown_rx.borrow() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "worker interrupted; starting again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The pod name under Kubernetes (its HOSTNAME), else `worker`, with the process id.
+fn default_worker_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_string());
+    format!("{host}-{}", std::process::id())
+}

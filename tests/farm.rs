@@ -1,0 +1,249 @@
+//! The distributed farm as real processes: `vidfarm coordinator` and `vidfarm worker` on the
+//! local Redis (127.0.0.1:6379, started by tests/run.sh), each test in a namespace of its own,
+//! with processes killed by SIGKILL in the middle of their work.
+
+use futures::StreamExt;
+use redis::Commands;
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tonic::transport::Channel;
+use vidfarm_api::pb::{self, render_service_client::RenderServiceClient};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vidfarm");
+const REDIS: &str = "redis://127.0.0.1:6379";
+const PROMPT: &str = "a red circle moving to the right on a white background";
+
+/// A Redis key namespace of one test and a store folder its processes share; both removed on drop.
+struct Farm {
+    namespace: String,
+    store: tempfile::TempDir,
+}
+
+impl Farm {
+    fn new() -> Self {
+        let namespace = format!("farm-test-{}", unique_suffix());
+        Self { namespace, store: tempfile::tempdir().unwrap() }
+    }
+
+    fn args(&self) -> Vec<String> {
+        let store = self.store.path().display().to_string();
+        ["--redis", REDIS, "--redis-namespace", &self.namespace, "--store", &store].map(String::from).to_vec()
+    }
+
+    fn coordinator(&self) -> Process {
+        let mut process = Process::spawn(Command::new(BIN).arg("coordinator").args(self.args()).args(["--listen", "127.0.0.1:0"]));
+        let line = process.first_line();
+        let addr = line.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        process.addr = format!("http://{addr}");
+        process
+    }
+
+    fn worker(&self, name: &str, lease_seconds: u64) -> Process {
+        let mut process = Process::spawn(
+            Command::new(BIN)
+                .arg("worker")
+                .args(self.args())
+                .args(["--name", name])
+                .env("VIDFARM_WORKER_LEASE_SECONDS", lease_seconds.to_string()),
+        );
+        assert_eq!(process.first_line(), format!("worker {name} started"));
+        process
+    }
+
+    fn redis(&self) -> redis::Connection {
+        redis::Client::open(REDIS).unwrap().get_connection().expect("a Redis server on 127.0.0.1:6379")
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("vidfarm:{}:{name}", self.namespace)
+    }
+
+    /// The worker holding a task's lease, if it is leased.
+    fn lease_holder(&self, task_id: &str) -> Option<String> {
+        self.redis().hget(self.key(&format!("queue:task:{task_id}")), "worker").unwrap()
+    }
+
+    /// The job record as stored, for what the gRPC view leaves out (attempts per chunk).
+    fn stored_job(&self, job_id: &str) -> serde_json::Value {
+        let raw: String = self.redis().get(self.key(&format!("job:{job_id}"))).unwrap();
+        serde_json::from_str(&raw).unwrap()
+    }
+}
+
+impl Drop for Farm {
+    fn drop(&mut self) {
+        let mut conn = self.redis();
+        let keys: Vec<String> = conn.scan_match(self.key("*")).map(|iter| iter.filter_map(Result::ok).collect()).unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<(), _> = conn.del(keys);
+        }
+    }
+}
+
+fn unique_suffix() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{}-{nanos}", std::process::id())
+}
+
+/// A child process, killed with SIGKILL on drop.
+struct Process {
+    child: Child,
+    addr: String,
+}
+
+impl Process {
+    fn spawn(command: &mut Command) -> Self {
+        let child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("vidfarm starts");
+        Self { child, addr: String::new() }
+    }
+
+    fn first_line(&mut self) -> String {
+        let mut line = String::new();
+        BufReader::new(self.child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+
+    async fn client(&self) -> RenderServiceClient<Channel> {
+        RenderServiceClient::connect(self.addr.clone()).await.unwrap()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spec(seconds: f64, steps: u32, priority: pb::Priority) -> pb::JobSpec {
+    pb::JobSpec {
+        prompt: PROMPT.into(),
+        length: Some(pb::job_spec::Length::Seconds(seconds)),
+        seed: Some(7),
+        steps: Some(steps),
+        priority: priority as i32,
+        ..Default::default()
+    }
+}
+
+async fn submit(client: &mut RenderServiceClient<Channel>, spec: pb::JobSpec) -> String {
+    let response = client.submit_job(pb::SubmitJobRequest { spec: Some(spec), idempotency_key: String::new() }).await.unwrap();
+    response.into_inner().job.expect("the submitted job").job_id
+}
+
+async fn watch(client: &mut RenderServiceClient<Channel>, job_id: &str) -> tonic::Streaming<pb::JobEvent> {
+    client.watch_job(pb::WatchJobRequest { job_id: job_id.into() }).await.unwrap().into_inner()
+}
+
+/// Reads events until one reports a denoising step; returns its chunk.
+async fn first_step(events: &mut tonic::Streaming<pb::JobEvent>) -> u32 {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(120), events.next()).await.expect("a step in time");
+        let event = event.expect("the job is still going").unwrap();
+        if let Some(pb::job_event::Detail::Step(step)) = event.detail {
+            assert!(step.step < step.steps_total, "the chunk is still being denoised");
+            return step.chunk_index;
+        }
+    }
+}
+
+/// Follows a job to its end; returns the job as its last event shows it.
+async fn finish(events: &mut tonic::Streaming<pb::JobEvent>) -> pb::Job {
+    let mut last = None;
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(180), events.next()).await.expect("events keep coming") {
+        last = event.unwrap().job;
+    }
+    last.expect("at least one event")
+}
+
+fn sha256_file(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+fn succeeded(job: &pb::Job) -> &pb::Clip {
+    assert_eq!(pb::JobState::try_from(job.state), Ok(pb::JobState::Succeeded), "{job:?}");
+    job.clip.as_ref().expect("a succeeded job has a clip")
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_chunk_loses_nothing_and_the_clip_is_byte_identical() {
+    // The reference: the same spec on the embedded farm, with no fault.
+    let reference = tempfile::tempdir().unwrap();
+    let reference_mp4 = reference.path().join("reference.mp4");
+    let rendered = Command::new(BIN)
+        .args(["render", PROMPT, "--seconds", "4", "--seed", "7", "--steps", "12", "--out"])
+        .arg(&reference_mp4)
+        .output()
+        .unwrap();
+    assert!(rendered.status.success(), "{}", String::from_utf8_lossy(&rendered.stderr));
+
+    let farm = Farm::new();
+    let coordinator = farm.coordinator();
+    let mut workers = [farm.worker("w1", 2), farm.worker("w2", 2)];
+    let mut client = coordinator.client().await;
+    let job_id = submit(&mut client, spec(4.0, 12, pb::Priority::Normal)).await;
+    let mut events = watch(&mut client, &job_id).await;
+
+    let chunk = first_step(&mut events).await;
+    let holder = farm.lease_holder(&format!("{job_id}/denoise/{chunk}")).expect("the chunk is leased");
+    let victim = if holder == "w1" { 0 } else { 1 };
+    workers[victim].kill();
+
+    let job = finish(&mut events).await;
+    let clip = succeeded(&job);
+    let attempts = farm.stored_job(&job_id)["chunks"][chunk as usize]["attempts"].as_u64().unwrap();
+    assert!(attempts >= 2, "chunk {chunk} was taken again after {holder} died (attempts {attempts})");
+    assert_eq!(clip.sha256, sha256_file(&reference_mp4), "the clip matches the one rendered without a fault");
+    assert_eq!(sha256_file(&farm.store.path().join(&clip.object_key)), clip.sha256);
+}
+
+#[tokio::test]
+async fn a_coordinator_killed_mid_job_is_replaced_and_the_new_one_streams_the_job_to_its_end() {
+    let farm = Farm::new();
+    let mut first = farm.coordinator();
+    let _worker = farm.worker("w1", 15);
+    let mut client = first.client().await;
+    let job_id = submit(&mut client, spec(4.0, 8, pb::Priority::Normal)).await;
+    first_step(&mut watch(&mut client, &job_id).await).await;
+    first.kill();
+
+    let second = farm.coordinator();
+    let mut client = second.client().await;
+    let job = finish(&mut watch(&mut client, &job_id).await).await;
+    assert_eq!(job.job_id, job_id);
+    succeeded(&job);
+}
+
+#[tokio::test]
+async fn a_high_priority_job_behind_twenty_low_ones_starts_next() {
+    let farm = Farm::new();
+    let coordinator = farm.coordinator();
+    let mut client = coordinator.client().await;
+    let mut low = Vec::new();
+    for _ in 0..20 {
+        low.push(submit(&mut client, spec(1.0, 2, pb::Priority::Low)).await);
+    }
+    let high = submit(&mut client, spec(1.0, 2, pb::Priority::High)).await;
+    let mut events = watch(&mut client, &high).await;
+    let _worker = farm.worker("w1", 15);
+    succeeded(&finish(&mut events).await);
+
+    // One worker takes one task at a time: had any low job gone first, it would be done or
+    // under way; at most the task taken right after the high job's last one may have started.
+    let mut started = 0;
+    for id in &low {
+        let job = client.get_job(pb::GetJobRequest { job_id: id.clone() }).await.unwrap().into_inner();
+        assert_ne!(pb::JobState::try_from(job.state), Ok(pb::JobState::Succeeded), "low job {id} finished first");
+        if pb::JobState::try_from(job.state) != Ok(pb::JobState::Queued) {
+            started += 1;
+        }
+    }
+    assert!(started <= 1, "{started} low jobs started before the high one ended");
+}
