@@ -37,7 +37,9 @@ fn stage_name(stage: Stage) -> &'static str {
     }
 }
 
-pub fn clip_to_pb(record: &JobRecord, store: &ArtifactStore) -> Option<pb::Clip> {
+/// The clip of a finished job; `url` is where to fetch it (a presigned URL is made only for
+/// `GetClip`, so job views of S3 stores leave it empty).
+pub fn clip_to_pb(record: &JobRecord, url: String) -> Option<pb::Clip> {
     let clip = record.clip.as_ref()?;
     Some(pb::Clip {
         job_id: record.id.clone(),
@@ -49,7 +51,7 @@ pub fn clip_to_pb(record: &JobRecord, store: &ArtifactStore) -> Option<pb::Clip>
         duration_seconds: f64::from(clip.frames) / f64::from(clip.fps.max(1)),
         width: clip.width,
         height: clip.height,
-        url: store.fetch_url(&clip.object_key).unwrap_or_default(),
+        url,
     })
 }
 
@@ -81,7 +83,7 @@ pub fn job_to_pb(record: &JobRecord, store: &ArtifactStore) -> pb::Job {
             })
             .collect(),
         error: record.error.clone().unwrap_or_default(),
-        clip: clip_to_pb(record, store),
+        clip: clip_to_pb(record, record.clip.as_ref().and_then(|c| store.local_url(&c.object_key)).unwrap_or_default()),
         idempotency_key: record.idempotency_key.clone().unwrap_or_default(),
         created_at_ms: record.created_ms,
         updated_at_ms: record.updated_ms,

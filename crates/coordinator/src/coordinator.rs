@@ -109,7 +109,7 @@ impl Coordinator {
                 state: format!("{:?}", record.state).to_lowercase(),
             });
         };
-        let url = self.store.fetch_url(&clip.object_key).map_err(|e| CoordinatorError::Store(e.to_string()))?;
+        let url = self.store.fetch_url(&clip.object_key).await.map_err(|e| CoordinatorError::Store(e.to_string()))?;
         Ok((record, url))
     }
 }

@@ -123,8 +123,8 @@ impl RenderService for RenderApi {
     }
 
     async fn get_clip(&self, request: Request<pb::GetClipRequest>) -> Result<Response<pb::Clip>, Status> {
-        let (record, _) = self.coordinator.clip(&request.into_inner().job_id).await.map_err(status)?;
-        clip_to_pb(&record, self.coordinator.store())
+        let (record, url) = self.coordinator.clip(&request.into_inner().job_id).await.map_err(status)?;
+        clip_to_pb(&record, url)
             .map(Response::new)
             .ok_or_else(|| Status::failed_precondition("job has no clip"))
     }

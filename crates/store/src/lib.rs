@@ -1,18 +1,29 @@
 //! Where a job's artifacts live: chunk latents (safetensors) and the finished clip (MP4),
-//! under per-job keys in an object store. One code path above `object_store`'s backends.
+//! under per-job keys in an object store: local files or an S3 bucket, one code path above
+//! `object_store`'s backends.
+
+mod s3;
+#[cfg(any(test, feature = "test-server"))]
+pub mod test_server;
 
 use bytes::Bytes;
-use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
+use object_store::{Attribute, Attributes, ObjectStore, PutMultipartOptions, WriteMultipart};
 use safetensors::tensor::{Dtype, TensorView};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
 use vidfarm_plan::Latents;
 
 /// The tensor name under which latents are stored.
 pub const LATENTS_TENSOR: &str = "latents";
+
+/// Parts of a multipart upload in flight at once.
+const PARTS_IN_FLIGHT: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -24,6 +35,58 @@ pub enum StoreError {
     Latents { key: String, reason: String },
     #[error("local file {path}: {source}")]
     Local { path: PathBuf, source: std::io::Error },
+    #[error("S3 bucket {bucket:?} at {endpoint}: {reason}")]
+    Bucket { bucket: String, endpoint: String, reason: String },
+}
+
+/// How to reach and write a store; all but `part_size` concern S3 only.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Size of each part of a multipart upload (S3 wants at least 5 MiB for all but the last).
+    pub part_size: usize,
+    pub s3: S3Options,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { part_size: 8 << 20, s3: S3Options::default() }
+    }
+}
+
+/// S3 connection settings; `None` or empty leaves a value to the `AWS_*` environment.
+#[derive(Clone, Debug)]
+pub struct S3Options {
+    /// `http(s)://host:port` of an S3-compatible server; AWS when unset.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Plain HTTP to a non-loopback endpoint (loopback is always allowed).
+    pub allow_http: bool,
+    /// `bucket.host/key` instead of `host/bucket/key`.
+    pub virtual_hosted_style: bool,
+    /// How long a presigned fetch URL stays valid.
+    pub presign_expiry: Duration,
+    /// Retries of one request (connection refused, 5xx, throttling) with exponential backoff ...
+    pub retry_max: usize,
+    /// ... for at most this long, after which the error reaches the worker (which retries the task).
+    pub retry_timeout: Duration,
+}
+
+impl Default for S3Options {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+            virtual_hosted_style: false,
+            presign_expiry: Duration::from_secs(3600),
+            retry_max: 15,
+            retry_timeout: Duration::from_secs(120),
+        }
+    }
 }
 
 /// A stored clip's identity.
@@ -37,9 +100,16 @@ pub struct StoredObject {
 #[derive(Clone)]
 pub struct ArtifactStore {
     inner: Arc<dyn ObjectStore>,
-    /// The root folder for `file://` stores, used to hand out local URLs.
-    local_root: Option<PathBuf>,
+    backend: Arc<Backend>,
+    part_size: usize,
     url: String,
+}
+
+#[derive(Debug)]
+enum Backend {
+    /// The root folder, used to hand out `file://` URLs.
+    Local(PathBuf),
+    S3(s3::S3Bucket),
 }
 
 impl std::fmt::Debug for ArtifactStore {
@@ -49,19 +119,31 @@ impl std::fmt::Debug for ArtifactStore {
 }
 
 impl ArtifactStore {
-    /// Opens a store from a URL: `file:///absolute/path` (created if missing).
+    /// Opens a store with default options; see [`ArtifactStore::open`].
     pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        Self::open(url, &StoreOptions::default())
+    }
+
+    /// Opens a store from a URL: `file:///absolute/path` (created if missing) or
+    /// `s3://bucket/prefix`. Makes no request; [`ArtifactStore::check`] does.
+    pub fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let bad = |reason: &str| StoreError::Url { url: url.to_string(), reason: reason.to_string() };
         let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
-        match parsed.scheme() {
+        let (inner, backend): (Arc<dyn ObjectStore>, Backend) = match parsed.scheme() {
             "file" => {
                 let root = parsed.to_file_path().map_err(|()| bad("not an absolute file path"))?;
                 std::fs::create_dir_all(&root).map_err(|source| StoreError::Local { path: root.clone(), source })?;
                 let fs = LocalFileSystem::new_with_prefix(&root).map_err(|e| bad(&e.to_string()))?;
-                Ok(Self { inner: Arc::new(fs), local_root: Some(root), url: url.to_string() })
+                (Arc::new(fs), Backend::Local(root))
             }
-            other => Err(bad(&format!("unsupported scheme {other:?}: use file:///path"))),
-        }
+            "s3" => {
+                let bucket = s3::open(&parsed, options)?;
+                let client: Arc<dyn ObjectStore> = bucket.client.clone();
+                (Arc::new(PrefixStore::new(client, bucket.prefix.clone())), Backend::S3(bucket))
+            }
+            other => return Err(bad(&format!("unsupported scheme {other:?}: use file:///path or s3://bucket/prefix"))),
+        };
+        Ok(Self { inner, backend: Arc::new(backend), part_size: options.part_size.max(1), url: url.to_string() })
     }
 
     /// A `file://` store rooted at a local folder.
@@ -70,6 +152,15 @@ impl ArtifactStore {
         let url = url::Url::from_directory_path(&root)
             .map_err(|()| StoreError::Url { url: root.display().to_string(), reason: "not a folder path".into() })?;
         Self::from_url(url.as_str())
+    }
+
+    /// Checks at start-up that the store can be used: for S3, that the bucket exists and the
+    /// credentials are accepted, with an error naming the bucket and endpoint if not.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        match self.backend.as_ref() {
+            Backend::Local(_) => Ok(()),
+            Backend::S3(bucket) => bucket.probe().await,
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -102,13 +193,42 @@ impl ArtifactStore {
         }
     }
 
-    /// Uploads a local file; the object appears whole or not at all.
-    pub async fn put_file(&self, key: &str, file: &Path) -> Result<StoredObject, StoreError> {
-        let data = tokio::fs::read(file).await.map_err(|source| StoreError::Local { path: file.to_path_buf(), source })?;
-        let sha256 = hex::encode(Sha256::digest(&data));
-        let size_bytes = data.len() as u64;
-        self.put(key, Bytes::from(data)).await?;
-        Ok(StoredObject { key: key.to_string(), size_bytes, sha256 })
+    /// Streams a local file up as a multipart upload, hashing it on the way; the object
+    /// appears whole when the upload completes, or not at all.
+    pub async fn put_file(&self, key: &str, file: &Path, content_type: &str) -> Result<StoredObject, StoreError> {
+        let local_err = |source| StoreError::Local { path: file.to_path_buf(), source };
+        let object_err = |source| StoreError::Object { key: key.to_string(), source };
+        let mut reader = tokio::fs::File::open(file).await.map_err(local_err)?;
+        let mut attributes = Attributes::new();
+        // Local files carry no attributes (the backend refuses them).
+        if matches!(self.backend.as_ref(), Backend::S3(_)) {
+            attributes.insert(Attribute::ContentType, content_type.to_string().into());
+        }
+        let options = PutMultipartOptions { attributes, ..Default::default() };
+        let upload = self.inner.put_multipart_opts(&ObjectPath::from(key), options).await.map_err(object_err)?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, self.part_size);
+        let mut hasher = Sha256::new();
+        let mut size_bytes = 0u64;
+        let mut buf = vec![0u8; self.part_size.min(1 << 20)];
+        loop {
+            let n = match reader.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    abort(writer, key).await;
+                    return Err(local_err(e));
+                }
+            };
+            if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                abort(writer, key).await;
+                return Err(object_err(e));
+            }
+            hasher.update(&buf[..n]);
+            writer.write(&buf[..n]);
+            size_bytes += n as u64;
+        }
+        writer.finish().await.map_err(object_err)?;
+        Ok(StoredObject { key: key.to_string(), size_bytes, sha256: hex::encode(hasher.finalize()) })
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
@@ -116,14 +236,26 @@ impl ArtifactStore {
         self.inner.get(&ObjectPath::from(key)).await.map_err(wrap)?.bytes().await.map_err(wrap)
     }
 
-    /// Where a client fetches an object: a `file://` URL for local stores.
-    pub fn fetch_url(&self, key: &str) -> Result<String, StoreError> {
-        match &self.local_root {
-            Some(root) => url::Url::from_file_path(root.join(key)).map(|u| u.to_string()).map_err(|()| StoreError::Url {
+    /// Where a client fetches an object: a `file://` URL for local stores, a presigned GET
+    /// URL (valid for the configured expiry) for S3.
+    pub async fn fetch_url(&self, key: &str) -> Result<String, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Local(_) => self.local_url(key).ok_or_else(|| StoreError::Url {
                 url: self.url.clone(),
                 reason: format!("cannot make a file URL for {key}"),
             }),
-            None => Err(StoreError::Url { url: self.url.clone(), reason: "no fetch URL for this store".into() }),
+            Backend::S3(bucket) => bucket
+                .presign_get(key, bucket.presign_expiry)
+                .await
+                .map_err(|source| StoreError::Object { key: key.to_string(), source }),
+        }
+    }
+
+    /// The `file://` URL of an object of a local store; `None` for S3.
+    pub fn local_url(&self, key: &str) -> Option<String> {
+        match self.backend.as_ref() {
+            Backend::Local(root) => url::Url::from_file_path(root.join(key)).ok().map(|u| u.to_string()),
+            Backend::S3(_) => None,
         }
     }
 
@@ -133,6 +265,13 @@ impl ArtifactStore {
             .await
             .map(|_| ())
             .map_err(|source| StoreError::Object { key: key.to_string(), source })
+    }
+}
+
+/// Gives up an upload; its parts are discarded and no object appears.
+async fn abort(writer: WriteMultipart, key: &str) {
+    if let Err(error) = writer.abort().await {
+        tracing::warn!(key, %error, "could not abort a multipart upload; the bucket's lifecycle rules must remove its parts");
     }
 }
 
@@ -171,10 +310,10 @@ mod tests {
 
         let file = dir.path().join("clip-src.bin");
         std::fs::write(&file, b"hello").unwrap();
-        let stored = store.put_file(&ArtifactStore::clip_key("j1"), &file).await.unwrap();
+        let stored = store.put_file(&ArtifactStore::clip_key("j1"), &file, "video/mp4").await.unwrap();
         assert_eq!(stored.size_bytes, 5);
         assert_eq!(stored.sha256, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
-        let url = store.fetch_url(&stored.key).unwrap();
+        let url = store.fetch_url(&stored.key).await.unwrap();
         assert!(url.starts_with("file://") && url.ends_with("jobs/j1/clip.mp4"), "{url}");
         assert_eq!(std::fs::read(url::Url::parse(&url).unwrap().to_file_path().unwrap()).unwrap(), b"hello");
     }
@@ -189,5 +328,116 @@ mod tests {
         assert!(err.to_string().contains("jobs/x/missing"), "{err}");
         store.put("jobs/x/garbage", Bytes::from_static(b"not safetensors")).await.unwrap();
         assert!(matches!(store.get_latents("jobs/x/garbage").await, Err(StoreError::Latents { .. })));
+    }
+
+    mod s3 {
+        use super::*;
+        use crate::test_server::S3TestServer;
+
+        /// A deterministic, incompressible-looking payload.
+        fn payload(len: usize) -> Vec<u8> {
+            let mut state = 0x2545_f491_4f6c_dd1du64;
+            (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect()
+        }
+
+        async fn open(server: &S3TestServer, prefix: &str, options: &StoreOptions) -> ArtifactStore {
+            let store = ArtifactStore::open(&format!("s3://{}/{prefix}", server.bucket), options).unwrap();
+            store.check().await.unwrap();
+            store
+        }
+
+        #[tokio::test]
+        async fn a_clip_larger_than_a_part_goes_up_in_parts_and_reads_back_identical() {
+            let Some(server) = S3TestServer::start("clips") else { return };
+            let options = StoreOptions { part_size: 5 << 20, ..server.options() };
+            let store = open(&server, "farm", &options).await;
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("clip.mp4");
+            let data = payload(12 << 20);
+            std::fs::write(&file, &data).unwrap();
+            let key = ArtifactStore::clip_key("j1");
+            let stored = store.put_file(&key, &file, "video/mp4").await.unwrap();
+            assert_eq!(stored.size_bytes, data.len() as u64);
+            assert_eq!(stored.sha256, hex::encode(Sha256::digest(&data)));
+            // A multipart object's ETag ends with its number of parts.
+            let meta = store.inner.head(&ObjectPath::from(key.as_str())).await.unwrap();
+            assert!(meta.e_tag.as_deref().unwrap_or_default().trim_matches('"').ends_with("-3"), "{:?}", meta.e_tag);
+            let got = store.inner.get(&ObjectPath::from(key.as_str())).await.unwrap();
+            assert_eq!(got.attributes.get(&Attribute::ContentType).map(|v| v.as_ref()), Some("video/mp4"));
+            assert_eq!(got.bytes().await.unwrap(), data);
+            // The key prefix is a folder in the bucket.
+            assert_eq!(std::fs::read(server.object_file("farm/jobs/j1/clip.mp4")).unwrap(), data);
+
+            let latents = Latents::new([1, 2, 1, 2], vec![1.0, -2.0, 3.5, 0.25]).unwrap();
+            let chunk = ArtifactStore::chunk_key("j1", 0);
+            assert!(!store.exists(&chunk).await.unwrap());
+            store.put_latents(&chunk, &latents).await.unwrap();
+            assert!(store.exists(&chunk).await.unwrap());
+            assert_eq!(store.get_latents(&chunk).await.unwrap(), latents);
+        }
+
+        #[tokio::test]
+        async fn presigned_urls_fetch_the_clip_until_they_expire() {
+            let Some(server) = S3TestServer::start("clips") else { return };
+            let mut options = server.options();
+            options.s3.presign_expiry = Duration::from_secs(1);
+            let store = open(&server, "", &options).await;
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("clip.mp4");
+            std::fs::write(&file, b"not really an mp4").unwrap();
+            let stored = store.put_file(&ArtifactStore::clip_key("j2"), &file, "video/mp4").await.unwrap();
+            let url = store.fetch_url(&stored.key).await.unwrap();
+            assert!(url.starts_with(&format!("{}/clips/jobs/j2/clip.mp4?", server.endpoint())), "{url}");
+            let response = reqwest::get(&url).await.unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.bytes().await.unwrap().as_ref(), b"not really an mp4");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let expired = reqwest::get(&url).await.unwrap();
+            assert_eq!(expired.status(), 403, "{}", expired.text().await.unwrap_or_default());
+        }
+
+        #[tokio::test]
+        async fn an_outage_delays_a_write_instead_of_failing_it() {
+            let Some(mut server) = S3TestServer::start("clips") else { return };
+            let store = open(&server, "p", &server.options()).await;
+            server.stop();
+            let latents = Latents::new([1, 1, 1, 1], vec![7.0]).unwrap();
+            let key = ArtifactStore::chunk_key("j3", 1);
+            let write = {
+                let store = store.clone();
+                let (key, latents) = (key.clone(), latents.clone());
+                tokio::spawn(async move { store.put_latents(&key, &latents).await })
+            };
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert!(!write.is_finished(), "the write gave up during the outage: {:?}", write.await);
+            server.resume();
+            tokio::time::timeout(Duration::from_secs(60), write).await.unwrap().unwrap().unwrap();
+            assert_eq!(store.get_latents(&key).await.unwrap(), latents);
+        }
+
+        #[tokio::test]
+        async fn a_missing_bucket_or_wrong_credentials_is_a_clear_start_up_error() {
+            let Some(server) = S3TestServer::start("clips") else { return };
+            let missing = ArtifactStore::open("s3://no-such-bucket/x", &server.options()).unwrap();
+            let err = missing.check().await.unwrap_err().to_string();
+            assert!(err.contains("no-such-bucket") && err.contains(&server.endpoint()) && err.contains("does not exist"), "{err}");
+
+            let mut wrong = server.options();
+            wrong.s3.secret_access_key = Some("not-the-secret".into());
+            let err = ArtifactStore::open("s3://clips/x", &wrong).unwrap().check().await.unwrap_err().to_string();
+            assert!(err.contains("\"clips\"") && err.contains(&server.endpoint()) && err.contains("access denied"), "{err}");
+
+            let mut unreachable = server.options();
+            unreachable.s3.endpoint = Some("http://127.0.0.1:1".into());
+            let err = ArtifactStore::open("s3://clips/x", &unreachable).unwrap().check().await.unwrap_err().to_string();
+            assert!(err.contains("127.0.0.1:1") && err.contains("cannot reach"), "{err}");
+        }
     }
 }

@@ -204,7 +204,7 @@ where
             return Ok(Outcome::Abandoned);
         };
         let (frames, width, height) = result?;
-        let stored = self.store.put_file(&ArtifactStore::clip_key(&record.id), &path).await?;
+        let stored = self.store.put_file(&ArtifactStore::clip_key(&record.id), &path, "video/mp4").await?;
         let clip = ClipInfo {
             object_key: stored.key,
             size_bytes: stored.size_bytes,

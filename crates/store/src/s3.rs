@@ -1,0 +1,152 @@
+//! The S3 backend: a bucket (and key prefix) on AWS or any S3-compatible server, built from
+//! explicit options over the standard `AWS_*` environment, and a start-up probe that says
+//! plainly when the bucket is missing or the credentials are wrong.
+
+use crate::{StoreError, StoreOptions};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::signer::Signer;
+use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One bucket and the key prefix under it.
+#[derive(Debug)]
+pub(crate) struct S3Bucket {
+    pub client: Arc<AmazonS3>,
+    pub bucket: String,
+    pub prefix: ObjectPath,
+    /// As shown in errors: the configured endpoint, or AWS's for the region.
+    pub endpoint: String,
+    pub presign_expiry: Duration,
+}
+
+/// Parses `s3://bucket/prefix` and builds the client; no request is made.
+pub(crate) fn open(url: &url::Url, options: &StoreOptions) -> Result<S3Bucket, StoreError> {
+    let bad = |reason: String| StoreError::Url { url: url.to_string(), reason };
+    let bucket = url.host_str().filter(|b| !b.is_empty()).ok_or_else(|| bad("no bucket: use s3://bucket/prefix".into()))?;
+    let prefix = ObjectPath::parse(url.path().trim_matches('/')).map_err(|e| bad(format!("key prefix: {e}")))?;
+    let s3 = &options.s3;
+    // Standard AWS variables first; the explicit settings, where given, win.
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    let given = |value: &Option<String>| value.as_deref().filter(|v| !v.is_empty()).map(str::to_string);
+    if let Some(endpoint) = given(&s3.endpoint) {
+        builder = builder.with_endpoint(endpoint);
+    }
+    if let Some(region) = given(&s3.region) {
+        builder = builder.with_region(region);
+    }
+    if let Some(key_id) = given(&s3.access_key_id) {
+        builder = builder.with_access_key_id(key_id);
+    }
+    if let Some(secret) = given(&s3.secret_access_key) {
+        builder = builder.with_secret_access_key(secret);
+    }
+    let endpoint = builder
+        .get_config_value(&object_store::aws::AmazonS3ConfigKey::Endpoint)
+        .unwrap_or_else(|| {
+            let region = builder.get_config_value(&object_store::aws::AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into());
+            format!("https://s3.{region}.amazonaws.com")
+        });
+    let allow_http = s3.allow_http || is_loopback(&endpoint);
+    let retry = RetryConfig {
+        backoff: BackoffConfig { init_backoff: Duration::from_millis(200), max_backoff: Duration::from_secs(10), base: 2.0 },
+        max_retries: s3.retry_max,
+        retry_timeout: s3.retry_timeout,
+    };
+    let client = builder
+        .with_allow_http(allow_http)
+        .with_virtual_hosted_style_request(s3.virtual_hosted_style)
+        .with_client_options(ClientOptions::new().with_allow_http(allow_http))
+        .with_retry(retry)
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(S3Bucket { client: Arc::new(client), bucket: bucket.to_string(), prefix, endpoint, presign_expiry: options.s3.presign_expiry })
+}
+
+impl S3Bucket {
+    /// The object's full path in the bucket.
+    pub fn full_path(&self, key: &str) -> ObjectPath {
+        self.prefix.parts().chain(ObjectPath::from(key).parts()).collect()
+    }
+
+    pub async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<String, object_store::Error> {
+        let url = self.client.signed_url(reqwest::Method::GET, &self.full_path(key), expires_in).await?;
+        Ok(url.to_string())
+    }
+
+    /// Lists the bucket (one page) once, through a presigned URL so the answer's status and S3 error code
+    /// can be read: a missing bucket, refused credentials or an unreachable endpoint each get a
+    /// clear error naming the bucket and endpoint.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let fail = |reason: String| StoreError::Bucket { bucket: self.bucket.clone(), endpoint: self.endpoint.clone(), reason };
+        let url = self
+            .client
+            .signed_url(reqwest::Method::GET, &ObjectPath::default(), Duration::from_secs(60))
+            .await
+            .map_err(|e| fail(format!("cannot sign a request: {e}")))?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| fail(format!("HTTP client: {e}")))?;
+        let response = http.get(url.as_str()).send().await.map_err(|e| fail(format!("cannot reach the endpoint: {e}")))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = response.text().await.unwrap_or_default();
+        let code = s3_error_code(&body).unwrap_or_default();
+        let reason = match (status.as_u16(), code.as_str()) {
+            (404, _) | (_, "NoSuchBucket") => "the bucket does not exist".to_string(),
+            (401 | 403, _) => format!(
+                "access denied ({code}): check the access key id and secret (s3.access_key_id, s3.secret_access_key or AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
+            ),
+            _ => format!("HTTP {status} {code}"),
+        };
+        Err(fail(reason))
+    }
+}
+
+/// The `<Code>` of an S3 XML error body.
+fn s3_error_code(body: &str) -> Option<String> {
+    let start = body.find("<Code>")? + "<Code>".len();
+    let end = body[start..].find("</Code>")? + start;
+    Some(body[start..end].to_string())
+}
+
+/// Plain HTTP is fine to a server on this machine.
+fn is_loopback(endpoint: &str) -> bool {
+    match url::Url::parse(endpoint).ok().and_then(|u| u.host().map(|h| h.to_owned())) {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_endpoints_and_error_codes() {
+        assert!(is_loopback("http://127.0.0.1:9000"));
+        assert!(is_loopback("http://localhost:9000"));
+        assert!(is_loopback("http://[::1]:9000"));
+        assert!(!is_loopback("http://minio.internal:9000"));
+        assert_eq!(s3_error_code("<Error><Code>NoSuchBucket</Code></Error>").as_deref(), Some("NoSuchBucket"));
+        assert_eq!(s3_error_code("nothing"), None);
+    }
+
+    #[test]
+    fn bucket_prefix_and_endpoint_come_from_the_url_and_options() {
+        let mut options = StoreOptions::default();
+        options.s3.endpoint = Some("http://127.0.0.1:1".into());
+        let s3 = open(&url::Url::parse("s3://clips/farm/a").unwrap(), &options).unwrap();
+        assert_eq!(s3.bucket, "clips");
+        assert_eq!(s3.endpoint, "http://127.0.0.1:1");
+        assert_eq!(s3.full_path("jobs/j/clip.mp4").as_ref(), "farm/a/jobs/j/clip.mp4");
+        let err = open(&url::Url::parse("s3:///x").unwrap(), &options).unwrap_err();
+        assert!(err.to_string().contains("no bucket"), "{err}");
+    }
+}
