@@ -1,10 +1,13 @@
 //! Turning decoded frames into a clip: H.264 in yuv420p inside an MP4 with `+faststart`
-//! (the index up front, so players start before the download ends), via FFmpeg's libraries.
+//! (the index up front, so players start before the download ends), via FFmpeg's libraries;
+//! and reading a clip's frames back.
 
 use ffmpeg_next as ffmpeg;
 use std::path::{Path, PathBuf};
 
+pub mod decode;
 pub mod probe;
+pub use decode::decode_mp4;
 pub use probe::{ProbeInfo, probe};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,7 @@
 //! `vidfarm model eval`: renders held-out captions (attribute combinations training never
-//! showed together) with a model, chunked as the farm renders them, and scores each clip with
-//! the synthetic-video detector: colour, shape and motion adherence, smoothness, seam ratio.
+//! showed together) with a model, chunked as the farm renders them, encodes each clip to MP4
+//! and decodes it back (what a user downloads), and scores it with the synthetic-video
+//! detector: colour, shape and motion adherence, smoothness, seam ratio.
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -10,6 +11,7 @@ use vidfarm_api::{ModelProfile, RenderSpec, pb};
 use vidfarm_model::pipeline::{DefaultBackend, Pipeline};
 use vidfarm_plan::{BlendCurve, ChunkPlan, plan_chunks, stitch};
 use vidfarm_synth::{Adherence, Clip, DetectorConfig, SceneSpec, Split, detect, mean_abs_frame_difference, score, seam_ratio};
+use vidfarm_video::{decode_mp4, encode_mp4};
 use vidfarm_worker::render::{Directive, decode_clip, denoise_chunk};
 
 pub struct EvalArgs {
@@ -79,14 +81,19 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     (count > 0).then(|| sum / count as f64)
 }
 
-fn render(pipeline: &Pipeline<DefaultBackend>, spec: &RenderSpec, chunks: &[ChunkPlan]) -> Result<Clip> {
+/// Renders one clip and reads it back through an H.264 MP4 at `mp4` (a scratch path).
+fn render(pipeline: &Pipeline<DefaultBackend>, spec: &RenderSpec, chunks: &[ChunkPlan], mp4: &Path) -> Result<Clip> {
     let run = AtomicU8::new(Directive::Run as u8);
     let parts = chunks
         .iter()
         .map(|chunk| Ok((*chunk, denoise_chunk(pipeline, spec, chunk, &run, &mut |_| {})?)))
         .collect::<Result<Vec<_>>>()?;
     let latents = stitch(spec.latent_frames(), &parts, BlendCurve::Linear)?;
-    let frames = decode_clip(pipeline, spec, latents)?;
+    encode_mp4(&decode_clip(pipeline, spec, latents)?, mp4)?;
+    let frames = decode_mp4(mp4);
+    // The file was only a way through the codec.
+    let _ = std::fs::remove_file(mp4);
+    let frames = frames?;
     Ok(Clip::new(frames.width as usize, frames.height as usize, frames.fps, frames.frames)?)
 }
 
@@ -122,7 +129,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let spec = RenderSpec::resolve(&job, std::slice::from_ref(&profile), args.seed)?;
         let chunks = plan_chunks(spec.latent_frames(), spec.chunk_latent_frames, spec.overlap_latent_frames, spec.seed)?;
         let started = std::time::Instant::now();
-        let clip = render(&pipeline, &spec, &chunks).with_context(|| format!("rendering {prompt:?}"))?;
+        let mp4 = std::env::temp_dir().join(format!("vidfarm-eval-{}-{index}.mp4", std::process::id()));
+        let clip = render(&pipeline, &spec, &chunks, &mp4).with_context(|| format!("rendering {prompt:?}"))?;
         let detection = detect(&clip, &DetectorConfig::default());
         let adherence = score(&detection, scene);
         let result = PromptResult {
