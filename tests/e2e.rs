@@ -9,6 +9,7 @@ use std::time::Duration;
 use tonic::Code;
 use tonic::transport::Channel;
 use vidfarm_api::pb::{self, render_service_client::RenderServiceClient};
+use vidfarm_store::test_server::S3TestServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vidfarm");
 const PROMPT: &str = "a red circle moving to the right on a white background";
@@ -17,15 +18,22 @@ const PROMPT: &str = "a red circle moving to the right on a white background";
 struct Server {
     child: Child,
     addr: String,
-    _store: tempfile::TempDir,
+    _store: Option<tempfile::TempDir>,
 }
 
 impl Server {
     fn start(workers: u32) -> Self {
         let store = tempfile::tempdir().unwrap();
+        let mut server = Self::start_with_store(workers, &store.path().display().to_string(), &[]);
+        server._store = Some(store);
+        server
+    }
+
+    /// A server over any store URL, with extra environment (settings) for it.
+    fn start_with_store(workers: u32, store: &str, env: &[(String, String)]) -> Self {
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--workers", &workers.to_string(), "--store"])
-            .arg(store.path())
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers", &workers.to_string(), "--store", store])
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -33,7 +41,7 @@ impl Server {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        Self { child, addr: format!("http://{addr}"), _store: store }
+        Self { child, addr: format!("http://{addr}"), _store: None }
     }
 
     async fn client(&self) -> RenderServiceClient<Channel> {
@@ -353,4 +361,71 @@ fn model_forward_matches_the_reference_fixture() {
         .unwrap();
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/transformer"));
+}
+
+/// The `[s3]` settings, as environment, that reach a test S3 server.
+fn s3_env(s3: &S3TestServer, secret: &str) -> Vec<(String, String)> {
+    [
+        ("VIDFARM_S3_ENDPOINT", s3.endpoint()),
+        ("VIDFARM_S3_REGION", "us-east-1".into()),
+        ("VIDFARM_S3_ACCESS_KEY_ID", vidfarm_store::test_server::ACCESS_KEY_ID.into()),
+        ("VIDFARM_S3_SECRET_ACCESS_KEY", secret.into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+#[tokio::test]
+async fn clips_land_in_s3_survive_an_outage_and_are_fetched_by_presigned_url() {
+    let Some(mut s3) = S3TestServer::start("clips") else { return };
+    let server = Server::start_with_store(1, "s3://clips/farm", &s3_env(&s3, vidfarm_store::test_server::SECRET_ACCESS_KEY));
+    let mut client = server.client().await;
+
+    // S3 goes down as the job is submitted: its first storage request meets the outage.
+    s3.stop();
+    let job = submit(&mut client, spec(1.0), "").await.job.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = client.get_job(pb::GetJobRequest { job_id: job.job_id.clone() }).await.unwrap().into_inner();
+    let state = pb::JobState::try_from(during.state).unwrap();
+    assert!(matches!(state, pb::JobState::Queued | pb::JobState::Running), "the outage must only delay the job: {state:?}");
+    s3.resume();
+    let events = watch_to_end(&mut client, &job.job_id).await;
+    assert_eq!(final_state(&events), pb::JobState::Succeeded);
+
+    let clip = client.get_clip(pb::GetClipRequest { job_id: job.job_id.clone() }).await.unwrap().into_inner();
+    let key = format!("farm/jobs/{}/clip.mp4", job.job_id);
+    assert!(clip.url.starts_with(&format!("{}/clips/{key}?", s3.endpoint())), "a presigned URL: {}", clip.url);
+    assert_eq!(sha256_file(&s3.object_file(&key)), clip.sha256, "the bucket holds the clip");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fetched.mp4");
+    let fetched = json(&server.cli(&["fetch", &job.job_id, "-o", out.to_str().unwrap(), "--json"]));
+    assert_eq!(fetched["sha256"], clip.sha256.as_str());
+    assert_eq!(sha256_file(&out), clip.sha256);
+    assert_eq!(probe(&out).frames, clip.frames);
+}
+
+#[test]
+fn a_missing_bucket_or_wrong_credentials_stop_the_server_at_start_up() {
+    let Some(s3) = S3TestServer::start("clips") else { return };
+    let secret = vidfarm_store::test_server::SECRET_ACCESS_KEY;
+    for (store, secret, expected) in
+        [("s3://no-such-bucket/farm", secret, "the bucket does not exist"), ("s3://clips/farm", "wrong-secret", "access denied")]
+    {
+        let output = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--store", store])
+            .envs(s3_env(&s3, secret))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let bucket = store.trim_start_matches("s3://").split('/').next().unwrap();
+        assert!(!output.status.success(), "{store}: the server must not start");
+        assert!(stderr.contains(bucket) && stderr.contains(&s3.endpoint()) && stderr.contains(expected), "{store}: {stderr}");
+    }
 }

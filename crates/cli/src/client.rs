@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use std::path::Path;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 use vidfarm_api::pb::{self, render_service_client::RenderServiceClient};
 
@@ -112,26 +113,67 @@ pub async fn control(client: &mut Client, job_id: &str, verb: ControlVerb, json:
     Ok(())
 }
 
-/// Downloads a job's clip and checks its sha256 against the one the farm recorded.
+/// Downloads a job's clip (a `file://` URL or a presigned S3 URL) and checks its sha256
+/// against the one the farm recorded; `out` appears only when the two agree.
 pub async fn fetch(client: &mut Client, job_id: &str, out: &Path, json: bool) -> Result<()> {
     let clip = client.get_clip(pb::GetClipRequest { job_id: job_id.to_string() }).await.map_err(status_error)?.into_inner();
     let url = url::Url::parse(&clip.url).with_context(|| format!("clip URL {:?}", clip.url))?;
-    let bytes = match url.scheme() {
-        "file" => {
-            let path = url.to_file_path().map_err(|()| anyhow::anyhow!("clip URL {url} is not a local path"))?;
-            tokio::fs::read(&path).await.with_context(|| format!("reading {}", path.display()))?
+    let partial = out.with_file_name(format!("{}.part", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    let sha256 = match download(&url, &partial).await {
+        Ok(sha256) => sha256,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(e);
         }
-        other => bail!("cannot fetch {other}:// URLs yet: {url}"),
     };
-    let sha256 = hex::encode(Sha256::digest(&bytes));
     if sha256 != clip.sha256 {
+        let _ = tokio::fs::remove_file(&partial).await;
         bail!("clip of job {job_id} is corrupt: sha256 {sha256}, the farm recorded {}", clip.sha256);
     }
-    tokio::fs::write(out, &bytes).await.with_context(|| format!("writing {}", out.display()))?;
+    tokio::fs::rename(&partial, out).await.with_context(|| format!("writing {}", out.display()))?;
     let mut value = clip_json(&clip);
     value["path"] = out.display().to_string().into();
     print(json, value, format!("{} ({} bytes, sha256 {})", out.display(), clip.size_bytes, clip.sha256));
     Ok(())
+}
+
+/// Copies the object at `url` to the file `to` as it arrives; returns its sha256.
+async fn download(url: &url::Url, to: &Path) -> Result<String> {
+    let mut file = tokio::fs::File::create(to).await.with_context(|| format!("creating {}", to.display()))?;
+    let write_err = || format!("writing {}", to.display());
+    let mut hasher = Sha256::new();
+    // Presigned URLs carry their signature in the query; errors show the rest.
+    let shown = &url[..url::Position::AfterPath];
+    match url.scheme() {
+        "file" => {
+            let path = url.to_file_path().map_err(|()| anyhow::anyhow!("clip URL {url} is not a local path"))?;
+            let mut source = tokio::fs::File::open(&path).await.with_context(|| format!("reading {}", path.display()))?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = source.read(&mut buf).await.with_context(|| format!("reading {}", path.display()))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                file.write_all(&buf[..n]).await.with_context(write_err)?;
+            }
+        }
+        "http" | "https" => {
+            let mut response = reqwest::get(url.as_str()).await.with_context(|| format!("fetching {shown}"))?;
+            let status = response.status();
+            if !status.is_success() {
+                let body = response.text().await.unwrap_or_default();
+                bail!("fetching {shown}: HTTP {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") });
+            }
+            while let Some(chunk) = response.chunk().await.with_context(|| format!("fetching {shown}"))? {
+                hasher.update(&chunk);
+                file.write_all(&chunk).await.with_context(write_err)?;
+            }
+        }
+        other => bail!("cannot fetch {other}:// URLs: {shown}"),
+    }
+    file.sync_all().await.with_context(write_err)?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// A gRPC status as an error a person can read.

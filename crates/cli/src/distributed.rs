@@ -56,7 +56,7 @@ async fn connect(settings: &Settings, args: &RedisArgs) -> Result<(Arc<RedisQueu
 pub async fn coordinator(settings: &Settings, redis: &RedisArgs, listen: &str, store: &str, model: &Path) -> Result<()> {
     let model_dir = resolve_model_dir(model);
     let profile = ModelProfile::load(&model_dir).with_context(|| format!("model {}", model_dir.display()))?;
-    let store = open_store(store)?;
+    let store = open_store(store, settings).await?;
     let (queue, book) = connect(settings, redis).await?;
     let coordinator = Coordinator::new(book, queue, store, vec![profile]);
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
@@ -72,7 +72,7 @@ pub async fn coordinator(settings: &Settings, redis: &RedisArgs, listen: &str, s
 /// more. A failing Redis (the farm's state unreachable) pauses the worker, it does not end it.
 pub async fn worker(settings: &Settings, redis: &RedisArgs, store: &str, model: &Path, name: Option<String>) -> Result<()> {
     let (_, pipeline) = load_model(model).await?;
-    let store = open_store(store)?;
+    let store = open_store(store, settings).await?;
     let (queue, book) = connect(settings, redis).await?;
     let name = name.unwrap_or_else(default_worker_name);
     let worker = Worker::new(worker_config(settings, name.clone()), queue, book, store, pipeline);

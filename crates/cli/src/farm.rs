@@ -23,10 +23,17 @@ pub struct Farm {
     workers: Vec<JoinHandle<()>>,
 }
 
-/// Opens a store from a URL (`file:///abs`, later `s3://`) or a plain local path.
-pub fn open_store(spec: &str) -> Result<ArtifactStore> {
-    let store = if spec.contains("://") { ArtifactStore::from_url(spec) } else { ArtifactStore::local(Path::new(spec)) };
-    store.with_context(|| format!("opening store {spec}"))
+/// Opens a store from a URL (`file:///abs`, `s3://bucket/prefix` with the `[s3]` settings) or
+/// a plain local path, and checks it can be used (for S3: the bucket exists, the credentials work).
+pub async fn open_store(spec: &str, settings: &Settings) -> Result<ArtifactStore> {
+    let store = if spec.contains("://") {
+        ArtifactStore::open(spec, &settings.s3.store_options())
+    } else {
+        ArtifactStore::local(Path::new(spec))
+    };
+    let store = store.with_context(|| format!("opening store {spec}"))?;
+    store.check().await.with_context(|| format!("opening store {spec}"))?;
+    Ok(store)
 }
 
 /// The model folder: as given, or, for the default relative path, the copy in the source
@@ -74,7 +81,7 @@ pub fn worker_config(settings: &Settings, name: String) -> WorkerConfig {
 impl Farm {
     pub async fn start(settings: &Settings, model_dir: &Path, store: &str) -> Result<Self> {
         let (profile, pipeline) = load_model(model_dir).await?;
-        let store = open_store(store)?;
+        let store = open_store(store, settings).await?;
         let book = Arc::new(MemoryJobBook::new());
         let queue = Arc::new(MemoryQueue::new());
         let coordinator = Coordinator::new(book.clone(), queue.clone(), store.clone(), vec![profile]);

@@ -15,6 +15,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub client: ClientSettings,
     pub log: LogSettings,
+    pub s3: S3Settings,
     pub redis: RedisSettings,
 }
 
@@ -46,6 +47,41 @@ pub struct ClientSettings {
 pub struct RedisSettings {
     pub url: String,
     pub namespace: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    pub endpoint: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub allow_http: bool,
+    pub virtual_hosted_style: bool,
+    pub presign_expiry_seconds: u64,
+    pub multipart_part_mib: u64,
+    pub retry_max: u64,
+    pub retry_timeout_seconds: u64,
+}
+
+impl S3Settings {
+    pub fn store_options(&self) -> vidfarm_store::StoreOptions {
+        let given = |value: &str| (!value.is_empty()).then(|| value.to_string());
+        vidfarm_store::StoreOptions {
+            part_size: usize::try_from(self.multipart_part_mib.max(1).saturating_mul(1 << 20)).unwrap_or(usize::MAX),
+            s3: vidfarm_store::S3Options {
+                endpoint: given(&self.endpoint),
+                region: given(&self.region),
+                access_key_id: given(&self.access_key_id),
+                secret_access_key: given(&self.secret_access_key),
+                allow_http: self.allow_http,
+                virtual_hosted_style: self.virtual_hosted_style,
+                presign_expiry: std::time::Duration::from_secs(self.presign_expiry_seconds.max(1)),
+                retry_max: usize::try_from(self.retry_max).unwrap_or(usize::MAX),
+                retry_timeout: std::time::Duration::from_secs(self.retry_timeout_seconds),
+            },
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -145,5 +181,20 @@ mod tests {
         let err = format!("{:#}", Settings::load_from(None, |n| (n == "VIDFARM_WORKER_COUNT").then(|| "many".into())).unwrap_err());
         assert!(err.contains("VIDFARM_WORKER_COUNT"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn s3_settings_become_store_options_leaving_empty_values_to_the_aws_environment() {
+        let env = |name: &str| match name {
+            "VIDFARM_S3_ENDPOINT" => Some("http://minio:9000".to_string()),
+            "VIDFARM_S3_MULTIPART_PART_MIB" => Some("16".to_string()),
+            _ => None,
+        };
+        let options = Settings::load_from(None, env).unwrap().s3.store_options();
+        assert_eq!(options.s3.endpoint.as_deref(), Some("http://minio:9000"));
+        assert_eq!((options.s3.region, options.s3.access_key_id), (None, None));
+        assert_eq!(options.part_size, 16 << 20);
+        assert!(!options.s3.virtual_hosted_style && !options.s3.allow_http);
+        assert_eq!(options.s3.presign_expiry, std::time::Duration::from_secs(3600));
     }
 }
