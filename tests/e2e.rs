@@ -409,6 +409,19 @@ async fn clips_land_in_s3_survive_an_outage_and_are_fetched_by_presigned_url() {
     assert_eq!(fetched["sha256"], clip.sha256.as_str());
     assert_eq!(sha256_file(&out), clip.sha256);
     assert_eq!(probe(&out).frames, clip.frames);
+
+    // The chunk latents go once the clip is stored, unless the job asks to keep them.
+    let chunks_of = |job_id: &str| s3.object_file(&format!("farm/jobs/{job_id}/chunks"));
+    assert_eq!(files_under(&chunks_of(&job.job_id)), 0);
+    let kept = submit(&mut client, pb::JobSpec { keep_intermediates: true, ..spec(1.0) }, "").await.job.unwrap();
+    assert_eq!(final_state(&watch_to_end(&mut client, &kept.job_id).await), pb::JobState::Succeeded);
+    assert_eq!(files_under(&chunks_of(&kept.job_id)), kept.chunks.len());
+}
+
+/// Files in a folder and its subfolders; 0 when it does not exist.
+fn files_under(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries.flatten().map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 }).sum()
 }
 
 #[test]

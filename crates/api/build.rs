@@ -1,7 +1,9 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time: a build script compiled for one checkout may be reused by another
+    // sharing the target folder.
+    let proto_root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let descriptor = PathBuf::from(std::env::var("OUT_DIR")?).join("vidfarm_descriptor.bin");
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor)

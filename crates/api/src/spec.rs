@@ -109,6 +109,10 @@ pub struct RenderSpec {
     pub model: String,
     pub temporal_factor: u32,
     pub spatial_factor: u32,
+    /// Keep the chunk latents after the clip is stored (records written before this field
+    /// existed read as false).
+    #[serde(default)]
+    pub keep_intermediates: bool,
 }
 
 /// Rounds a frame count up to the causal VAE's 1 + factor * k.
@@ -203,6 +207,7 @@ impl RenderSpec {
             model: model.name.clone(),
             temporal_factor: model.temporal_factor,
             spatial_factor: model.spatial_factor,
+            keep_intermediates: spec.keep_intermediates,
         })
     }
 
@@ -301,6 +306,7 @@ impl From<&RenderSpec> for pb::ResolvedSpec {
             stitch_mode: pb::StitchMode::from(s.stitch_mode) as i32,
             priority: pb::Priority::from(s.priority) as i32,
             model: s.model.clone(),
+            keep_intermediates: s.keep_intermediates,
         }
     }
 }

@@ -60,6 +60,9 @@ pub struct SpecArgs {
     /// Model name; the farm's default when unset.
     #[arg(long = "model-name")]
     pub model_name: Option<String>,
+    /// Keep the chunk latents in the store after the clip is made (deleted by default).
+    #[arg(long)]
+    pub keep_intermediates: bool,
 }
 
 impl SpecArgs {
@@ -96,6 +99,7 @@ impl SpecArgs {
                 Some(PriorityArg::High) => pb::Priority::High,
             } as i32,
             model: self.model_name.clone().unwrap_or_default(),
+            keep_intermediates: self.keep_intermediates,
         }
     }
 }

@@ -7,6 +7,7 @@ mod s3;
 pub mod test_server;
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
@@ -175,6 +176,19 @@ impl ArtifactStore {
         format!("jobs/{job_id}/clip.mp4")
     }
 
+    /// The folder of a job's chunk latents, the intermediates removed once its clip is stored.
+    pub fn chunks_prefix(job_id: &str) -> String {
+        format!("jobs/{job_id}/chunks")
+    }
+
+    /// Deletes every object under a key prefix (a folder); returns how many there were.
+    pub async fn delete_under(&self, prefix: &str) -> Result<usize, StoreError> {
+        let object_err = |source| StoreError::Object { key: prefix.to_string(), source };
+        let listed = self.inner.list(Some(&ObjectPath::from(prefix))).map_ok(|meta| meta.location).boxed();
+        let deleted: Vec<ObjectPath> = self.inner.delete_stream(listed).try_collect().await.map_err(object_err)?;
+        Ok(deleted.len())
+    }
+
     pub async fn put_latents(&self, key: &str, latents: &Latents) -> Result<(), StoreError> {
         let bytes = encode_latents(latents).map_err(|reason| StoreError::Latents { key: key.to_string(), reason })?;
         self.put(key, Bytes::from(bytes)).await
@@ -316,6 +330,11 @@ mod tests {
         let url = store.fetch_url(&stored.key).await.unwrap();
         assert!(url.starts_with("file://") && url.ends_with("jobs/j1/clip.mp4"), "{url}");
         assert_eq!(std::fs::read(url::Url::parse(&url).unwrap().to_file_path().unwrap()).unwrap(), b"hello");
+
+        assert_eq!(store.delete_under(&ArtifactStore::chunks_prefix("j1")).await.unwrap(), 1);
+        assert!(!store.exists(&key).await.unwrap());
+        assert!(store.exists(&stored.key).await.unwrap(), "only the chunks go");
+        assert_eq!(store.delete_under(&ArtifactStore::chunks_prefix("j1")).await.unwrap(), 0);
     }
 
     #[tokio::test]
@@ -381,6 +400,11 @@ mod tests {
             store.put_latents(&chunk, &latents).await.unwrap();
             assert!(store.exists(&chunk).await.unwrap());
             assert_eq!(store.get_latents(&chunk).await.unwrap(), latents);
+
+            store.put_latents(&ArtifactStore::chunk_key("j1", 1), &latents).await.unwrap();
+            assert_eq!(store.delete_under(&ArtifactStore::chunks_prefix("j1")).await.unwrap(), 2);
+            assert!(!store.exists(&chunk).await.unwrap());
+            assert!(store.exists(&key).await.unwrap(), "only the chunks go");
         }
 
         #[tokio::test]

@@ -216,6 +216,14 @@ where
         };
         tracing::info!(job_id = %record.id, bytes = clip.size_bytes, frames, "clip stored");
         self.book.update(&record.id, JobChange::Succeeded(clip)).await?;
+        if !record.spec.keep_intermediates {
+            // The job is final, so no task reads its chunks again; a failure here only leaves
+            // them behind.
+            match self.store.delete_under(&ArtifactStore::chunks_prefix(&record.id)).await {
+                Ok(count) => tracing::debug!(job_id = %record.id, count, "chunk latents deleted"),
+                Err(error) => tracing::warn!(job_id = %record.id, %error, "chunk latents left in the store"),
+            }
+        }
         Ok(Outcome::Done)
     }
 
