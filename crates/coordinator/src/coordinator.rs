@@ -62,8 +62,7 @@ impl Coordinator {
         let record = JobRecord::new(id, spec, plan, key, now);
         let (record, created) = self.book.insert(record).await?;
         if created {
-            for chunk in &record.chunks {
-                let task = Task::new(&record.id, TaskKind::Denoise { chunk: chunk.plan.index }, record.spec.priority);
+            for task in pending_tasks(&record) {
                 self.queue.push(task).await?;
             }
             tracing::info!(job_id = %record.id, chunks = record.chunks.len(), frames = record.spec.frames, "job accepted");
@@ -100,6 +99,29 @@ impl Coordinator {
         Ok(record)
     }
 
+    /// Queues again the tasks every unfinished job still needs. Pushing work that is queued or
+    /// leased changes nothing, so this is safe at any time, from any replica; it recovers the
+    /// tasks of a coordinator that died between storing a job and queueing it, and the assemble
+    /// task of a worker that died between finishing the last chunk and queueing it. Returns
+    /// how many pushes it made, most of them no-ops.
+    pub async fn requeue_unfinished(&self) -> Result<usize, CoordinatorError> {
+        let unfinished = [JobState::Queued, JobState::Running, JobState::Paused];
+        let (mut pushed, mut after) = (0, None);
+        loop {
+            let page = self.book.list(&unfinished, after.as_deref(), MAX_PAGE_SIZE as usize).await?;
+            for record in &page.jobs {
+                for task in pending_tasks(record) {
+                    self.queue.push(task).await?;
+                    pushed += 1;
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(pushed),
+            }
+        }
+    }
+
     /// The finished clip and a URL to fetch it.
     pub async fn clip(&self, job_id: &str) -> Result<(JobRecord, String), CoordinatorError> {
         let record = self.get(job_id).await?;
@@ -111,6 +133,18 @@ impl Coordinator {
         };
         let url = self.store.fetch_url(&clip.object_key).await.map_err(|e| CoordinatorError::Store(e.to_string()))?;
         Ok((record, url))
+    }
+}
+
+/// The tasks a job needs from here: its chunks not yet denoised, or, once all are, assembling.
+fn pending_tasks(record: &JobRecord) -> Vec<Task> {
+    let task = |kind| Task::new(&record.id, kind, record.spec.priority);
+    if record.state.is_final() {
+        Vec::new()
+    } else if record.all_chunks_done() {
+        vec![task(TaskKind::Assemble)]
+    } else {
+        record.chunks.iter().filter(|c| !c.done).map(|c| task(TaskKind::Denoise { chunk: c.plan.index })).collect()
     }
 }
 
@@ -130,4 +164,39 @@ fn check_job_id(job_id: &str) -> Result<(), FieldError> {
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use vidfarm_queue::conformance::sample_record;
+    use vidfarm_queue::{MemoryJobBook, MemoryQueue};
+
+    #[tokio::test]
+    async fn requeue_restores_the_tasks_unfinished_jobs_need_and_only_those() {
+        let (book, queue) = (Arc::new(MemoryJobBook::new()), Arc::new(MemoryQueue::new()));
+        let store = ArtifactStore::local(&std::env::temp_dir()).unwrap();
+        let coordinator = Coordinator::new(book.clone(), queue.clone(), store, Vec::new());
+        // Stored but never queued (the coordinator died in between); half denoised; fully
+        // denoised but never assembled; cancelled.
+        for id in ["job-a", "job-b", "job-c", "job-d"] {
+            book.insert(sample_record(id, None)).await.unwrap();
+        }
+        book.update("job-b", JobChange::ChunkDone { chunk: 0 }).await.unwrap();
+        for chunk in 0..2 {
+            book.update("job-c", JobChange::ChunkDone { chunk }).await.unwrap();
+        }
+        book.update("job-d", JobChange::Control(Control::Cancel)).await.unwrap();
+
+        assert_eq!(coordinator.requeue_unfinished().await.unwrap(), 4);
+        let mut ids = Vec::new();
+        while let Some(lease) = queue.pull("w", Duration::from_secs(30), Duration::ZERO).await.unwrap() {
+            ids.push(lease.task.id());
+        }
+        ids.sort();
+        assert_eq!(ids, ["job-a/denoise/0", "job-a/denoise/1", "job-b/denoise/1", "job-c/assemble"]);
+        coordinator.requeue_unfinished().await.unwrap();
+        assert_eq!(queue.depth().await.unwrap(), 4, "leased tasks are not queued twice");
+    }
 }
