@@ -185,3 +185,12 @@ impl<B: Backend> Conv3d<B> {
         conv3d(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), options)
     }
 }
+
+/// GELU with the tanh approximation (`gelu(approximate="tanh")`), as burn's `gelu_approximate` but
+/// with the cube as two products instead of `powf`, which on CPU costs more than the rest together.
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    const SQRT_2_OVER_PI: f64 = core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
+    let cube = x.clone() * x.clone() * x.clone();
+    let inner = (x.clone() + cube * 0.044715) * SQRT_2_OVER_PI;
+    (x * (inner.tanh() + 1)) * 0.5
+}

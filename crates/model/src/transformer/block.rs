@@ -4,7 +4,6 @@
 //! (`attn_temporal`, pre-normed by `norm_temporal`, plain residual).
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::gelu_approximate;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 
@@ -12,7 +11,7 @@ use super::attention::{AttentionScope, WanAttention};
 use super::rope::RopeTables;
 use crate::checkpoint::{TensorSource, TensorWriter, join};
 use crate::error::ModelError;
-use crate::layers::{LayerNorm, Linear};
+use crate::layers::{LayerNorm, Linear, gelu_tanh};
 
 /// diffusers `FeedForward(activation_fn="gelu-approximate")`: `net.0.proj`, GELU-tanh, `net.2`.
 #[derive(Module, Debug)]
@@ -39,7 +38,7 @@ impl<B: Backend> FeedForward<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.proj_out.forward(gelu_approximate(self.proj_in.forward(x)))
+        self.proj_out.forward(gelu_tanh(self.proj_in.forward(x)))
     }
 }
 

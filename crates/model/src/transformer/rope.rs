@@ -5,12 +5,13 @@ use burn::tensor::Tensor;
 use burn::tensor::TensorData;
 use burn::tensor::backend::Backend;
 
-/// Rotation tables for a patch grid, one row per token in (frame, row, column) order.
+/// Rotation tables for a patch grid, one row per token in (frame, row, column) order, laid out
+/// per channel so the rotation is two element-wise products over contiguous rows.
 #[derive(Clone, Debug)]
 pub struct RopeTables<B: Backend> {
-    /// `[tokens, head_dim / 2]`
+    /// `[tokens, head_dim]`: `cos(angle_i)` at channels `2i` and `2i + 1`.
     pub cos: Tensor<B, 2>,
-    /// `[tokens, head_dim / 2]`
+    /// `[tokens, head_dim]`: `-sin(angle_i)` at channel `2i`, `sin(angle_i)` at `2i + 1`.
     pub sin: Tensor<B, 2>,
 }
 
@@ -25,10 +26,9 @@ pub fn rope_tables<B: Backend>(head_dim: usize, grid: [usize; 3], theta: f64, de
     let t_dim = head_dim - 2 * h_dim;
     let axes = [axis_frequencies(t_dim, theta), axis_frequencies(h_dim, theta), axis_frequencies(h_dim, theta)];
     let [frames, height, width] = grid;
-    let half = head_dim / 2;
     let tokens = frames * height * width;
-    let mut cos = Vec::with_capacity(tokens * half);
-    let mut sin = Vec::with_capacity(tokens * half);
+    let mut cos = Vec::with_capacity(tokens * head_dim);
+    let mut sin = Vec::with_capacity(tokens * head_dim);
     for f in 0..frames {
         for h in 0..height {
             for w in 0..width {
@@ -36,29 +36,34 @@ pub fn rope_tables<B: Backend>(head_dim: usize, grid: [usize; 3], theta: f64, de
                     for freq in axis {
                         // Angles in f64 as the reference does, rounded once.
                         let angle = position as f64 * freq;
-                        cos.push(angle.cos() as f32);
-                        sin.push(angle.sin() as f32);
+                        let (c, s) = (angle.cos() as f32, angle.sin() as f32);
+                        cos.extend([c, c]);
+                        sin.extend([-s, s]);
                     }
                 }
             }
         }
     }
     RopeTables {
-        cos: Tensor::from_data(TensorData::new(cos, [tokens, half]), device),
-        sin: Tensor::from_data(TensorData::new(sin, [tokens, half]), device),
+        cos: Tensor::from_data(TensorData::new(cos, [tokens, head_dim]), device),
+        sin: Tensor::from_data(TensorData::new(sin, [tokens, head_dim]), device),
     }
 }
 
-/// Rotates interleaved channel pairs `(x[2i], x[2i+1])` of `x: [batch, tokens, heads, head_dim]`.
+/// Rotates interleaved channel pairs `(x[2i], x[2i+1])` of `x: [batch, tokens, heads, head_dim]`:
+/// `(x[2i] cos - x[2i+1] sin, x[2i+1] cos + x[2i] sin)`, computed as `x * cos + swap(x) * sin` with
+/// the signed tables (the same products and sums as the pairwise form, so the same rounding).
+///
+/// Works head-major (`[batch, heads, tokens * head_dim]`) so each product is one table row shared by
+/// every (batch, head), which CPU backends run as a contiguous SIMD loop; the result is returned as
+/// a `[batch, tokens, heads, head_dim]` view of that layout, which attention reads head-major anyway.
 pub fn apply_rope<B: Backend>(x: Tensor<B, 4>, rope: &RopeTables<B>) -> Tensor<B, 4> {
     let [batch, tokens, heads, head_dim] = x.dims();
     let half = head_dim / 2;
-    let pairs = x.reshape([batch, tokens, heads, half, 2]);
-    let x1 = pairs.clone().narrow(4, 0, 1);
-    let x2 = pairs.narrow(4, 1, 1);
-    let cos = rope.cos.clone().reshape([1, tokens, 1, half, 1]);
-    let sin = rope.sin.clone().reshape([1, tokens, 1, half, 1]);
-    let out1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
-    let out2 = x1 * sin + x2 * cos;
-    Tensor::cat(vec![out1, out2], 4).reshape([batch, tokens, heads, head_dim])
+    let x = x.swap_dims(1, 2).reshape([batch, heads, tokens * head_dim]);
+    let pairs = x.clone().reshape([batch, heads, tokens * half, 2]);
+    let swapped = Tensor::cat(vec![pairs.clone().narrow(3, 1, 1), pairs.narrow(3, 0, 1)], 3).reshape([batch, heads, tokens * head_dim]);
+    let cos = rope.cos.clone().reshape([1, 1, tokens * head_dim]);
+    let sin = rope.sin.clone().reshape([1, 1, tokens * head_dim]);
+    (x * cos + swapped * sin).reshape([batch, heads, tokens, head_dim]).swap_dims(1, 2)
 }
