@@ -589,6 +589,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_dropped_connection_is_reopened_and_the_queue_carries_on() {
+        let ns = test_namespace().await;
+        let queue = RedisQueue::new(ns.clone());
+        queue.push(Task::new("kept", TaskKind::Denoise { chunk: 0 }, Priority::Normal)).await.unwrap();
+        let id: i64 = ::redis::cmd("CLIENT").arg("ID").query_async(&mut ns.conn.clone()).await.unwrap();
+        let mut other = ns.client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = ::redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query_async(&mut other).await.unwrap();
+        // The call in flight when the connection dies may fail; the next ones reconnect.
+        let mut depth = Err(QueueError::Backend("not tried".into()));
+        for _ in 0..50 {
+            depth = queue.depth().await;
+            if depth.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(depth.unwrap(), 1, "the queue is back with its task");
+        let lease = queue.pull("w", Duration::from_secs(30), Duration::ZERO).await.unwrap().expect("the task");
+        assert!(queue.ack(&lease).await.unwrap());
+        ns.clear().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn malformed_tasks_are_set_aside_with_their_reason() {
         let ns = test_namespace().await;
         let queue = RedisQueue::new(ns.clone());
