@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 use vidfarm_model::pipeline::Pipeline;
 use vidfarm_plan::{BlendCurve, stitch};
 use vidfarm_queue::{ClipInfo, JobBook, JobChange, JobRecord, JobState, Lease, Queue, QueueError, Task, TaskKind};
@@ -91,9 +92,12 @@ where
     /// Runs one leased task to an outcome; errors of the task itself are retried or fail the
     /// job, and only queue errors (the farm itself failing) come back.
     async fn handle(&self, lease: Lease) -> Result<(), QueueError> {
+        let span = tracing::info_span!("task", job_id = %lease.task.job_id, kind = ?lease.task.kind, attempt = lease.task.attempt);
+        self.handle_in_span(lease).instrument(span).await
+    }
+
+    async fn handle_in_span(&self, lease: Lease) -> Result<(), QueueError> {
         let job_id = lease.task.job_id.clone();
-        let span = tracing::info_span!("task", job_id = %job_id, kind = ?lease.task.kind, attempt = lease.task.attempt);
-        let _enter = span.enter();
         let Some(record) = self.book.get(&job_id).await? else {
             self.queue.ack(&lease).await?;
             return Ok(());
@@ -158,16 +162,13 @@ where
                     (self.pipeline.clone(), record.spec.clone(), status.plan, directive.clone());
                 tokio::task::spawn_blocking(move || {
                     denoise_chunk(&pipeline, &spec, &plan, &directive, &mut |p| {
+                        let step = JobChange::Step { chunk, step: p.step as u32, steps_total: p.total as u32 };
                         // The receiver outlives the work; a send can only fail after it is done.
-                        let _ = progress_tx.send(p);
+                        let _ = progress_tx.send(step);
                     })
                 })
             };
-            let latents = match self.supervise(lease, &record.id, work, &directive, |p| JobChange::Step {
-                chunk,
-                step: p.step as u32,
-                steps_total: p.total as u32,
-            }, &mut progress_rx).await? {
+            let latents = match self.supervise(lease, &record.id, work, &directive, &mut progress_rx).await? {
                 Some(result) => result?,
                 None => return Ok(Outcome::Abandoned),
             };
@@ -198,9 +199,9 @@ where
                 Ok((frames.frames.len() as u32, frames.width, frames.height))
             })
         };
-        let (_, mut no_progress) = mpsc::unbounded_channel::<vidfarm_model::pipeline::StepProgress>();
-        let Some(result) = self.supervise(lease, &record.id, work, &directive, |_| JobChange::AssembleStarted, &mut no_progress).await?
-        else {
+        // Decoding reports no steps: a channel whose sender is gone.
+        let (_, mut no_progress) = mpsc::unbounded_channel();
+        let Some(result) = self.supervise(lease, &record.id, work, &directive, &mut no_progress).await? else {
             return Ok(Outcome::Abandoned);
         };
         let (frames, width, height) = result?;
@@ -229,14 +230,13 @@ where
 
     /// Waits for blocking work while renewing the lease, forwarding progress, and turning the
     /// job's state into directives. `None` when the work was stopped because it is not ours.
-    async fn supervise<T, P>(
+    async fn supervise<T>(
         &self,
         lease: &Lease,
         job_id: &str,
         mut work: tokio::task::JoinHandle<T>,
         directive: &AtomicU8,
-        progress_change: impl Fn(P) -> JobChange,
-        progress: &mut mpsc::UnboundedReceiver<P>,
+        progress: &mut mpsc::UnboundedReceiver<JobChange>,
     ) -> Result<Option<T>, WorkerError> {
         let mut tick = tokio::time::interval(self.config.lease / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -244,13 +244,13 @@ where
             tokio::select! {
                 done = &mut work => {
                     let out = done?;
-                    while let Ok(p) = progress.try_recv() {
-                        self.book.update(job_id, progress_change(p)).await?;
+                    while let Ok(change) = progress.try_recv() {
+                        self.book.update(job_id, change).await?;
                     }
                     return Ok((Directive::load(directive) != Directive::Stop).then_some(out));
                 }
-                Some(p) = progress.recv() => {
-                    self.book.update(job_id, progress_change(p)).await?;
+                Some(change) = progress.recv() => {
+                    self.book.update(job_id, change).await?;
                     self.refresh_directive(job_id, directive).await?;
                 }
                 _ = tick.tick() => {
