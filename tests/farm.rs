@@ -247,3 +247,31 @@ async fn a_high_priority_job_behind_twenty_low_ones_starts_next() {
     }
     assert!(started <= 1, "{started} low jobs started before the high one ended");
 }
+
+#[tokio::test]
+async fn sigterm_lets_a_worker_finish_its_chunk_and_take_no_more() {
+    let farm = Farm::new();
+    let coordinator = farm.coordinator();
+    let mut worker = farm.worker("w1", 15);
+    let mut client = coordinator.client().await;
+    let job_id = submit(&mut client, spec(4.0, 12, pb::Priority::Normal)).await;
+    let chunk = first_step(&mut watch(&mut client, &job_id).await).await;
+    let terminated = Command::new("kill").args(["-TERM", &worker.child.id().to_string()]).status().unwrap();
+    assert!(terminated.success());
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = worker.child.wait();
+        (worker, status)
+    });
+    let (_worker, status) = tokio::time::timeout(Duration::from_secs(120), exited).await.expect("the worker exits").unwrap();
+    assert!(status.unwrap().success(), "a drained worker exits cleanly");
+
+    let stored = farm.stored_job(&job_id);
+    let chunks = stored["chunks"].as_array().unwrap();
+    assert_eq!(chunks[chunk as usize]["done"], true, "the chunk in hand was finished");
+    assert_eq!(chunks[chunk as usize]["attempts"], 1);
+    let untouched = chunks.iter().filter(|c| c["attempts"] == 0).count();
+    assert_eq!(untouched, chunks.len() - 1, "no other chunk was taken: {chunks:?}");
+
+    let _replacement = farm.worker("w2", 15);
+    succeeded(&finish(&mut watch(&mut client, &job_id).await).await);
+}
