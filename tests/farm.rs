@@ -42,13 +42,12 @@ impl Farm {
     }
 
     fn worker(&self, name: &str, lease_seconds: u64) -> Process {
-        let mut process = Process::spawn(
-            Command::new(BIN)
-                .arg("worker")
-                .args(self.args())
-                .args(["--name", name])
-                .env("VIDFARM_WORKER_LEASE_SECONDS", lease_seconds.to_string()),
-        );
+        self.worker_with(name, &[("VIDFARM_WORKER_LEASE_SECONDS", &lease_seconds.to_string())])
+    }
+
+    /// A worker with settings from the environment.
+    fn worker_with(&self, name: &str, env: &[(&str, &str)]) -> Process {
+        let mut process = Process::spawn(Command::new(BIN).arg("worker").args(self.args()).args(["--name", name]).envs(env.iter().copied()));
         assert_eq!(process.first_line(), format!("worker {name} started"));
         process
     }
@@ -274,4 +273,27 @@ async fn sigterm_lets_a_worker_finish_its_chunk_and_take_no_more() {
 
     let _replacement = farm.worker("w2", 15);
     succeeded(&finish(&mut watch(&mut client, &job_id).await).await);
+}
+
+#[tokio::test]
+async fn a_chunk_that_always_fails_is_retried_with_backoff_then_fails_its_job_alone() {
+    let farm = Farm::new();
+    let coordinator = farm.coordinator();
+    let mut client = coordinator.client().await;
+    let doomed = submit(&mut client, spec(1.0, 2, pb::Priority::Normal)).await;
+    let healthy = submit(&mut client, spec(1.0, 2, pb::Priority::Normal)).await;
+    // A folder where the doomed chunk's latents must go: every write of them fails.
+    let blocked = farm.store.path().join(format!("jobs/{doomed}/chunks/00000.safetensors"));
+    std::fs::create_dir_all(blocked.join("in-the-way")).unwrap();
+
+    let started = std::time::Instant::now();
+    let _worker = farm.worker_with("w1", &[("VIDFARM_WORKER_MAX_ATTEMPTS", "3"), ("VIDFARM_WORKER_RETRY_BASE_MS", "300")]);
+    let failed = finish(&mut watch(&mut client, &doomed).await).await;
+    assert_eq!(pb::JobState::try_from(failed.state), Ok(pb::JobState::Failed));
+    assert!(failed.error.starts_with("chunk 0 failed after 3 attempts: "), "{}", failed.error);
+    assert!(started.elapsed() >= Duration::from_millis(900), "backoff of 300 ms, then 600 ms");
+    let kept = client.get_job(pb::GetJobRequest { job_id: doomed.clone() }).await.unwrap().into_inner();
+    assert_eq!(kept.error, failed.error, "GetJob keeps the reason");
+    assert_eq!(farm.stored_job(&doomed)["chunks"][0]["attempts"], 3);
+    succeeded(&finish(&mut watch(&mut client, &healthy).await).await);
 }
