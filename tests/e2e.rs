@@ -416,6 +416,20 @@ async fn clips_land_in_s3_survive_an_outage_and_are_fetched_by_presigned_url() {
     let kept = submit(&mut client, pb::JobSpec { keep_intermediates: true, ..spec(1.0) }, "").await.job.unwrap();
     assert_eq!(final_state(&watch_to_end(&mut client, &kept.job_id).await), pb::JobState::Succeeded);
     assert_eq!(files_under(&chunks_of(&kept.job_id)), kept.chunks.len());
+
+    // DeleteJob removes a finished job's objects; the job stays, without its clip.
+    let in_flight = submit(&mut client, spec(1.0), "").await.job.unwrap();
+    let refused = client.delete_job(pb::DeleteJobRequest { job_id: in_flight.job_id.clone() }).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    let deleted = client.delete_job(pb::DeleteJobRequest { job_id: job.job_id.clone() }).await.unwrap().into_inner();
+    assert!(deleted.clip.is_none());
+    let deleted_by_cli = json(&server.cli(&["delete", &kept.job_id, "--json"]));
+    assert!(deleted_by_cli.get("clip").is_none_or(|c| c.is_null()), "{deleted_by_cli}");
+    for job_id in [&job.job_id, &kept.job_id] {
+        assert_eq!(files_under(&s3.object_file(&format!("farm/jobs/{job_id}"))), 0, "{job_id}'s objects are gone");
+        let no_clip = client.get_clip(pb::GetClipRequest { job_id: job_id.clone() }).await.unwrap_err();
+        assert_eq!(no_clip.code(), Code::FailedPrecondition);
+    }
 }
 
 /// Files in a folder and its subfolders; 0 when it does not exist.

@@ -98,6 +98,7 @@ pub enum ControlVerb {
     Cancel,
     Pause,
     Resume,
+    Delete,
 }
 
 pub async fn control(client: &mut Client, job_id: &str, verb: ControlVerb, json: bool) -> Result<()> {
@@ -106,6 +107,7 @@ pub async fn control(client: &mut Client, job_id: &str, verb: ControlVerb, json:
         ControlVerb::Cancel => client.cancel_job(pb::CancelJobRequest { job_id }).await,
         ControlVerb::Pause => client.pause_job(pb::PauseJobRequest { job_id }).await,
         ControlVerb::Resume => client.resume_job(pb::ResumeJobRequest { job_id }).await,
+        ControlVerb::Delete => client.delete_job(pb::DeleteJobRequest { job_id }).await,
     }
     .map_err(status_error)?
     .into_inner();

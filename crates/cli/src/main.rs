@@ -143,6 +143,12 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Remove a finished job's clip and other objects from storage (the job record stays).
+    Delete {
+        job_id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Download a finished clip and check its sha256.
     Fetch {
         job_id: String,
@@ -229,6 +235,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Resume { job_id, conn } => {
             client::control(&mut client::connect(&addr(&conn)).await?, &job_id, ControlVerb::Resume, conn.json).await
+        }
+        Command::Delete { job_id, conn } => {
+            client::control(&mut client::connect(&addr(&conn)).await?, &job_id, ControlVerb::Delete, conn.json).await
         }
         Command::Fetch { job_id, out, conn } => {
             client::fetch(&mut client::connect(&addr(&conn)).await?, &job_id, &out, conn.json).await

@@ -134,6 +134,20 @@ impl Coordinator {
         let url = self.store.fetch_url(&clip.object_key).await.map_err(|e| CoordinatorError::Store(e.to_string()))?;
         Ok((record, url))
     }
+
+    /// Deletes a finished job's objects (clip and any intermediates); the record stays, without
+    /// its clip. A job still in flight must be cancelled first.
+    pub async fn delete(&self, job_id: &str) -> Result<JobRecord, CoordinatorError> {
+        let record = self.get(job_id).await?;
+        if !record.state.is_final() {
+            let state = format!("{:?}", record.state).to_lowercase();
+            return Err(QueueError::Precondition(format!("cannot delete job {job_id}: it is {state}; cancel it first")).into());
+        }
+        let count = self.store.delete_under(&ArtifactStore::job_prefix(job_id)).await.map_err(|e| CoordinatorError::Store(e.to_string()))?;
+        let (record, _) = self.book.update(job_id, JobChange::ObjectsDeleted).await?;
+        tracing::info!(job_id, objects = count, "job objects deleted");
+        Ok(record)
+    }
 }
 
 /// The tasks a job needs from here: its chunks not yet denoised, or, once all are, assembling.

@@ -128,4 +128,9 @@ impl RenderService for RenderApi {
             .map(Response::new)
             .ok_or_else(|| Status::failed_precondition("job has no clip"))
     }
+
+    async fn delete_job(&self, request: Request<pb::DeleteJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let record = self.coordinator.delete(&request.into_inner().job_id).await.map_err(status)?;
+        Ok(Response::new(self.job(&record)))
+    }
 }

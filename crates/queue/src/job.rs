@@ -78,6 +78,8 @@ pub enum JobChange {
     Succeeded(ClipInfo),
     Failed(String),
     Control(Control),
+    /// The job's objects were removed from the store (`DeleteJob`); it has no clip any more.
+    ObjectsDeleted,
 }
 
 /// What a client asks of a job.
@@ -140,6 +142,14 @@ impl JobRecord {
     pub fn apply(&mut self, change: &JobChange, now_ms: i64) -> Result<Option<UpdateDetail>, QueueError> {
         let detail = match change {
             JobChange::Control(control) => self.apply_control(*control)?,
+            JobChange::ObjectsDeleted => {
+                if !self.state.is_final() {
+                    let state = format!("{:?}", self.state).to_lowercase();
+                    return Err(QueueError::Precondition(format!("cannot delete job {}: it is {state}", self.id)));
+                }
+                // The state stays; the event tells watchers the job changed (its clip is gone).
+                self.clip.take().map(|_| UpdateDetail::State(self.state))
+            }
             _ if self.state.is_final() => None,
             JobChange::ChunkStarted { chunk } => {
                 let status = self.chunk_mut(*chunk)?;
@@ -219,5 +229,23 @@ impl JobRecord {
         self.chunks
             .get_mut(chunk as usize)
             .ok_or_else(|| QueueError::Precondition(format!("job {id} has no chunk {chunk}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::sample_record;
+
+    #[test]
+    fn deleting_objects_needs_a_final_job_and_drops_its_clip_once() {
+        let mut record = sample_record("job-d", None);
+        assert!(matches!(record.apply(&JobChange::ObjectsDeleted, 1), Err(QueueError::Precondition(_))));
+        let clip = ClipInfo { object_key: "jobs/job-d/clip.mp4".into(), size_bytes: 1, sha256: "00".into(), frames: 33, fps: 8, width: 64, height: 64 };
+        record.apply(&JobChange::Succeeded(clip), 2).unwrap();
+        let sequence = record.sequence;
+        assert_eq!(record.apply(&JobChange::ObjectsDeleted, 3).unwrap(), Some(UpdateDetail::State(JobState::Succeeded)));
+        assert_eq!((record.clip.as_ref(), record.sequence), (None, sequence + 1));
+        assert_eq!(record.apply(&JobChange::ObjectsDeleted, 4).unwrap(), None, "a second delete changes nothing");
     }
 }

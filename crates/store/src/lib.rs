@@ -176,6 +176,11 @@ impl ArtifactStore {
         format!("jobs/{job_id}/clip.mp4")
     }
 
+    /// The folder of all of a job's objects.
+    pub fn job_prefix(job_id: &str) -> String {
+        format!("jobs/{job_id}")
+    }
+
     /// The folder of a job's chunk latents, the intermediates removed once its clip is stored.
     pub fn chunks_prefix(job_id: &str) -> String {
         format!("jobs/{job_id}/chunks")
