@@ -317,3 +317,44 @@ async fn a_chunk_that_always_fails_is_retried_with_backoff_then_fails_its_job_al
     assert_eq!(farm.stored_job(&doomed)["chunks"][0]["attempts"], 3);
     succeeded(&finish(&mut watch(&mut client, &healthy).await).await);
 }
+
+fn signal(process: &Process, name: &str) {
+    let sent = Command::new("kill").args([&format!("-{name}"), &process.child.id().to_string()]).status().unwrap();
+    assert!(sent.success(), "kill -{name}");
+}
+
+#[tokio::test]
+async fn two_workers_racing_on_a_chunk_after_its_lease_lapsed_make_one_result() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let farm = Farm::new();
+    let coordinator = farm.coordinator();
+    let mut workers = [farm.worker("w1", 2), farm.worker("w2", 2)];
+    let mut client = coordinator.client().await;
+    let job_id = submit(&mut client, spec(4.0, 12, pb::Priority::Normal)).await;
+    let mut events = watch(&mut client, &job_id).await;
+    let chunk = first_step(&mut events).await;
+    let holder = farm.lease_holder(&format!("{job_id}/denoise/{chunk}")).expect("the chunk is leased");
+    let frozen = if holder == "w1" { 0 } else { 1 };
+    // Frozen, the holder stops renewing; the other worker takes the chunk when the lease lapses.
+    signal(&workers[frozen], "STOP");
+    let mut finished = Vec::new();
+    let mut last = None;
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(180), events.next()).await.expect("events keep coming") {
+        let event = event.unwrap();
+        if let Some(pb::job_event::Detail::ChunkFinished(c)) = event.detail {
+            finished.push(c);
+            if c == chunk {
+                // Woken, the stale holder finds its lease gone (or finishes late, harmlessly).
+                signal(&workers[frozen], "CONT");
+            }
+        }
+        last = event.job;
+    }
+    let job = last.expect("events");
+    let clip = succeeded(&job);
+    finished.sort();
+    assert_eq!(finished, (0..job.chunks.len() as u32).collect::<Vec<_>>(), "each chunk counted done once");
+    assert!(farm.stored_job(&job_id)["chunks"][chunk as usize]["attempts"].as_u64().unwrap() >= 2);
+    assert_eq!(sha256_file(&farm.store.path().join(&clip.object_key)), clip.sha256);
+    assert!(workers[frozen].child.try_wait().unwrap().is_none(), "the stale worker lives on");
+}
