@@ -358,3 +358,49 @@ async fn two_workers_racing_on_a_chunk_after_its_lease_lapsed_make_one_result() 
     assert_eq!(sha256_file(&farm.store.path().join(&clip.object_key)), clip.sha256);
     assert!(workers[frozen].child.try_wait().unwrap().is_none(), "the stale worker lives on");
 }
+
+#[tokio::test]
+async fn two_hundred_jobs_submitted_at_once_to_three_workers_all_finish_once() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let farm = Farm::new();
+    let coordinator = farm.coordinator();
+    let _workers = [farm.worker("w1", 15), farm.worker("w2", 15), farm.worker("w3", 15)];
+    let client = coordinator.client().await;
+    let submits = (0..200).map(|i| {
+        let mut client = client.clone();
+        async move { submit(&mut client, pb::JobSpec { seed: Some(i), ..spec(1.0, 1, pb::Priority::Normal) }).await }
+    });
+    let mut ids = futures::future::join_all(submits).await;
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 200);
+
+    let mut client = client.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(400);
+    let jobs = loop {
+        let page = pb::ListJobsRequest { page_size: 1000, ..Default::default() };
+        let jobs = client.list_jobs(page).await.unwrap().into_inner().jobs;
+        if jobs.iter().all(|j| pb::JobState::try_from(j.state).is_ok_and(|s| s != pb::JobState::Queued && s != pb::JobState::Running)) {
+            break jobs;
+        }
+        assert!(std::time::Instant::now() < deadline, "jobs still unfinished");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let mut listed: Vec<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
+    listed.sort();
+    assert_eq!(listed, ids, "every job listed, none lost, none made twice");
+    let mut keys = Vec::new();
+    for job in &jobs {
+        let clip = succeeded(job);
+        assert_eq!(sha256_file(&farm.store.path().join(&clip.object_key)), clip.sha256);
+        keys.push(clip.object_key.clone());
+    }
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 200, "one clip per job");
+    let mut redis = farm.redis();
+    for set in ["queue:ready", "queue:delayed", "queue:leased"] {
+        let left: usize = redis.zcard(farm.key(set)).unwrap();
+        assert_eq!(left, 0, "{set} is empty");
+    }
+}
