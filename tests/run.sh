@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every vidfarm test: installs the system packages, starts Redis when it is not
 # running, installs the s3s-fs S3 server if absent, runs the Rust workspace's tests (unit,
-# model parity, end-to-end over TCP, S3 storage), checks that the CUDA backend builds, and
-# runs the Python gRPC client test against the binary.
+# model parity, end-to-end over TCP, S3 storage), checks that the CUDA backend builds,
+# checks the Helm chart, and runs the Python gRPC client test against the binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +25,12 @@ target="${CARGO_TARGET_DIR:-target}"
 cargo build --locked -p vidfarm
 cargo test --locked --workspace
 cargo check --locked -p vidfarm --features cuda
+
+# The Helm chart, linted and rendered by Helm's own library, manifests checked against the
+# Kubernetes schemas (no helm binary, no cluster).
+helm_venv="${VIDFARM_HELM_VENV:-$target/helm-venv}"
+[ -x "$helm_venv/bin/python" ] || { python3 -m venv "$helm_venv" && "$helm_venv/bin/pip" install -q -r tests/helm/requirements.txt; }
+"$helm_venv/bin/python" tests/helm/check_chart.py
 
 venv="${VIDFARM_TEST_VENV:-$target/py-test-venv}"
 [ -x "$venv/bin/pytest" ] || { python3 -m venv "$venv" && "$venv/bin/pip" install -q -r tests/python/requirements.txt; }

@@ -1,0 +1,95 @@
+"""Lints and renders helm/vidfarm with Helm's own library (no helm binary), validates every
+rendered manifest against the Kubernetes schemas, and checks what the chart promises: the
+config it mounts uses only keys vidfarm knows, workers get time to drain, secrets stay out
+of the ConfigMap, and bad values are refused naming the key."""
+
+import pathlib
+import sys
+import tomllib
+
+import helm_python
+import kubernetes_validate
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "vidfarm"
+KUBE = "1.30.0"
+
+
+def render(values):
+    with helm_python.Chart.load(CHART) as chart:
+        chart.validate_schema(values)
+        files = chart.render(values, name="farm", namespace="render", is_install=True)
+    docs = []
+    for path, text in sorted(files.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        docs += [(path, d) for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def by_kind(docs, kind, suffix=""):
+    found = [d for _, d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(suffix)]
+    assert len(found) == 1, f"one {kind} *{suffix}, found {len(found)}"
+    return found[0]
+
+
+def container_env(deployment):
+    return {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def main():
+    report = helm_python.lint(CHART, strict=True, kube_version=f"v{KUBE}")
+    # Severity 1 is information (e.g. "icon is recommended"); 2 and 3 are warnings and errors.
+    messages = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not messages and not report.get("errors"), f"helm lint: {report}"
+
+    known = tomllib.loads((ROOT / "config" / "vidfarm.toml").read_text())
+    variants = {
+        "defaults": {},
+        "secrets and a model volume": {
+            "redis": {"existingSecret": "farm-redis"},
+            "store": {"s3": {"credentialsSecret": "farm-s3", "endpoint": "http://minio:9000", "allowHttp": True}},
+            "model": {"path": "/models/wan", "volume": {"persistentVolumeClaim": {"claimName": "models"}}},
+        },
+    }
+    for label, values in variants.items():
+        docs = render(values)
+        for path, doc in docs:
+            kubernetes_validate.validate(doc, KUBE, strict=True)
+        config = tomllib.loads(by_kind(docs, "ConfigMap")["data"]["vidfarm.toml"])
+        for section, keys in config.items():
+            unknown = set(keys) - set(known.get(section, {}))
+            assert not unknown, f"{label}: keys vidfarm does not read in [{section}]: {unknown}"
+        assert "access_key_id" not in config["s3"] and "secret" not in str(config["redis"]), f"{label}: secrets in the ConfigMap"
+
+        coordinator = by_kind(docs, "Deployment", "-coordinator")
+        worker = by_kind(docs, "Deployment", "-worker")
+        service = by_kind(docs, "Service")
+        assert coordinator["spec"]["template"]["spec"]["containers"][0]["args"] == ["coordinator"]
+        assert worker["spec"]["template"]["spec"]["containers"][0]["args"] == ["worker"]
+        probe = coordinator["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"]
+        assert probe == service["spec"]["ports"][0]["port"] == int(config["server"]["listen"].rsplit(":", 1)[1])
+        assert service["spec"]["selector"] == coordinator["spec"]["selector"]["matchLabels"]
+        assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 60, "workers need time to drain"
+        assert worker["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+        env = container_env(worker)
+        assert env["VIDFARM_CONFIG"]["value"] == "/etc/vidfarm/vidfarm.toml"
+        if values:
+            assert env["VIDFARM_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "farm-redis", "key": "url"}
+            assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "farm-s3"
+            assert config["server"]["model"] == "/models/wan"
+        print(f"chart renders and validates ({label}): {len(docs)} manifests")
+
+    for bad, key in [({"worker": {"leaseSeconds": 60}}, "leaseSeconds"), ({"store": {"url": "ftp://x"}}, "url")]:
+        try:
+            render(bad)
+        except helm_python.HelmValuesError as e:
+            assert key in str(e), f"the error names {key}: {e}"
+        else:
+            raise AssertionError(f"{bad} was accepted")
+    print("bad values refused, naming the key")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
