@@ -272,6 +272,10 @@ async fn cli_client_commands_speak_json() {
     let second = json(&server.cli(&["list", "--state", "succeeded", "--page-size", "1", "--page-token", token, "--json"]));
     assert_eq!(second["jobs"].as_array().unwrap().len(), 1);
     assert_ne!(second["jobs"][0]["job_id"], listed["jobs"][0]["job_id"]);
+    let workers = json(&server.cli(&["workers", "--json"]));
+    assert_eq!(workers["workers"][0]["name"], "embedded-0", "{workers}");
+    // Two one-chunk jobs, each denoised and assembled; the last task may end just after its job.
+    assert!(workers["workers"][0]["tasks_done"].as_u64().unwrap() >= 3, "{workers}");
     let bad = server.cli(&["submit", PROMPT, "--fps", "0", "--json"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("spec.fps"), "{}", String::from_utf8_lossy(&bad.stderr));

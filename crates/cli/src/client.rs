@@ -1,11 +1,12 @@
 //! The client commands: the RenderService over gRPC.
 
-use crate::output::{clip_json, is_final, job_bar, job_json, job_line, state_name, update_bar};
+use crate::output::{clip_json, is_final, job_bar, job_json, job_line, state_name, update_bar, worker_json, worker_line};
 use crate::spec_args::SpecArgs;
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use std::path::Path;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 use vidfarm_api::pb::{self, render_service_client::RenderServiceClient};
@@ -38,28 +39,60 @@ pub async fn submit(client: &mut Client, spec: &SpecArgs, key: Option<String>, w
     watch(client, &job.job_id, json).await
 }
 
-/// Follows a job to its end with a progress bar; fails when the job does not succeed.
+/// How long `watch` keeps trying to reach a coordinator that went away (a restart, or another
+/// replica behind the same address taking over) before it gives up.
+const RECONNECT_FOR: Duration = Duration::from_secs(120);
+const RECONNECT_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether a failed call may succeed against a coordinator that comes back.
+fn transient(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled | Code::DeadlineExceeded)
+}
+
+/// Follows a job to its end with a progress bar; fails when the job does not succeed. When
+/// the coordinator goes away, it watches again once one answers at the same address (the
+/// stream starts with the job's current state, so nothing is missed).
 pub async fn watch(client: &mut Client, job_id: &str, json: bool) -> Result<()> {
-    let mut stream = client
-        .watch_job(pb::WatchJobRequest { job_id: job_id.to_string() })
-        .await
-        .map_err(status_error)?
-        .into_inner();
     let bar = job_bar(json);
-    let mut last = None;
-    while let Some(event) = stream.next().await {
-        let event = event.map_err(status_error)?;
-        if let Some(job) = event.job {
-            update_bar(&bar, &job);
-            let done = is_final(job.state);
-            last = Some(job);
-            if done {
-                break;
+    let mut last: Option<pb::Job> = None;
+    let mut lost_since: Option<Instant> = None;
+    let job = loop {
+        let broken = match client.watch_job(pb::WatchJobRequest { job_id: job_id.to_string() }).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.next().await {
+                        Some(Ok(event)) => {
+                            lost_since = None;
+                            if let Some(job) = event.job {
+                                update_bar(&bar, &job);
+                                last = Some(job);
+                            }
+                            if last.as_ref().is_some_and(|j| is_final(j.state)) {
+                                break None;
+                            }
+                        }
+                        Some(Err(status)) if transient(&status) => break Some(status_error(status)),
+                        Some(Err(status)) => return Err(status_error(status)),
+                        None => break Some(anyhow::anyhow!("the stream ended before the job did")),
+                    }
+                }
             }
+            Err(status) if transient(&status) => Some(status_error(status)),
+            Err(status) => return Err(status_error(status)),
+        };
+        let Some(error) = broken else {
+            break last.take().context("the watch stream ended without an event")?;
+        };
+        let since = *lost_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= RECONNECT_FOR {
+            return Err(error.context(format!("watching job {job_id}: no coordinator for {}s", RECONNECT_FOR.as_secs())));
         }
-    }
+        tracing::warn!(%error, job_id, "lost the coordinator; watching again when it answers");
+        tokio::time::sleep(RECONNECT_WAIT).await;
+    };
     bar.finish_and_clear();
-    let job = last.context("the watch stream ended without an event")?;
     print(json, job_json(&job), job_line(&job));
     if state_name(job.state) != "succeeded" {
         bail!("job {} ended {}", job.job_id, state_name(job.state));
@@ -112,6 +145,20 @@ pub async fn control(client: &mut Client, job_id: &str, verb: ControlVerb, json:
     .map_err(status_error)?
     .into_inner();
     print(json, job_json(&job), job_line(&job));
+    Ok(())
+}
+
+pub async fn workers(client: &mut Client, json: bool) -> Result<()> {
+    let workers = client.list_workers(pb::ListWorkersRequest {}).await.map_err(status_error)?.into_inner().workers;
+    let value = serde_json::json!({ "workers": workers.iter().map(worker_json).collect::<Vec<_>>() });
+    let text = if workers.is_empty() { "no live workers".to_string() } else { workers.iter().map(worker_line).collect::<Vec<_>>().join("\n") };
+    print(json, value, text);
+    Ok(())
+}
+
+pub async fn drain(client: &mut Client, name: &str, json: bool) -> Result<()> {
+    let worker = client.drain_worker(pb::DrainWorkerRequest { name: name.to_string() }).await.map_err(status_error)?.into_inner();
+    print(json, worker_json(&worker), worker_line(&worker));
     Ok(())
 }
 

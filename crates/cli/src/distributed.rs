@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use vidfarm_api::ModelProfile;
 use vidfarm_coordinator::Coordinator;
-use vidfarm_queue::{RedisJobBook, RedisNamespace, RedisQueue};
+use vidfarm_queue::{FarmState, RedisJobBook, RedisNamespace, RedisQueue, RedisWorkerRegistry};
 use vidfarm_worker::Worker;
 
 use crate::farm::{load_model, open_store, resolve_model_dir, worker_config};
@@ -36,13 +36,19 @@ pub struct RedisArgs {
 }
 
 /// Connects to Redis, waiting with backoff while it is unreachable (it may be starting too).
-async fn connect(settings: &Settings, args: &RedisArgs) -> Result<(Arc<RedisQueue>, Arc<RedisJobBook>)> {
+async fn connect(settings: &Settings, args: &RedisArgs) -> Result<FarmState> {
     let url = args.redis.as_deref().unwrap_or(&settings.redis.url);
     let namespace = args.redis_namespace.as_deref().unwrap_or(&settings.redis.namespace);
     let (mut attempt, mut backoff) = (1, FIRST_BACKOFF);
     loop {
         match RedisNamespace::connect(url, namespace).await {
-            Ok(ns) => return Ok((Arc::new(RedisQueue::new(ns.clone())), Arc::new(RedisJobBook::new(ns)))),
+            Ok(ns) => {
+                return Ok(FarmState {
+                    queue: Arc::new(RedisQueue::new(ns.clone())),
+                    book: Arc::new(RedisJobBook::new(ns.clone())),
+                    registry: Arc::new(RedisWorkerRegistry::new(ns)),
+                });
+            }
             Err(e) if attempt < CONNECT_ATTEMPTS => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "Redis not reachable yet");
                 tokio::time::sleep(backoff).await;
@@ -60,8 +66,8 @@ pub async fn coordinator(settings: &Settings, redis: &RedisArgs, listen: &str, s
     let model_dir = resolve_model_dir(model);
     let profile = ModelProfile::load(&model_dir).with_context(|| format!("model {}", model_dir.display()))?;
     let store = open_store(store, settings).await?;
-    let (queue, book) = connect(settings, redis).await?;
-    let coordinator = Coordinator::new(book, queue, store, vec![profile]);
+    let farm = connect(settings, redis).await?;
+    let coordinator = Coordinator::new(farm, store, vec![profile]);
     let sweeper = coordinator.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(REQUEUE_EVERY);
@@ -82,14 +88,14 @@ pub async fn coordinator(settings: &Settings, redis: &RedisArgs, listen: &str, s
     Ok(())
 }
 
-/// Runs one worker until SIGTERM or Ctrl-C, which let it finish the task in hand and take no
-/// more. A failing Redis (the farm's state unreachable) pauses the worker, it does not end it.
+/// Runs one worker until SIGTERM, Ctrl-C or a drain request (`vidfarm drain`), which let it
+/// finish the task in hand and take no more. A failing Redis (the farm's state unreachable) pauses the worker, it does not end it.
 pub async fn worker(settings: &Settings, redis: &RedisArgs, store: &str, model: &Path, name: Option<String>) -> Result<()> {
     let (_, pipeline) = load_model(model).await?;
     let store = open_store(store, settings).await?;
-    let (queue, book) = connect(settings, redis).await?;
+    let farm = connect(settings, redis).await?;
     let name = name.unwrap_or_else(default_worker_name);
-    let worker = Worker::new(worker_config(settings, name.clone()), queue, book, store, pipeline);
+    let worker = Worker::new(worker_config(settings, name.clone()), farm, store, pipeline);
     let (shutdown, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
         crate::shutdown_signal().await;

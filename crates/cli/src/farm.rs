@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use vidfarm_api::ModelProfile;
 use vidfarm_coordinator::Coordinator;
 use vidfarm_model::pipeline::{DefaultBackend, Pipeline};
-use vidfarm_queue::{MemoryJobBook, MemoryQueue};
+use vidfarm_queue::{FarmState, MemoryJobBook, MemoryQueue, MemoryWorkerRegistry};
 use vidfarm_store::ArtifactStore;
 use vidfarm_worker::{Worker, WorkerConfig};
 
@@ -82,14 +82,17 @@ impl Farm {
     pub async fn start(settings: &Settings, model_dir: &Path, store: &str) -> Result<Self> {
         let (profile, pipeline) = load_model(model_dir).await?;
         let store = open_store(store, settings).await?;
-        let book = Arc::new(MemoryJobBook::new());
-        let queue = Arc::new(MemoryQueue::new());
-        let coordinator = Coordinator::new(book.clone(), queue.clone(), store.clone(), vec![profile]);
+        let farm = FarmState {
+            queue: Arc::new(MemoryQueue::new()),
+            book: Arc::new(MemoryJobBook::new()),
+            registry: Arc::new(MemoryWorkerRegistry::new()),
+        };
+        let coordinator = Coordinator::new(farm.clone(), store.clone(), vec![profile]);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let workers = (0..settings.worker.count.max(1))
             .map(|i| {
                 let config = worker_config(settings, format!("embedded-{i}"));
-                let worker = Worker::new(config, queue.clone(), book.clone(), store.clone(), pipeline.clone());
+                let worker = Worker::new(config, farm.clone(), store.clone(), pipeline.clone());
                 let rx = shutdown_rx.clone();
                 tokio::spawn(async move {
                     if let Err(e) = worker.run(rx).await {

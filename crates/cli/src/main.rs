@@ -149,6 +149,18 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// List the live workers: state, task in hand, tasks done.
+    Workers {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Ask a worker to finish its task in hand, take no more and stop (as SIGTERM does).
+    Drain {
+        /// The worker's name, as `vidfarm workers` lists it.
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Download a finished clip and check its sha256.
     Fetch {
         job_id: String,
@@ -239,6 +251,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Delete { job_id, conn } => {
             client::control(&mut client::connect(&addr(&conn)).await?, &job_id, ControlVerb::Delete, conn.json).await
         }
+        Command::Workers { conn } => client::workers(&mut client::connect(&addr(&conn)).await?, conn.json).await,
+        Command::Drain { name, conn } => client::drain(&mut client::connect(&addr(&conn)).await?, &name, conn.json).await,
         Command::Fetch { job_id, out, conn } => {
             client::fetch(&mut client::connect(&addr(&conn)).await?, &job_id, &out, conn.json).await
         }

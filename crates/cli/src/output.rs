@@ -111,3 +111,27 @@ pub fn emit(line: impl std::fmt::Display) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
+
+pub fn worker_state_name(state: i32) -> &'static str {
+    match pb::WorkerState::try_from(state) {
+        Ok(pb::WorkerState::Idle) => "idle",
+        Ok(pb::WorkerState::Busy) => "busy",
+        Ok(pb::WorkerState::Draining) => "draining",
+        _ => "unknown",
+    }
+}
+
+pub fn worker_json(worker: &pb::Worker) -> Value {
+    json!({
+        "name": worker.name,
+        "state": worker_state_name(worker.state),
+        "task_id": (!worker.task_id.is_empty()).then_some(&worker.task_id),
+        "tasks_done": worker.tasks_done,
+        "started_at_ms": worker.started_at_ms,
+        "heartbeat_at_ms": worker.heartbeat_at_ms,
+    })
+}
+
+pub fn worker_line(worker: &pb::Worker) -> String {
+    format!("{}  {:<8}  {} tasks done  {}", worker.name, worker_state_name(worker.state), worker.tasks_done, worker.task_id)
+}

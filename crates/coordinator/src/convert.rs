@@ -1,7 +1,7 @@
 //! Job records as the API shows them.
 
 use vidfarm_api::pb;
-use vidfarm_queue::{JobRecord, JobState, Stage, UpdateDetail};
+use vidfarm_queue::{JobRecord, JobState, Stage, UpdateDetail, WorkerInfo, WorkerState};
 use vidfarm_store::ArtifactStore;
 
 pub fn state_to_pb(state: JobState) -> pb::JobState {
@@ -99,5 +99,24 @@ pub fn detail_to_pb(detail: &UpdateDetail) -> pb::job_event::Detail {
         }
         UpdateDetail::ChunkFinished(c) => Detail::ChunkFinished(*c),
         UpdateDetail::Stage(s) => Detail::StageStarted(stage_name(*s).to_string()),
+        UpdateDetail::TaskFailed { chunk, failures, error } => {
+            Detail::TaskFailed(pb::TaskFailure { chunk_index: *chunk, failures: *failures, error: error.clone() })
+        }
+    }
+}
+
+pub fn worker_to_pb(worker: &WorkerInfo) -> pb::Worker {
+    let state = match worker.state {
+        WorkerState::Idle => pb::WorkerState::Idle,
+        WorkerState::Busy => pb::WorkerState::Busy,
+        WorkerState::Draining => pb::WorkerState::Draining,
+    };
+    pb::Worker {
+        name: worker.name.clone(),
+        state: state as i32,
+        task_id: worker.task.clone().unwrap_or_default(),
+        tasks_done: worker.tasks_done,
+        started_at_ms: worker.started_ms,
+        heartbeat_at_ms: worker.heartbeat_ms,
     }
 }

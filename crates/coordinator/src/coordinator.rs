@@ -4,7 +4,10 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use vidfarm_api::{FieldError, ModelProfile, RenderSpec, pb};
 use vidfarm_plan::plan_chunks;
-use vidfarm_queue::{Control, JobBook, JobChange, JobRecord, JobState, Page, Queue, QueueError, Task, TaskKind};
+use vidfarm_queue::{
+    Control, FarmState, JobBook, JobChange, JobRecord, JobState, Page, Queue, QueueError, Task, TaskKind, WorkerInfo, WorkerRegistry,
+    WorkerState,
+};
 use vidfarm_store::ArtifactStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +26,7 @@ pub enum CoordinatorError {
 pub struct Coordinator {
     book: Arc<dyn JobBook>,
     queue: Arc<dyn Queue>,
+    registry: Arc<dyn WorkerRegistry>,
     store: ArtifactStore,
     models: Vec<ModelProfile>,
 }
@@ -33,8 +37,9 @@ const DEFAULT_PAGE_SIZE: u32 = 50;
 
 impl Coordinator {
     /// `models` are the models the farm's workers serve; the first is the default.
-    pub fn new(book: Arc<dyn JobBook>, queue: Arc<dyn Queue>, store: ArtifactStore, models: Vec<ModelProfile>) -> Self {
-        Self { book, queue, store, models }
+    pub fn new(farm: FarmState, store: ArtifactStore, models: Vec<ModelProfile>) -> Self {
+        let FarmState { queue, book, registry } = farm;
+        Self { book, queue, registry, store, models }
     }
 
     pub fn book(&self) -> &Arc<dyn JobBook> {
@@ -148,6 +153,25 @@ impl Coordinator {
         tracing::info!(job_id, objects = count, "job objects deleted");
         Ok(record)
     }
+
+    /// The live workers, by name.
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>, CoordinatorError> {
+        Ok(self.registry.list().await?)
+    }
+
+    /// Asks a worker to finish its task in hand and take no more.
+    pub async fn drain_worker(&self, name: &str) -> Result<WorkerInfo, CoordinatorError> {
+        if name.is_empty() {
+            return Err(FieldError::new("name", "must not be empty").into());
+        }
+        if name.len() > 256 {
+            return Err(FieldError::new("name", "at most 256 bytes").into());
+        }
+        let mut worker = self.registry.drain(name).await?;
+        worker.state = WorkerState::Draining;
+        tracing::info!(worker = name, "drain requested");
+        Ok(worker)
+    }
 }
 
 /// The tasks a job needs from here: its chunks not yet denoised, or, once all are, assembling.
@@ -185,13 +209,14 @@ mod tests {
     use super::*;
     use std::time::Duration;
     use vidfarm_queue::conformance::sample_record;
-    use vidfarm_queue::{MemoryJobBook, MemoryQueue};
+    use vidfarm_queue::{MemoryJobBook, MemoryQueue, MemoryWorkerRegistry};
 
     #[tokio::test]
     async fn requeue_restores_the_tasks_unfinished_jobs_need_and_only_those() {
         let (book, queue) = (Arc::new(MemoryJobBook::new()), Arc::new(MemoryQueue::new()));
         let store = ArtifactStore::local(&std::env::temp_dir()).unwrap();
-        let coordinator = Coordinator::new(book.clone(), queue.clone(), store, Vec::new());
+        let farm = FarmState { queue: queue.clone(), book: book.clone(), registry: Arc::new(MemoryWorkerRegistry::new()) };
+        let coordinator = Coordinator::new(farm, store, Vec::new());
         // Stored but never queued (the coordinator died in between); half denoised; fully
         // denoised but never assembled; cancelled.
         for id in ["job-a", "job-b", "job-c", "job-d"] {

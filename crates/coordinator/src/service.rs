@@ -1,6 +1,6 @@
 //! `RenderService` over the coordinator: request checks, status codes, the watch stream.
 
-use crate::convert::{clip_to_pb, detail_to_pb, job_to_pb, state_from_pb, state_to_pb};
+use crate::convert::{clip_to_pb, detail_to_pb, job_to_pb, state_from_pb, state_to_pb, worker_to_pb};
 use crate::coordinator::{Coordinator, CoordinatorError};
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -32,6 +32,7 @@ pub fn status(e: CoordinatorError) -> Status {
     match e {
         CoordinatorError::Invalid(field) => field.into(),
         CoordinatorError::Queue(QueueError::JobNotFound(id)) => Status::not_found(format!("job {id} not found")),
+        CoordinatorError::Queue(e @ QueueError::WorkerNotFound(_)) => Status::not_found(e.to_string()),
         CoordinatorError::Queue(QueueError::Precondition(m)) => Status::failed_precondition(m),
         CoordinatorError::Queue(QueueError::Backend(m)) => Status::unavailable(m),
         e @ CoordinatorError::NoClip { .. } => Status::failed_precondition(e.to_string()),
@@ -127,6 +128,16 @@ impl RenderService for RenderApi {
         clip_to_pb(&record, url)
             .map(Response::new)
             .ok_or_else(|| Status::failed_precondition("job has no clip"))
+    }
+
+    async fn list_workers(&self, _: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let workers = self.coordinator.workers().await.map_err(status)?;
+        Ok(Response::new(pb::ListWorkersResponse { workers: workers.iter().map(worker_to_pb).collect() }))
+    }
+
+    async fn drain_worker(&self, request: Request<pb::DrainWorkerRequest>) -> Result<Response<pb::Worker>, Status> {
+        let worker = self.coordinator.drain_worker(&request.into_inner().name).await.map_err(status)?;
+        Ok(Response::new(worker_to_pb(&worker)))
     }
 
     async fn delete_job(&self, request: Request<pb::DeleteJobRequest>) -> Result<Response<pb::Job>, Status> {

@@ -4,6 +4,7 @@
 use crate::book::JobBook;
 use crate::job::{ClipInfo, Control, JobChange, JobRecord, JobState, UpdateDetail};
 use crate::task::{Queue, Task, TaskKind};
+use crate::workers::{WorkerInfo, WorkerRegistry, WorkerState};
 use crate::QueueError;
 use futures::StreamExt;
 use std::time::Duration;
@@ -181,9 +182,40 @@ pub async fn book_pauses_and_resumes(book: &dyn JobBook) {
     assert_eq!(r.state, JobState::Cancelled);
 }
 
+fn worker(name: &str, state: WorkerState) -> WorkerInfo {
+    WorkerInfo { name: name.into(), state, task: None, tasks_done: 0, started_ms: 1, heartbeat_ms: 2 }
+}
+
+/// Heartbeats list a worker until its time to live passes; a drain request reaches its next
+/// heartbeat; unknown workers cannot be drained; a removed worker is gone at once.
+pub async fn registry_lists_drains_and_forgets(r: &dyn WorkerRegistry) {
+    assert!(r.list().await.unwrap().is_empty());
+    assert!(!r.heartbeat(&worker("w1", WorkerState::Idle), LONG).await.unwrap());
+    let mut busy = worker("w2", WorkerState::Busy);
+    busy.task = Some("job/denoise/0".into());
+    assert!(!r.heartbeat(&busy, LONG).await.unwrap());
+    assert_eq!(r.list().await.unwrap(), [worker("w1", WorkerState::Idle), busy.clone()]);
+
+    assert!(matches!(r.drain("w3").await, Err(QueueError::WorkerNotFound(n)) if n == "w3"));
+    assert_eq!(r.drain("w2").await.unwrap(), busy);
+    assert!(r.heartbeat(&busy, LONG).await.unwrap(), "the next heartbeat learns of the drain");
+    assert!(r.heartbeat(&busy, LONG).await.unwrap(), "and every one after");
+    assert!(!r.heartbeat(&worker("w1", WorkerState::Idle), LONG).await.unwrap(), "the other worker is not draining");
+
+    r.remove("w2").await.unwrap();
+    assert_eq!(r.list().await.unwrap(), [worker("w1", WorkerState::Idle)]);
+    assert!(!r.heartbeat(&busy, LONG).await.unwrap(), "a worker starting again under a removed name is not draining");
+
+    r.heartbeat(&worker("brief", WorkerState::Idle), Duration::from_millis(100)).await.unwrap();
+    assert_eq!(r.list().await.unwrap().len(), 3);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let names: Vec<String> = r.list().await.unwrap().into_iter().map(|w| w.name).collect();
+    assert_eq!(names, ["w1", "w2"], "a worker without heartbeats drops out");
+}
+
 #[cfg(test)]
 mod memory_backend {
-    use crate::memory::{MemoryJobBook, MemoryQueue};
+    use crate::memory::{MemoryJobBook, MemoryQueue, MemoryWorkerRegistry};
 
     #[tokio::test]
     async fn queue_orders_and_acks() {
@@ -209,11 +241,15 @@ mod memory_backend {
     async fn book_pauses_and_resumes() {
         super::book_pauses_and_resumes(&MemoryJobBook::new()).await;
     }
+    #[tokio::test]
+    async fn registry_lists_drains_and_forgets() {
+        super::registry_lists_drains_and_forgets(&MemoryWorkerRegistry::new()).await;
+    }
 }
 
 #[cfg(test)]
 mod redis_backend {
-    use crate::redis::{RedisJobBook, RedisQueue, test_namespace};
+    use crate::redis::{RedisJobBook, RedisQueue, RedisWorkerRegistry, test_namespace};
 
     /// Runs each check in a namespace of its own on the local Redis, removed afterwards.
     macro_rules! on_redis {
@@ -234,5 +270,6 @@ mod redis_backend {
         book_stores_and_lists => RedisJobBook,
         book_applies_changes_and_streams_them => RedisJobBook,
         book_pauses_and_resumes => RedisJobBook,
+        registry_lists_drains_and_forgets => RedisWorkerRegistry,
     }
 }

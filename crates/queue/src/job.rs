@@ -37,7 +37,11 @@ pub struct ChunkStatus {
     pub plan: ChunkPlan,
     pub done: bool,
     pub steps_done: u32,
+    /// Deliveries that started denoising (a lapsed lease counts too).
     pub attempts: u32,
+    /// Deliveries that ended in an error; the job fails when these reach the worker's limit.
+    #[serde(default)]
+    pub failures: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,8 +62,12 @@ pub struct JobRecord {
     pub state: JobState,
     pub stage: Stage,
     pub chunks: Vec<ChunkStatus>,
+    /// Why the job failed; while it runs, the last error of a task that will be retried.
     pub error: Option<String>,
     pub clip: Option<ClipInfo>,
+    /// Failed deliveries of the assemble task.
+    #[serde(default)]
+    pub assemble_failures: u32,
     pub idempotency_key: Option<String>,
     pub created_ms: i64,
     pub updated_ms: i64,
@@ -77,6 +85,9 @@ pub enum JobChange {
     AssembleStarted,
     Succeeded(ClipInfo),
     Failed(String),
+    /// A delivery of a task ended in an error (`chunk` None: the assemble task); counted, and
+    /// the error kept, whether or not the task is retried.
+    TaskFailed { chunk: Option<u32>, error: String },
     Control(Control),
     /// The job's objects were removed from the store (`DeleteJob`); it has no clip any more.
     ObjectsDeleted,
@@ -98,6 +109,8 @@ pub enum UpdateDetail {
     Step { chunk: u32, step: u32, steps_total: u32 },
     ChunkFinished(u32),
     Stage(Stage),
+    /// A task failed; `failures` deliveries of it have failed so far.
+    TaskFailed { chunk: Option<u32>, failures: u32, error: String },
 }
 
 impl JobRecord {
@@ -107,9 +120,10 @@ impl JobRecord {
             spec,
             state: JobState::Queued,
             stage: Stage::Queued,
-            chunks: plan.into_iter().map(|plan| ChunkStatus { plan, done: false, steps_done: 0, attempts: 0 }).collect(),
+            chunks: plan.into_iter().map(|plan| ChunkStatus { plan, done: false, steps_done: 0, attempts: 0, failures: 0 }).collect(),
             error: None,
             clip: None,
+            assemble_failures: 0,
             idempotency_key,
             created_ms: now_ms,
             updated_ms: now_ms,
@@ -194,6 +208,21 @@ impl JobRecord {
                 self.stage = Stage::Done;
                 Some(UpdateDetail::State(JobState::Succeeded))
             }
+            JobChange::TaskFailed { chunk, error } => {
+                let failures = match chunk {
+                    Some(chunk) => {
+                        let status = self.chunk_mut(*chunk)?;
+                        status.failures += 1;
+                        status.failures
+                    }
+                    None => {
+                        self.assemble_failures += 1;
+                        self.assemble_failures
+                    }
+                };
+                self.error = Some(error.clone());
+                Some(UpdateDetail::TaskFailed { chunk: *chunk, failures, error: error.clone() })
+            }
             JobChange::Failed(error) => {
                 self.error = Some(error.clone());
                 self.state = JobState::Failed;
@@ -236,6 +265,19 @@ impl JobRecord {
 mod tests {
     use super::*;
     use crate::conformance::sample_record;
+
+    #[test]
+    fn task_failures_are_counted_per_task_and_keep_the_last_error() {
+        let mut record = sample_record("job-f", None);
+        let fail = |chunk, error: &str| JobChange::TaskFailed { chunk, error: error.to_string() };
+        record.apply(&fail(Some(0), "store unreachable"), 1).unwrap();
+        let detail = record.apply(&fail(Some(0), "store still unreachable"), 2).unwrap();
+        assert_eq!(detail, Some(UpdateDetail::TaskFailed { chunk: Some(0), failures: 2, error: "store still unreachable".into() }));
+        assert_eq!((record.chunks[0].failures, record.chunks[0].attempts), (2, 0), "failures before a start still count");
+        record.apply(&fail(None, "disk full"), 3).unwrap();
+        assert_eq!((record.assemble_failures, record.error.as_deref()), (1, Some("disk full")));
+        assert!(matches!(record.apply(&fail(Some(99), "x"), 4), Err(QueueError::Precondition(_))));
+    }
 
     #[test]
     fn deleting_objects_needs_a_final_job_and_drops_its_clip_once() {

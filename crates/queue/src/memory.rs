@@ -3,6 +3,7 @@
 use crate::book::{JobBook, JobUpdate, Page};
 use crate::job::{JobChange, JobRecord, JobState, UpdateDetail};
 use crate::task::{Lease, Queue, Task};
+use crate::workers::{WorkerInfo, WorkerRegistry};
 use crate::QueueError;
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -255,5 +256,57 @@ impl JobBook for MemoryJobBook {
                 async move { keep }
             });
         Ok(stream.boxed())
+    }
+}
+
+struct Registration {
+    info: WorkerInfo,
+    expires: Instant,
+    drain: bool,
+}
+
+/// The worker registry in memory, for the embedded farm's workers.
+#[derive(Default)]
+pub struct MemoryWorkerRegistry {
+    workers: Mutex<BTreeMap<String, Registration>>,
+}
+
+impl MemoryWorkerRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The live registrations, the expired ones dropped on the way.
+    fn live(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Registration>> {
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        workers.retain(|_, r| r.expires > now);
+        workers
+    }
+}
+
+#[async_trait]
+impl WorkerRegistry for MemoryWorkerRegistry {
+    async fn heartbeat(&self, info: &WorkerInfo, ttl: Duration) -> Result<bool, QueueError> {
+        let mut workers = self.live();
+        let drain = workers.get(&info.name).is_some_and(|r| r.drain);
+        workers.insert(info.name.clone(), Registration { info: info.clone(), expires: Instant::now() + ttl, drain });
+        Ok(drain)
+    }
+
+    async fn list(&self) -> Result<Vec<WorkerInfo>, QueueError> {
+        Ok(self.live().values().map(|r| r.info.clone()).collect())
+    }
+
+    async fn drain(&self, name: &str) -> Result<WorkerInfo, QueueError> {
+        let mut workers = self.live();
+        let registration = workers.get_mut(name).ok_or_else(|| QueueError::WorkerNotFound(name.to_string()))?;
+        registration.drain = true;
+        Ok(registration.info.clone())
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), QueueError> {
+        self.live().remove(name);
+        Ok(())
     }
 }

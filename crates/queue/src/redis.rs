@@ -7,6 +7,7 @@ use crate::book::{JobBook, JobUpdate, Page};
 use crate::job::{JobChange, JobRecord, JobState, UpdateDetail};
 use crate::memory::now_ms;
 use crate::task::{Lease, Queue, Task};
+use crate::workers::{WorkerInfo, WorkerRegistry};
 use crate::QueueError;
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -562,6 +563,125 @@ impl JobBook for RedisJobBook {
             }
         });
         Ok(stream.boxed())
+    }
+}
+
+/// KEYS: worker record, drain flag, worker set. ARGV: record JSON, ttl ms, name. Stores the
+/// heartbeat for its time to live and answers the drain flag.
+const HEARTBEAT: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[3])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// KEYS: worker record, drain flag. ARGV: ttl ms. Flags a live worker; the flag lives as long
+/// as its heartbeats do. Returns the record, or false when the worker is not live.
+const DRAIN: &str = r"
+local record = redis.call('GET', KEYS[1])
+if not record then return false end
+redis.call('SET', KEYS[2], 1, 'PX', ARGV[1])
+return record
+";
+
+/// How long a drain request waits for the worker's next heartbeat, which then keeps it alive.
+const DRAIN_FLAG_TTL: Duration = Duration::from_secs(600);
+
+/// The worker registry in Redis: `worker:<name>` (JSON, expiring with the heartbeat's time to
+/// live), `worker:<name>:drain` (the drain request) and the set `workers` of names, from which
+/// the expired are dropped when listed.
+pub struct RedisWorkerRegistry {
+    ns: RedisNamespace,
+    heartbeat: Script,
+    drain: Script,
+}
+
+impl RedisWorkerRegistry {
+    pub fn new(ns: RedisNamespace) -> Self {
+        Self { ns, heartbeat: Script::new(HEARTBEAT), drain: Script::new(DRAIN) }
+    }
+
+    fn record_key(&self, name: &str) -> String {
+        self.ns.key(&format!("worker:{name}"))
+    }
+
+    fn drain_key(&self, name: &str) -> String {
+        self.ns.key(&format!("worker:{name}:drain"))
+    }
+
+    fn parse(&self, name: &str, raw: &str) -> Result<WorkerInfo, QueueError> {
+        serde_json::from_str(raw).map_err(|e| backend(&format!("worker record {}", self.record_key(name)), e))
+    }
+}
+
+#[async_trait]
+impl WorkerRegistry for RedisWorkerRegistry {
+    async fn heartbeat(&self, info: &WorkerInfo, ttl: Duration) -> Result<bool, QueueError> {
+        let json = serde_json::to_string(info).map_err(|e| backend("encoding a worker record", e))?;
+        let drain: i64 = self
+            .heartbeat
+            .key(self.record_key(&info.name))
+            .key(self.drain_key(&info.name))
+            .key(self.ns.key("workers"))
+            .arg(json)
+            .arg(millis(ttl).max(1))
+            .arg(&info.name)
+            .invoke_async(&mut self.ns.conn.clone())
+            .await
+            .map_err(|e| self.ns.err("heartbeat", e))?;
+        Ok(drain == 1)
+    }
+
+    async fn list(&self) -> Result<Vec<WorkerInfo>, QueueError> {
+        let mut conn = self.ns.conn.clone();
+        let mut names: Vec<String> = conn.smembers(self.ns.key("workers")).await.map_err(|e| self.ns.err("list workers", e))?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        names.sort();
+        let keys: Vec<String> = names.iter().map(|n| self.record_key(n)).collect();
+        let raws: Vec<Option<String>> = ::redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.map_err(|e| self.ns.err("list workers", e))?;
+        let mut workers = Vec::new();
+        for (name, raw) in names.iter().zip(raws) {
+            match raw {
+                Some(raw) => match self.parse(name, &raw) {
+                    Ok(info) => workers.push(info),
+                    // One unreadable record must not hide the others.
+                    Err(e) => tracing::warn!(error = %e, "skipping a malformed worker record"),
+                },
+                None => {
+                    let _: () = conn.srem(self.ns.key("workers"), name).await.map_err(|e| self.ns.err("list workers", e))?;
+                }
+            }
+        }
+        Ok(workers)
+    }
+
+    async fn drain(&self, name: &str) -> Result<WorkerInfo, QueueError> {
+        let raw: Option<String> = self
+            .drain
+            .key(self.record_key(name))
+            .key(self.drain_key(name))
+            .arg(millis(DRAIN_FLAG_TTL))
+            .invoke_async(&mut self.ns.conn.clone())
+            .await
+            .map_err(|e| self.ns.err("drain", e))?;
+        let raw = raw.ok_or_else(|| QueueError::WorkerNotFound(name.to_string()))?;
+        self.parse(name, &raw)
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), QueueError> {
+        let _: () = ::redis::pipe()
+            .del(self.record_key(name))
+            .del(self.drain_key(name))
+            .srem(self.ns.key("workers"), name)
+            .query_async(&mut self.ns.conn.clone())
+            .await
+            .map_err(|e| self.ns.err("remove worker", e))?;
+        Ok(())
     }
 }
 

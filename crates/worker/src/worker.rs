@@ -2,14 +2,17 @@
 
 use crate::render::{Directive, decode_clip, denoise_chunk};
 use burn::tensor::backend::Backend;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::Instrument;
 use vidfarm_model::pipeline::Pipeline;
 use vidfarm_plan::{BlendCurve, stitch};
-use vidfarm_queue::{ClipInfo, JobBook, JobChange, JobRecord, JobState, Lease, Queue, QueueError, Task, TaskKind};
+use vidfarm_queue::{
+    ClipInfo, FarmState, JobBook, JobChange, JobRecord, JobState, Lease, Queue, QueueError, Task, TaskKind, UpdateDetail, WorkerInfo, WorkerRegistry,
+    WorkerState,
+};
 use vidfarm_store::{ArtifactStore, StoreError};
 
 #[derive(Clone, Debug)]
@@ -61,32 +64,115 @@ pub struct Worker<B: Backend> {
     config: WorkerConfig,
     queue: Arc<dyn Queue>,
     book: Arc<dyn JobBook>,
+    registry: Arc<dyn WorkerRegistry>,
     store: ArtifactStore,
     pipeline: Arc<Pipeline<B>>,
+    /// What the heartbeats report.
+    status: Mutex<WorkerInfo>,
+    /// Set once a drain was requested: finish the task in hand, take no more.
+    draining: AtomicBool,
+    /// Poked when the worker takes or ends a task, for a heartbeat that reports it at once.
+    status_changed: Notify,
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 impl<B: Backend> Worker<B>
 where
     Pipeline<B>: Send + Sync,
 {
-    pub fn new(config: WorkerConfig, queue: Arc<dyn Queue>, book: Arc<dyn JobBook>, store: ArtifactStore, pipeline: Arc<Pipeline<B>>) -> Self {
-        Self { config, queue, book, store, pipeline }
+    pub fn new(config: WorkerConfig, farm: FarmState, store: ArtifactStore, pipeline: Arc<Pipeline<B>>) -> Self {
+        let now = unix_ms();
+        let status = WorkerInfo {
+            name: config.name.clone(),
+            state: WorkerState::Idle,
+            task: None,
+            tasks_done: 0,
+            started_ms: now,
+            heartbeat_ms: now,
+        };
+        let FarmState { queue, book, registry } = farm;
+        let (status, draining, status_changed) = (Mutex::new(status), AtomicBool::new(false), Notify::new());
+        Self { config, queue, book, registry, store, pipeline, status, draining, status_changed }
     }
 
-    /// Takes and runs tasks until `shutdown` turns true; the task in hand is finished first.
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+    /// Takes and runs tasks until `shutdown` turns true or a drain is requested; the task in
+    /// hand is finished first. Heartbeats go to the registry meanwhile.
+    pub async fn run(&self, shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
         tracing::info!(worker = %self.config.name, "worker started");
-        while !*shutdown.borrow() {
+        let result = tokio::select! {
+            result = self.take_tasks(shutdown) => result,
+            never = self.send_heartbeats() => match never {},
+        };
+        // Off the list now rather than when the last heartbeat expires.
+        if let Err(error) = self.registry.remove(&self.config.name).await {
+            tracing::warn!(%error, "could not take this worker off the registry");
+        }
+        tracing::info!(worker = %self.config.name, "worker stopped");
+        result
+    }
+
+    async fn take_tasks(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+        while !*shutdown.borrow() && !self.draining.load(Ordering::Acquire) {
             let lease = tokio::select! {
                 lease = self.queue.pull(&self.config.name, self.config.lease, Duration::from_secs(1)) => lease?,
                 _ = shutdown.changed() => break,
             };
             if let Some(lease) = lease {
-                self.handle(lease).await?;
+                self.set_task(Some(lease.task.id()));
+                let handled = self.handle(lease).await;
+                self.set_task(None);
+                handled?;
             }
         }
-        tracing::info!(worker = %self.config.name, "worker stopped");
         Ok(())
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, WorkerInfo> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_task(&self, task: Option<String>) {
+        let mut status = self.status();
+        if task.is_none() && status.task.is_some() {
+            status.tasks_done += 1;
+        }
+        status.task = task;
+        self.status_changed.notify_one();
+    }
+
+    /// Heartbeats every third of their time to live (the lease, at most 15 s) and whenever the
+    /// worker takes or ends a task, until dropped.
+    async fn send_heartbeats(&self) -> std::convert::Infallible {
+        let ttl = self.config.lease.min(Duration::from_secs(15));
+        let mut tick = tokio::time::interval(ttl / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.status_changed.notified() => {}
+            }
+            let info = {
+                let mut status = self.status();
+                status.heartbeat_ms = unix_ms();
+                status.state = match (self.draining.load(Ordering::Acquire), &status.task) {
+                    (true, _) => WorkerState::Draining,
+                    (false, Some(_)) => WorkerState::Busy,
+                    (false, None) => WorkerState::Idle,
+                };
+                status.clone()
+            };
+            match self.registry.heartbeat(&info, ttl).await {
+                Ok(true) if !self.draining.swap(true, Ordering::AcqRel) => {
+                    tracing::info!(worker = %self.config.name, "drain requested: finishing the task in hand, taking no more");
+                }
+                Ok(_) => {}
+                // The registry is only for operators; work goes on without it.
+                Err(error) => tracing::warn!(%error, "heartbeat not recorded"),
+            }
+        }
     }
 
     /// Runs one leased task to an outcome; errors of the task itself are retried or fail the
@@ -118,27 +204,29 @@ where
                 self.queue.retry(&lease, Duration::from_millis(500)).await?;
             }
             Err(error) => {
-                let attempts = match lease.task.kind {
-                    TaskKind::Denoise { chunk } => self
-                        .book
-                        .get(&job_id)
-                        .await?
-                        .and_then(|r| r.chunks.get(chunk as usize).map(|c| c.attempts))
-                        .unwrap_or(lease.task.attempt),
-                    TaskKind::Assemble => lease.task.attempt,
+                let (chunk, what) = match lease.task.kind {
+                    TaskKind::Denoise { chunk } => (Some(chunk), format!("chunk {chunk}")),
+                    TaskKind::Assemble => (None, "assembling the clip".to_string()),
                 };
-                let what = match lease.task.kind {
-                    TaskKind::Denoise { chunk } => format!("chunk {chunk}"),
-                    TaskKind::Assemble => "assembling the clip".to_string(),
+                // Failures are counted in the job's record, not by deliveries: a lapsed lease
+                // or a paused job hands a task back without it having failed.
+                let change = JobChange::TaskFailed { chunk, error: error.to_string() };
+                let failures = match self.book.update(&job_id, change).await? {
+                    (_, Some(UpdateDetail::TaskFailed { failures, .. })) => failures,
+                    // The job ended meanwhile: nothing to retry.
+                    _ => {
+                        self.queue.ack(&lease).await?;
+                        return Ok(());
+                    }
                 };
-                if attempts >= self.config.max_attempts {
-                    tracing::error!(%error, attempts, "task failed for good");
-                    let reason = format!("{what} failed after {attempts} attempts: {error}");
+                if failures >= self.config.max_attempts {
+                    tracing::error!(%error, failures, "task failed for good");
+                    let reason = format!("{what} failed after {failures} attempts: {error}");
                     self.book.update(&job_id, JobChange::Failed(reason)).await?;
                     self.queue.ack(&lease).await?;
                 } else {
-                    let delay = self.config.retry_base * 2u32.saturating_pow(attempts.saturating_sub(1));
-                    tracing::warn!(%error, attempts, ?delay, "task failed, retrying");
+                    let delay = self.config.retry_base * 2u32.saturating_pow(failures - 1);
+                    tracing::warn!(%error, failures, ?delay, "task failed, retrying");
                     self.queue.retry(&lease, delay).await?;
                 }
             }
