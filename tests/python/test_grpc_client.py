@@ -57,7 +57,15 @@ def test_submit_and_watch_a_job(stubs, server):
         again = client.SubmitJob(pb.SubmitJobRequest(spec=spec, idempotency_key="python-1"))
         assert again.job.job_id == job_id and not again.created
 
-        events = list(client.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=120))
+        # Paused while the watch starts, so the stream must carry the steps (a one-second job
+        # can finish before a watch that starts late sees any).
+        paused = client.PauseJob(pb.PauseJobRequest(job_id=job_id))
+        assert paused.state == pb.JOB_STATE_PAUSED
+        stream = client.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=120)
+        events = [next(stream)]
+        assert events[0].job.state == pb.JOB_STATE_PAUSED
+        client.ResumeJob(pb.ResumeJobRequest(job_id=job_id))
+        events += list(stream)
         assert events[-1].job.state == pb.JOB_STATE_SUCCEEDED
         assert any(e.WhichOneof("detail") == "step" for e in events)
 
