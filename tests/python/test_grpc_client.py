@@ -50,15 +50,15 @@ def test_submit_and_watch_a_job(stubs, server):
     pb, rpc = stubs
     with grpc.insecure_channel(server) as channel:
         client = rpc.RenderServiceStub(channel)
-        spec = pb.JobSpec(prompt="a green square moving up on a black background", seconds=1.0, steps=3, seed=11)
+        spec = pb.JobSpec(prompt="a green square moving up on a black background", seconds=4.0, steps=8, seed=11)
         response = client.SubmitJob(pb.SubmitJobRequest(spec=spec, idempotency_key="python-1"))
         assert response.created
         job_id = response.job.job_id
         again = client.SubmitJob(pb.SubmitJobRequest(spec=spec, idempotency_key="python-1"))
         assert again.job.job_id == job_id and not again.created
 
-        # Paused while the watch starts, so the stream must carry the steps (a one-second job
-        # can finish before a watch that starts late sees any).
+        # Paused while the watch starts, so the stream must carry the steps still to come (a
+        # short job can finish denoising before a watch that starts late sees any).
         paused = client.PauseJob(pb.PauseJobRequest(job_id=job_id))
         assert paused.state == pb.JOB_STATE_PAUSED
         stream = client.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=120)
@@ -70,7 +70,7 @@ def test_submit_and_watch_a_job(stubs, server):
         assert any(e.WhichOneof("detail") == "step" for e in events)
 
         clip = client.GetClip(pb.GetClipRequest(job_id=job_id))
-        assert (clip.frames, clip.fps, clip.width, clip.height) == (9, 8, 64, 64)
+        assert (clip.frames, clip.fps, clip.width, clip.height) == (33, 8, 64, 64)
         assert len(clip.sha256) == 64 and clip.url.startswith("file://")
 
 
