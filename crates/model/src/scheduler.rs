@@ -13,8 +13,8 @@ use burn::tensor::backend::Backend;
 pub const NUM_TRAIN_TIMESTEPS: usize = 1000;
 
 /// The shift of the sigma schedule, `shift * s / (1 + (shift - 1) * s)`; >1 spends more steps at
-/// high noise.
-fn shift_sigma(sigma: f64, shift: f64) -> f64 {
+/// high noise. Training draws its noise levels through it too, so they match the sampler's.
+pub fn shift_sigma(sigma: f64, shift: f64) -> f64 {
     shift * sigma / (1.0 + (shift - 1.0) * sigma)
 }
 

@@ -240,6 +240,12 @@ impl<B: Backend> AutoencoderKLWan<B> {
     /// `[batch, z_dim, latent_frames, h, w]` to video `[batch, out_channels, 1 + 4 * (latent_frames - 1), 8h, 8w]`
     /// in `[-1, 1]`, one latent frame at a time.
     pub fn decode(&self, z: Tensor<B, 5>) -> Result<Tensor<B, 5>, ModelError> {
+        Ok(self.decode_unclamped(z)?.clamp(-1.0, 1.0))
+    }
+
+    /// [`AutoencoderKLWan::decode`] without the final clamp to `[-1, 1]`, for training: the clamp
+    /// would stop the gradient of every pixel the decoder overshoots.
+    pub fn decode_unclamped(&self, z: Tensor<B, 5>) -> Result<Tensor<B, 5>, ModelError> {
         let [_, channels, latent_frames, height, width] = z.dims();
         if channels != self.config.z_dim || latent_frames == 0 || height == 0 || width == 0 {
             return Err(ModelError::InvalidInput(format!(
@@ -252,13 +258,27 @@ impl<B: Backend> AutoencoderKLWan<B> {
         let mut cache = FeatureCache::new();
         let frames: Vec<Tensor<B, 5>> =
             (0..latent_frames).map(|i| self.decoder.forward(x.clone().narrow(2, i, 1), &mut cache)).collect();
-        Ok(Tensor::cat(frames, 2).clamp(-1.0, 1.0))
+        Ok(Tensor::cat(frames, 2))
     }
 
     /// `AutoencoderKLWan.encode(x).latent_dist.mean`: video `[batch, in_channels, frames, H, W]`
     /// (values in `[-1, 1]`) to raw latents `[batch, z_dim, 1 + (frames - 1) / 4, H/8, W/8]` (Wan2.1
     /// factors). As in the reference, frames beyond the last full chunk of 4 are ignored.
     pub fn encode(&self, x: Tensor<B, 5>) -> Result<Tensor<B, 5>, ModelError> {
+        Ok(self.moments(x)?.narrow(1, 0, self.config.z_dim))
+    }
+
+    /// The encoder's posterior `(mean, logvar)`, each `[batch, z_dim, latent_frames, H/8, W/8]`, for
+    /// training (sampling `mean + exp(logvar / 2) * noise` and the KL term). The log-variance is
+    /// clamped to `[-30, 20]` as diffusers' `DiagonalGaussianDistribution` does.
+    pub fn encode_posterior(&self, x: Tensor<B, 5>) -> Result<(Tensor<B, 5>, Tensor<B, 5>), ModelError> {
+        let moments = self.moments(x)?;
+        let z = self.config.z_dim;
+        Ok((moments.clone().narrow(1, 0, z), moments.narrow(1, z, z).clamp(-30.0, 20.0)))
+    }
+
+    /// `quant_conv` of the chunked encoder's output: mean and log-variance stacked on channels.
+    fn moments(&self, x: Tensor<B, 5>) -> Result<Tensor<B, 5>, ModelError> {
         let [_, channels, frames, height, width] = x.dims();
         let factor = self.spatial_factor();
         if channels != self.config.in_channels || frames == 0 || height % factor != 0 || width % factor != 0 || height == 0 || width == 0
@@ -281,8 +301,7 @@ impl<B: Backend> AutoencoderKLWan<B> {
                 self.encoder.forward(chunk, &mut cache)
             })
             .collect();
-        let moments = self.quant_conv.forward(Tensor::cat(latents, 2), None);
-        Ok(moments.narrow(1, 0, self.config.z_dim))
+        Ok(self.quant_conv.forward(Tensor::cat(latents, 2), None))
     }
 }
 
