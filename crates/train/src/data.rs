@@ -1,0 +1,278 @@
+//! Training examples from `vidfarm-synth`, drawn from `(seed, step, item)` alone, so any step of a
+//! run can be rebuilt exactly (that is what makes resuming reproducible): video crops for the VAE,
+//! latent windows with noise levels and captions for the DiT. Pure logic: no tensors.
+
+use serde::{Deserialize, Serialize};
+use vidfarm_synth::{ClipSettings, SceneSpec, Split, render_clip};
+
+use crate::error::TrainError;
+
+/// SplitMix64: tiny, fast, and the same on every platform.
+#[derive(Clone, Debug)]
+pub struct Rng {
+    state: u64,
+}
+
+impl Rng {
+    /// The generator for one purpose of one item of one step; `purpose` keeps streams apart.
+    pub fn for_item(seed: u64, purpose: Purpose, step: usize, item: usize) -> Self {
+        let mut rng = Self { state: seed };
+        for word in [purpose as u64, step as u64, item as u64] {
+            rng.state ^= word;
+            rng.next_u64();
+        }
+        rng
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// Uniform in the open interval `(0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f32 {
+        let (u, v) = (self.unit(), self.unit());
+        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+    }
+
+    pub fn normals(&mut self, count: usize) -> Vec<f32> {
+        (0..count).map(|_| self.normal()).collect()
+    }
+}
+
+/// The independent random streams of a run.
+#[derive(Clone, Copy, Debug)]
+pub enum Purpose {
+    VaeClip = 1,
+    VaeNoise = 2,
+    DitExample = 3,
+    /// The clips pre-encoded for the DiT (`step` is 0, `item` the clip's index).
+    DitClip = 4,
+    /// The clips whose latents set the VAE's `latents_mean` / `latents_std`.
+    StatisticsClip = 5,
+}
+
+/// The synthetic clips trained on: the model's native size and length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClipShape {
+    pub frames: usize,
+    pub width: usize,
+    pub height: usize,
+    pub fps: u32,
+}
+
+impl ClipShape {
+    fn settings(self) -> ClipSettings {
+        ClipSettings { frames: self.frames, width: self.width, height: self.height, fps: self.fps }
+    }
+}
+
+/// A training-split scene and the seed its clip is rendered with.
+pub fn training_scene(rng: &mut Rng) -> (u64, SceneSpec) {
+    let scene_seed = rng.next_u64();
+    (scene_seed, SceneSpec::sample(scene_seed, Split::Train))
+}
+
+/// A training-split scene and its clip in `[-1, 1]`, laid out `[3, frames, height, width]`.
+pub fn training_clip(rng: &mut Rng, shape: ClipShape) -> Result<(SceneSpec, Vec<f32>), TrainError> {
+    let (scene_seed, scene) = training_scene(rng);
+    let clip = render_clip(&scene, &shape.settings(), scene_seed)?;
+    Ok((scene, clip.to_planar_signed()))
+}
+
+/// The box `[start, start + size)` of a `[channels, frames, height, width]` array, same layout.
+pub fn crop(values: &[f32], dims: [usize; 4], start: [usize; 3], size: [usize; 3]) -> Vec<f32> {
+    let [channels, frames, height, width] = dims;
+    debug_assert_eq!(values.len(), channels * frames * height * width);
+    let mut out = Vec::with_capacity(channels * size.iter().product::<usize>());
+    for c in 0..channels {
+        for f in start[0]..start[0] + size[0] {
+            for y in start[1]..start[1] + size[1] {
+                let row = ((c * frames + f) * height + y) * width;
+                out.extend_from_slice(&values[row + start[2]..row + start[2] + size[2]]);
+            }
+        }
+    }
+    out
+}
+
+/// Values of a batch and its shape (row-major).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch5 {
+    pub values: Vec<f32>,
+    pub shape: [usize; 5],
+}
+
+/// A VAE step's input: random `frames`-long windows of training clips, randomly cropped to
+/// `crop x crop` (the VAE is convolutional and causal, so short crops teach it the whole clip).
+pub fn vae_batch(seed: u64, step: usize, batch: usize, clip: ClipShape, frames: usize, crop_side: usize) -> Result<Batch5, TrainError> {
+    let mut values = Vec::with_capacity(batch * 3 * frames * crop_side * crop_side);
+    for item in 0..batch {
+        let mut rng = Rng::for_item(seed, Purpose::VaeClip, step, item);
+        let (_, pixels) = training_clip(&mut rng, clip)?;
+        let start = [
+            rng.below(clip.frames - frames + 1),
+            rng.below(clip.height - crop_side + 1),
+            rng.below(clip.width - crop_side + 1),
+        ];
+        values.extend(crop(&pixels, [3, clip.frames, clip.height, clip.width], start, [frames, crop_side, crop_side]));
+    }
+    Ok(Batch5 { values, shape: [batch, 3, frames, crop_side, crop_side] })
+}
+
+/// Raw (not normalised) VAE latents of the clips the DiT trains on, with their captions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatentClips {
+    /// `[clips, channels, frames, height, width]`.
+    pub latents: Batch5,
+    pub captions: Vec<String>,
+}
+
+/// A DiT step's input, before the model: latent windows, their noise, shifted noise levels and
+/// the captions the text encoder reads ("" where the caption was dropped).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowBatch {
+    pub latents: Batch5,
+    pub noise: Vec<f32>,
+    /// Shifted sigmas in `(0, 1)`, one per item; the DiT's timestep is `1000 * sigma`.
+    pub sigmas: Vec<f32>,
+    pub captions: Vec<String>,
+}
+
+/// Flow-matching examples: each item a random `window`-latent slice of a random clip, sigma
+/// uniform in (0, 1) then shifted as the sampler shifts its schedule (`flow_shift`), and the
+/// caption replaced by "" with probability `caption_dropout` (the sampler's unconditional branch
+/// is the empty negative prompt).
+pub fn flow_batch(
+    clips: &LatentClips,
+    seed: u64,
+    step: usize,
+    batch: usize,
+    window: usize,
+    flow_shift: f64,
+    caption_dropout: f64,
+) -> FlowBatch {
+    let [count, channels, frames, height, width] = clips.latents.shape;
+    let clip_len = channels * frames * height * width;
+    let mut latents = Vec::with_capacity(batch * channels * window * height * width);
+    let (mut noise, mut sigmas, mut captions) = (Vec::new(), Vec::new(), Vec::new());
+    for item in 0..batch {
+        let mut rng = Rng::for_item(seed, Purpose::DitExample, step, item);
+        let clip = rng.below(count);
+        let start = rng.below(frames - window + 1);
+        let values = &clips.latents.values[clip * clip_len..(clip + 1) * clip_len];
+        let slice = crop(values, [channels, frames, height, width], [start, 0, 0], [window, height, width]);
+        noise.extend(rng.normals(slice.len()));
+        latents.extend(slice);
+        sigmas.push(vidfarm_model::scheduler::shift_sigma(rng.unit(), flow_shift) as f32);
+        let dropped = rng.unit() < caption_dropout;
+        captions.push(if dropped { String::new() } else { clips.captions[clip].clone() });
+    }
+    FlowBatch { latents: Batch5 { values: latents, shape: [batch, channels, window, height, width] }, noise, sigmas, captions }
+}
+
+/// Per-channel mean and standard deviation of `[batch, channels, ...]` values.
+pub fn channel_statistics(batch: &Batch5) -> (Vec<f64>, Vec<f64>) {
+    let [items, channels, ..] = batch.shape;
+    let per_item: usize = batch.shape[2..].iter().product();
+    let mut sums = vec![(0.0f64, 0.0f64); channels];
+    for (i, chunk) in batch.values.chunks_exact(per_item).enumerate() {
+        let (sum, squares) = &mut sums[i % channels];
+        for &v in chunk {
+            *sum += f64::from(v);
+            *squares += f64::from(v) * f64::from(v);
+        }
+    }
+    let n = (items * per_item) as f64;
+    sums.iter()
+        .map(|&(sum, squares)| {
+            let mean = sum / n;
+            (mean, (squares / n - mean * mean).max(0.0).sqrt())
+        })
+        .unzip()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLIP: ClipShape = ClipShape { frames: 9, width: 32, height: 24, fps: 8 };
+
+    #[test]
+    fn crop_takes_the_box_in_every_channel() {
+        // value = c * 1000 + f * 100 + y * 10 + x
+        let dims = [2, 3, 4, 5];
+        let values: Vec<f32> = (0..2)
+            .flat_map(|c| (0..3).flat_map(move |f| (0..4).flat_map(move |y| (0..5).map(move |x| (c * 1000 + f * 100 + y * 10 + x) as f32))))
+            .collect();
+        let out = crop(&values, dims, [1, 2, 3], [2, 2, 2]);
+        let expected: Vec<f32> = [
+            123, 124, 133, 134, 223, 224, 233, 234, 1123, 1124, 1133, 1134, 1223, 1224, 1233, 1234,
+        ]
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn vae_batches_are_a_function_of_seed_and_step() {
+        let a = vae_batch(7, 3, 2, CLIP, 5, 16).expect("batch");
+        assert_eq!(a.shape, [2, 3, 5, 16, 16]);
+        assert_eq!(a.values.len(), 2 * 3 * 5 * 16 * 16);
+        assert!(a.values.iter().all(|v| (-1.0..=1.0).contains(v)));
+        assert_eq!(a, vae_batch(7, 3, 2, CLIP, 5, 16).expect("again"));
+        assert_ne!(a, vae_batch(7, 4, 2, CLIP, 5, 16).expect("next step"));
+        assert_ne!(a, vae_batch(8, 3, 2, CLIP, 5, 16).expect("other seed"));
+    }
+
+    fn latent_clips() -> LatentClips {
+        let shape = [3, 2, 4, 2, 2];
+        let values = (0..shape.iter().product::<usize>()).map(|v| v as f32).collect();
+        LatentClips { latents: Batch5 { values, shape }, captions: vec!["a".into(), "b".into(), "c".into()] }
+    }
+
+    #[test]
+    fn flow_batches_slice_windows_shift_sigmas_and_drop_captions() {
+        let clips = latent_clips();
+        let batch = flow_batch(&clips, 1, 0, 400, 2, 3.0, 0.1);
+        assert_eq!(batch.latents.shape, [400, 2, 2, 2, 2]);
+        assert_eq!(batch.noise.len(), batch.latents.values.len());
+        // Each item is two consecutive latent frames of one clip: values count up by 4 per frame.
+        for item in batch.latents.values.chunks_exact(16) {
+            assert_eq!(item[4] - item[0], 4.0);
+            assert_eq!(item[8] - item[0], 16.0, "channel 1 of the same clip and frame");
+        }
+        assert!(batch.sigmas.iter().all(|&s| s > 0.0 && s < 1.0));
+        // shift 3 moves the median sigma from 0.5 to 0.75.
+        let above = batch.sigmas.iter().filter(|&&s| s > 0.75).count();
+        assert!((150..250).contains(&above), "{above} of 400 above 0.75");
+        let dropped = batch.captions.iter().filter(|c| c.is_empty()).count();
+        assert!((20..65).contains(&dropped), "{dropped} of 400 captions dropped");
+        assert_eq!(batch, flow_batch(&clips, 1, 0, 400, 2, 3.0, 0.1), "a function of seed and step");
+        let mean = batch.noise.iter().map(|&v| f64::from(v)).sum::<f64>() / batch.noise.len() as f64;
+        let variance = batch.noise.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / batch.noise.len() as f64;
+        assert!(mean.abs() < 0.05 && (variance - 1.0).abs() < 0.05, "noise mean {mean}, variance {variance}");
+    }
+
+    #[test]
+    fn channel_statistics_are_per_channel() {
+        let batch = Batch5 { values: vec![1.0, 3.0, 10.0, 10.0, 5.0, 7.0, 20.0, 20.0], shape: [2, 2, 1, 1, 2] };
+        let (mean, std) = channel_statistics(&batch);
+        assert_eq!(mean, vec![4.0, 15.0]);
+        assert!((std[0] - 5f64.sqrt()).abs() < 1e-12 && (std[1] - 5.0).abs() < 1e-12, "{std:?}");
+    }
+}

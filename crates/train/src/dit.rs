@@ -1,0 +1,208 @@
+//! Stage 3 of TRAINING.md: the DiT and the text encoder together, with flow matching. For
+//! normalised latents `x0`, noise `e` and a shifted noise level `s`: the input is
+//! `(1 - s) x0 + s e` at timestep `1000 s`, the target the flow `e - x0` (the Euler sampler steps
+//! `x + v (s_next - s)`), the loss their mean squared error. Latents are encoded once by the
+//! frozen VAE and cached in the run's folder.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::{AutodiffModule, Module};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{Adam, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+use vidfarm_model::Pipeline;
+use vidfarm_model::checkpoint::{TensorSource, TensorWriter};
+use vidfarm_model::text_encoder::UMT5EncoderModel;
+use vidfarm_model::transformer::WanTransformer3DModel;
+use vidfarm_model::vae::AutoencoderKLWan;
+
+use crate::data::{Batch5, ClipShape, FlowBatch, LatentClips, Purpose, Rng, flow_batch, training_clip, training_scene};
+use crate::error::{TrainError, io_error, tensor_values};
+use crate::run::{self, DitRecipe, TrainOptions, TrainState};
+use crate::vae::latent_shape;
+use crate::{Progress, Stage, optimizer_config, run_steps};
+
+const LATENTS_TENSOR: &str = "latents";
+
+/// The parts the DiT stage trains, as one module so one optimizer (and one record) covers both.
+#[derive(Module, Debug)]
+pub struct TextToFlow<B: Backend> {
+    pub transformer: WanTransformer3DModel<B>,
+    pub text_encoder: UMT5EncoderModel<B>,
+}
+
+/// The flow-matching loss of `batch` under `pipeline` (its DiT, text encoder and latent statistics).
+pub fn flow_matching_loss<B: Backend>(pipeline: &Pipeline<B>, batch: &FlowBatch) -> Result<Tensor<B, 1>, TrainError> {
+    let device = pipeline.device();
+    let shape = batch.latents.shape;
+    let x0 = pipeline.normalize(Tensor::from_data(TensorData::new(batch.latents.values.clone(), shape), device))?;
+    let noise = Tensor::<B, 5>::from_data(TensorData::new(batch.noise.clone(), shape), device);
+    let sigma = Tensor::<B, 5>::from_data(TensorData::new(batch.sigmas.clone(), [shape[0], 1, 1, 1, 1]), device);
+    let x = x0.clone() * (sigma.clone().neg() + 1.0) + noise.clone() * sigma;
+    let text = batch
+        .captions
+        .iter()
+        .map(|caption| Ok(pipeline.encode_prompt(caption)?.hidden))
+        .collect::<Result<Vec<_>, TrainError>>()?;
+    let timesteps: Vec<f32> = batch.sigmas.iter().map(|s| s * 1000.0).collect();
+    let flow = pipeline.transformer.forward(x, &timesteps, Tensor::cat(text, 0))?;
+    Ok((flow - (noise - x0)).powi_scalar(2).mean())
+}
+
+pub struct DitTrainer<B: AutodiffBackend> {
+    /// The whole pipeline: its VAE (frozen) gives the latent statistics, and checkpoints are complete.
+    pub pipeline: Pipeline<B>,
+    optim: OptimizerAdaptor<Adam, TextToFlow<B>, B>,
+    lr: f64,
+}
+
+impl<B: AutodiffBackend> DitTrainer<B> {
+    pub fn new(mut pipeline: Pipeline<B>, lr: f64) -> Self {
+        let trained = run::canonical_params(TextToFlow { transformer: pipeline.transformer, text_encoder: pipeline.text_encoder });
+        pipeline.transformer = trained.transformer;
+        pipeline.text_encoder = trained.text_encoder;
+        Self { pipeline, optim: optimizer_config().init(), lr }
+    }
+
+    /// One optimizer step on `batch`; returns the loss before the step.
+    pub fn step(&mut self, batch: &FlowBatch) -> Result<f32, TrainError> {
+        let loss = flow_matching_loss(&self.pipeline, batch)?;
+        let value = loss.clone().into_scalar().elem();
+        // Clones share the parameters (and their ids), so the gradients map onto them.
+        let trained = TextToFlow { transformer: self.pipeline.transformer.clone(), text_encoder: self.pipeline.text_encoder.clone() };
+        let grads = GradientsParams::from_grads(loss.backward(), &trained);
+        let trained = self.optim.step(self.lr, trained, grads);
+        self.pipeline.transformer = trained.transformer;
+        self.pipeline.text_encoder = trained.text_encoder;
+        Ok(value)
+    }
+}
+
+/// The clip the DiT stage pre-encodes as number `index`.
+fn clip_rng(seed: u64, index: usize) -> Rng {
+    Rng::for_item(seed, Purpose::DitClip, 0, index)
+}
+
+/// The cache of the run's encoded clips (outside the model layout, so rendering ignores it).
+fn cache_path(out: &Path, seed: u64, clips: usize) -> PathBuf {
+    out.join(format!("latents-seed{seed}-{clips}clips.safetensors"))
+}
+
+/// Encodes `count` training clips with the frozen `vae` (posterior means, not normalised).
+pub fn encode_clips<B: Backend>(
+    vae: &AutoencoderKLWan<B>,
+    seed: u64,
+    clip: ClipShape,
+    count: usize,
+    device: &B::Device,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<LatentClips, TrainError> {
+    let shape = [1, 3, clip.frames, clip.height, clip.width];
+    let [_, channels, frames, height, width] = latent_shape(vae, shape);
+    let mut values = Vec::with_capacity(count * channels * frames * height * width);
+    let mut captions = Vec::with_capacity(count);
+    for index in 0..count {
+        let (scene, pixels) = training_clip(&mut clip_rng(seed, index), clip)?;
+        let video = Tensor::<B, 5>::from_data(TensorData::new(pixels, shape), device);
+        values.extend(tensor_values(vae.encode(video)?)?);
+        captions.push(scene.caption());
+        progress(Progress::EncodingClips { done: index + 1, total: count });
+    }
+    Ok(LatentClips { latents: Batch5 { values, shape: [count, channels, frames, height, width] }, captions })
+}
+
+/// The run's encoded clips: read from its cache, or encoded and cached. A new run encodes afresh
+/// (the cache may come from another model's VAE).
+fn latent_clips<B: Backend>(
+    vae: &AutoencoderKLWan<B>,
+    options: &TrainOptions,
+    recipe: &DitRecipe,
+    resumed: bool,
+    device: &B::Device,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<LatentClips, TrainError> {
+    let seed = options.recipe.seed;
+    let path = cache_path(&options.out, seed, recipe.clips);
+    let [_, channels, frames, ..] = latent_shape(vae, [1, 3, options.recipe.clip.frames, 0, 0]);
+    if resumed && path.is_file() {
+        let latents = TensorSource::open_files(std::slice::from_ref(&path))?.tensor_of_rank::<B, 5>(LATENTS_TENSOR, device)?;
+        let shape = latents.dims();
+        if shape[..3] == [recipe.clips, channels, frames] {
+            let captions = (0..recipe.clips).map(|index| training_scene(&mut clip_rng(seed, index)).1.caption()).collect();
+            return Ok(LatentClips { latents: Batch5 { values: tensor_values(latents)?, shape }, captions });
+        }
+    }
+    let clips = encode_clips(vae, seed, options.recipe.clip, recipe.clips, device, progress)?;
+    let mut writer = TensorWriter::new();
+    writer.put(LATENTS_TENSOR, &Tensor::<B, 5>::from_data(TensorData::new(clips.latents.values.clone(), clips.latents.shape), device))?;
+    let partial = path.with_extension("partial");
+    writer.write(&partial)?;
+    std::fs::rename(&partial, &path).map_err(|e| io_error(&partial, e))?;
+    Ok(clips)
+}
+
+struct DitStage<'a, B: AutodiffBackend> {
+    trainer: DitTrainer<B>,
+    clips: LatentClips,
+    options: &'a TrainOptions,
+    recipe: &'a DitRecipe,
+}
+
+impl<B: AutodiffBackend> Stage for DitStage<'_, B> {
+    fn step(&mut self, step: usize) -> Result<f32, TrainError> {
+        let recipe = &self.options.recipe;
+        let flow_shift = self.trainer.pipeline.scheduler.flow_shift;
+        let batch = flow_batch(&self.clips, recipe.seed, step, recipe.batch, self.recipe.window, flow_shift, self.recipe.caption_dropout);
+        self.trainer.step(&batch)
+    }
+
+    fn checkpoint(&mut self, options: &TrainOptions, state: &TrainState) -> Result<(), TrainError> {
+        let pipeline = &self.trainer.pipeline;
+        run::write_checkpoint::<_, B>(options, state, self.trainer.optim.to_record(), |dir: &Path| Ok(pipeline.save(dir)?))
+    }
+}
+
+/// Trains (or continues training) the DiT and text encoder of `options.model` into `options.out`.
+pub fn train_dit<B: AutodiffBackend>(
+    options: &TrainOptions,
+    recipe: &DitRecipe,
+    device: &B::Device,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<TrainState, TrainError> {
+    let start = run::start(options)?;
+    let pipeline = Pipeline::<B>::load(&start.weights, device)?;
+    std::fs::create_dir_all(&options.out).map_err(|e| io_error(&options.out, e))?;
+    let clips = latent_clips(&pipeline.vae.valid(), options, recipe, start.resumed, device, progress)?;
+    let mut trainer = DitTrainer::new(pipeline, options.recipe.lr);
+    if start.resumed {
+        trainer.optim = trainer.optim.load_record(run::load_optimizer::<_, B>(&options.out, device)?);
+    }
+    progress(Progress::Started { step: start.state.step, steps: options.steps, resumed: start.resumed });
+    run_steps(options, start.state, &mut DitStage { trainer, clips, options, recipe }, progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_model::{CLIP, TestBackend, load, parameter_values, write_tiny_model};
+
+    /// Training on one fixed batch must fit it, through the DiT and the text encoder both.
+    #[test]
+    fn steps_on_a_fixed_batch_lower_the_loss_and_train_the_text_encoder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_tiny_model(dir.path());
+        let mut trainer = DitTrainer::new(load::<TestBackend>(dir.path()), 1e-2);
+        let device = Default::default();
+        let vae = trainer.pipeline.vae.valid();
+        let clips = encode_clips(&vae, 0, CLIP, 2, &device, &mut |_| {}).expect("encode");
+        assert_eq!(clips.latents.shape, [2, 4, 3, 4, 4]);
+        let batch = flow_batch(&clips, 0, 0, 2, 2, 3.0, 0.0);
+        let text_before = parameter_values(&trainer.pipeline.text_encoder);
+        let losses: Vec<f32> = (0..12).map(|_| trainer.step(&batch).expect("step")).collect();
+        println!("dit losses: {losses:?}");
+        assert!(losses[11] < 0.5 * losses[0], "loss {} -> {}", losses[0], losses[11]);
+        let text_after = parameter_values(&trainer.pipeline.text_encoder);
+        assert!(text_before.iter().zip(&text_after).any(|(a, b)| a != b), "the text encoder did not change");
+    }
+}

@@ -1,0 +1,187 @@
+//! Training vidfarm's own model on synthetic clips (`vidfarm-synth`), in two stages
+//! (`crates/synth/TRAINING.md`):
+//!
+//! 1. [`vae`]: the causal VAE on short random crops, reconstruction MSE plus a small KL; each
+//!    checkpoint recomputes `latents_mean` / `latents_std` from the trained encoder.
+//! 2. [`dit`]: the DiT and the text encoder together with flow matching on latents pre-encoded
+//!    once by the frozen VAE.
+//!
+//! A run writes its latest checkpoint into its folder in the diffusers layout, with the optimizer
+//! state and `train_state.json` ([`run`]); the same command continues it. Every batch, noise
+//! level and noise value is drawn from `(seed, step)` ([`data`]), so a run is reproducible from
+//! its command, and an interrupted one continues exactly as if it had not stopped.
+
+pub mod data;
+pub mod dit;
+pub mod error;
+pub mod run;
+pub mod vae;
+
+#[cfg(test)]
+mod test_model;
+
+use burn::tensor::backend::AutodiffBackend;
+
+pub use error::TrainError;
+pub use run::{DitRecipe, Recipe, StageRecipe, TrainOptions, TrainState, VaeRecipe};
+
+/// The backend training runs on: autodiff over the farm's backend (CPU, or CUDA with its feature).
+pub type TrainBackend = burn::backend::Autodiff<vidfarm_model::DefaultBackend>;
+
+/// What a run reports as it goes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Progress {
+    /// About to train from `step` (0 for a new run) to `steps`.
+    Started { step: usize, steps: usize, resumed: bool },
+    /// Clips pre-encoded by the frozen VAE so far (DiT stage).
+    EncodingClips { done: usize, total: usize },
+    /// A step finished (1-based) with this loss.
+    Step { step: usize, steps: usize, loss: f32 },
+    /// A checkpoint of the model after `step` steps is in the run's folder.
+    Checkpoint { step: usize },
+}
+
+/// Runs (or continues) the stage the recipe names, up to `options.steps`.
+pub fn train<B: AutodiffBackend>(
+    options: &TrainOptions,
+    device: &B::Device,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<TrainState, TrainError> {
+    match &options.recipe.stage {
+        StageRecipe::Vae(recipe) => vae::train_vae::<B>(options, recipe, device, progress),
+        StageRecipe::Dit(recipe) => dit::train_dit::<B>(options, recipe, device, progress),
+    }
+}
+
+/// One stage's model and optimizer, stepped by [`run_steps`].
+trait Stage {
+    /// Trains on step `step`'s batch (0-based) and returns the loss.
+    fn step(&mut self, step: usize) -> Result<f32, TrainError>;
+    fn checkpoint(&mut self, options: &TrainOptions, state: &TrainState) -> Result<(), TrainError>;
+}
+
+/// The loop both stages share: step, record the loss, checkpoint every `checkpoint_every` steps
+/// and at the end.
+fn run_steps(
+    options: &TrainOptions,
+    mut state: TrainState,
+    stage: &mut dyn Stage,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<TrainState, TrainError> {
+    while state.step < options.steps {
+        let loss = stage.step(state.step)?;
+        if !loss.is_finite() {
+            return Err(TrainError::Diverged { step: state.step + 1, loss });
+        }
+        state.step += 1;
+        state.losses.push(loss);
+        progress(Progress::Step { step: state.step, steps: options.steps, loss });
+        if state.step.is_multiple_of(options.checkpoint_every) || state.step == options.steps {
+            stage.checkpoint(options, &state)?;
+            progress(Progress::Checkpoint { step: state.step });
+        }
+    }
+    Ok(state)
+}
+
+/// Adam with per-parameter gradient-norm clipping at 1 (a bad batch cannot throw the weights far).
+fn optimizer_config() -> burn::optim::AdamConfig {
+    burn::optim::AdamConfig::new().with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(1.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_model::{CLIP, load, parameter_values, write_tiny_model};
+    use std::path::Path;
+    use vidfarm_model::DefaultBackend;
+
+    fn options(model: &Path, out: &Path, steps: usize, stage: StageRecipe) -> TrainOptions {
+        TrainOptions {
+            model: model.to_path_buf(),
+            out: out.to_path_buf(),
+            steps,
+            checkpoint_every: 2,
+            recipe: Recipe { batch: 2, lr: 1e-3, seed: 5, clip: CLIP, stage },
+        }
+    }
+
+    fn dit() -> StageRecipe {
+        StageRecipe::Dit(DitRecipe { clips: 3, window: 2, caption_dropout: 0.1 })
+    }
+
+    fn train_quietly(options: &TrainOptions) -> (TrainState, Vec<Progress>) {
+        let mut events = Vec::new();
+        let state = train::<TrainBackend>(options, &Default::default(), &mut |p| events.push(p)).expect("train");
+        (state, events)
+    }
+
+    fn vae() -> StageRecipe {
+        StageRecipe::Vae(VaeRecipe { frames: 5, crop: 16, kl_weight: 1e-4, statistics_clips: 2 })
+    }
+
+    /// Stopping after 2 steps and running the same command for 4 gives the run that never stopped:
+    /// the same losses and the same weights, bit for bit, in both stages.
+    #[test]
+    fn a_resumed_run_matches_an_uninterrupted_one() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let model = root.path().join("model");
+        write_tiny_model(&model);
+        let original = load::<DefaultBackend>(&model);
+        for stage in [dit(), vae()] {
+            let name = stage.name();
+            let whole = root.path().join(format!("{name}-whole"));
+            let split = root.path().join(format!("{name}-split"));
+            let (uninterrupted, _) = train_quietly(&options(&model, &whole, 4, stage.clone()));
+            assert_eq!((uninterrupted.step, uninterrupted.losses.len()), (4, 4));
+            let (first, _) = train_quietly(&options(&model, &split, 2, stage.clone()));
+            assert_eq!(first.step, 2);
+            let (resumed, events) = train_quietly(&options(&model, &split, 4, stage.clone()));
+            assert!(events.contains(&Progress::Started { step: 2, steps: 4, resumed: true }), "{name}: {events:?}");
+            assert!(!events.iter().any(|e| matches!(e, Progress::EncodingClips { .. })), "{name}: latents come from the cache");
+            assert_eq!(resumed.losses, uninterrupted.losses, "{name}");
+
+            let (a, b) = (load::<DefaultBackend>(&whole), load::<DefaultBackend>(&split));
+            let same = |x: Vec<f32>, y: Vec<f32>| x == y;
+            // Bit for bit: the weights, the optimizer's moments and step count all carried over.
+            assert!(same(parameter_values(&a.transformer), parameter_values(&b.transformer)), "{name}: DiT weights differ");
+            assert!(same(parameter_values(&a.text_encoder), parameter_values(&b.text_encoder)), "{name}: text encoder differs");
+            assert!(same(parameter_values(&a.vae), parameter_values(&b.vae)), "{name}: VAE weights differ");
+            assert_eq!(a.vae.config(), b.vae.config(), "{name}: latent statistics differ");
+            // Each stage trains its own parts only.
+            let dit_trained = !same(parameter_values(&a.transformer), parameter_values(&original.transformer));
+            let vae_trained = !same(parameter_values(&a.vae), parameter_values(&original.vae));
+            assert_eq!((dit_trained, vae_trained), (name == "dit", name == "vae"), "{name}: what trained");
+        }
+    }
+
+    /// A VAE run's checkpoint is a model folder the renderer loads, with the encoder's latent
+    /// statistics and the profile; a finished run does nothing more; another recipe is refused.
+    #[test]
+    fn vae_checkpoints_load_and_runs_resume_only_with_their_recipe() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let model = root.path().join("model");
+        let out = root.path().join("vae");
+        write_tiny_model(&model);
+        let (state, events) = train_quietly(&options(&model, &out, 2, vae()));
+        assert_eq!((state.step, state.losses.len()), (2, 2));
+        assert!(events.contains(&Progress::Checkpoint { step: 2 }));
+
+        let trained = load::<DefaultBackend>(&out);
+        let config = trained.vae.config();
+        assert!(config.latents_mean.iter().any(|&m| m != 0.0) && config.latents_std.iter().all(|&s| s > 0.0 && s != 1.0));
+        for file in ["vidfarm.toml", "train_state.json", "optimizer.mpk"] {
+            assert!(out.join(file).is_file(), "{file}");
+        }
+        assert!(!out.join(".checkpoint-partial").exists());
+
+        let (again, events) = train_quietly(&options(&model, &out, 2, vae()));
+        assert_eq!(again, state);
+        assert!(!events.iter().any(|e| matches!(e, Progress::Step { .. })));
+
+        let mut other = options(&model, &out, 3, vae());
+        other.recipe.lr = 1e-2;
+        let err = train::<TrainBackend>(&other, &Default::default(), &mut |_| {}).expect_err("another recipe");
+        assert!(matches!(err, TrainError::Resume { .. }), "{err}");
+    }
+}

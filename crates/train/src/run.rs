@@ -1,0 +1,261 @@
+//! A training run's folder: the latest checkpoint in the diffusers layout (so `vidfarm render
+//! --model OUT` renders it), the optimizer state and `train_state.json`. Checkpoints are written
+//! whole into `OUT/.checkpoint-partial/` and then moved into place with `train_state.json` last,
+//! so a run killed at any moment resumes from one consistent checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::{ModuleMapper, Param, ParamId};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
+
+use crate::data::ClipShape;
+use crate::error::{TrainError, io_error};
+
+pub const STATE_FILE: &str = "train_state.json";
+/// burn's recorder adds the `.mpk` extension.
+pub const OPTIMIZER_FILE: &str = "optimizer";
+const PARTIAL_DIR: &str = ".checkpoint-partial";
+/// Rendering needs the model's profile; training copies it from the model it starts from.
+const PROFILE_FILE: &str = "vidfarm.toml";
+
+/// Everything that decides a run's numbers. A run resumes only under the same recipe; `steps` and
+/// how often to checkpoint may change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recipe {
+    pub batch: usize,
+    pub lr: f64,
+    pub seed: u64,
+    pub clip: ClipShape,
+    pub stage: StageRecipe,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "stage", rename_all = "snake_case")]
+pub enum StageRecipe {
+    Vae(VaeRecipe),
+    Dit(DitRecipe),
+}
+
+impl StageRecipe {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StageRecipe::Vae(_) => "vae",
+            StageRecipe::Dit(_) => "dit",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VaeRecipe {
+    /// Frames per training window (1 + 4k).
+    pub frames: usize,
+    /// Side of the random square crop (a multiple of the VAE's 8).
+    pub crop: usize,
+    /// Weight of the KL term (mean over latent values) against the reconstruction MSE (mean over pixels).
+    pub kl_weight: f64,
+    /// Clips encoded to recompute `latents_mean` / `latents_std` at each checkpoint.
+    pub statistics_clips: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DitRecipe {
+    /// Clips pre-encoded with the frozen VAE and sampled from at every step.
+    pub clips: usize,
+    /// Latent frames per training window (the farm's chunk length).
+    pub window: usize,
+    /// Probability that an item's caption is replaced by "".
+    pub caption_dropout: f64,
+}
+
+/// What a command asks for: where to start from and write to, how far to go, and the recipe.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// The model folder a new run starts from.
+    pub model: PathBuf,
+    /// The run's folder: checkpoint, optimizer state, `train_state.json`.
+    pub out: PathBuf,
+    /// Total steps; a resumed run stops there too.
+    pub steps: usize,
+    pub checkpoint_every: usize,
+    pub recipe: Recipe,
+}
+
+impl TrainOptions {
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |reason: String| Err(TrainError::InvalidOption(reason));
+        let recipe = &self.recipe;
+        if recipe.batch == 0 || self.checkpoint_every == 0 {
+            return bad(format!("batch ({}) and checkpoint_every ({}) must be positive", recipe.batch, self.checkpoint_every));
+        }
+        if !(recipe.lr > 0.0 && recipe.lr.is_finite()) {
+            return bad(format!("lr must be a positive number, got {}", recipe.lr));
+        }
+        let clip = recipe.clip;
+        match &recipe.stage {
+            StageRecipe::Vae(vae) => {
+                if vae.frames == 0 || vae.frames % 4 != 1 || vae.frames > clip.frames {
+                    return bad(format!("frames must be 1 + 4k and at most the clip's {}, got {}", clip.frames, vae.frames));
+                }
+                if vae.crop == 0 || vae.crop % 8 != 0 || vae.crop > clip.width.min(clip.height) {
+                    return bad(format!("crop must be a multiple of 8 that fits the {}x{} clip, got {}", clip.width, clip.height, vae.crop));
+                }
+                if vae.statistics_clips == 0 {
+                    return bad("statistics_clips must be positive".into());
+                }
+            }
+            StageRecipe::Dit(dit) => {
+                let latent_frames = 1 + clip.frames.saturating_sub(1) / 4;
+                if dit.clips == 0 || dit.window == 0 || dit.window > latent_frames {
+                    return bad(format!(
+                        "clips must be positive and window between 1 and the clip's {latent_frames} latent frames, got {} and {}",
+                        dit.clips, dit.window
+                    ));
+                }
+                if !(0.0..=1.0).contains(&dit.caption_dropout) {
+                    return bad(format!("caption_dropout must be in [0, 1], got {}", dit.caption_dropout));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `train_state.json`: the recipe, the steps done and every step's loss.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub recipe: Recipe,
+    pub step: usize,
+    pub losses: Vec<f32>,
+}
+
+/// Where a run starts: a fresh run from `options.model`, or the checkpoint in `options.out`.
+pub struct Start {
+    pub weights: PathBuf,
+    pub state: TrainState,
+    pub resumed: bool,
+}
+
+/// Finishes an interrupted checkpoint move, then reads the run's state if it has one.
+pub fn start(options: &TrainOptions) -> Result<Start, TrainError> {
+    options.validate()?;
+    finish_partial_checkpoint(&options.out)?;
+    let state_path = options.out.join(STATE_FILE);
+    if !state_path.is_file() {
+        let state = TrainState { recipe: options.recipe.clone(), step: 0, losses: Vec::new() };
+        return Ok(Start { weights: options.model.clone(), state, resumed: false });
+    }
+    let text = std::fs::read_to_string(&state_path).map_err(|e| io_error(&state_path, e))?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|source| TrainError::Json { path: state_path.clone(), source })?;
+    if state.recipe != options.recipe {
+        let reason = format!(
+            "holds a run with another recipe ({}); continue it with the same options, or train into a new folder",
+            serde_json::to_string(&state.recipe).unwrap_or_default()
+        );
+        return Err(TrainError::Resume { path: state_path, reason });
+    }
+    Ok(Start { weights: options.out.clone(), state, resumed: true })
+}
+
+/// Writes a checkpoint: `write_weights` fills a folder with the diffusers layout, then the
+/// optimizer record and the state; all of it lands in `out` only once complete.
+pub fn write_checkpoint<R, B>(
+    options: &TrainOptions,
+    state: &TrainState,
+    optimizer: R,
+    write_weights: impl FnOnce(&Path) -> Result<(), TrainError>,
+) -> Result<(), TrainError>
+where
+    B: Backend,
+    R: burn::record::Record<B>,
+{
+    let partial = options.out.join(PARTIAL_DIR);
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(|e| io_error(&partial, e))?;
+    }
+    write_weights(&partial)?;
+    let profile = options.model.join(PROFILE_FILE);
+    if profile.is_file() && options.model != options.out {
+        std::fs::copy(&profile, partial.join(PROFILE_FILE)).map_err(|e| io_error(&profile, e))?;
+    }
+    let optimizer_path = partial.join(OPTIMIZER_FILE);
+    NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+        .record(optimizer, optimizer_path.clone())
+        .map_err(|e| TrainError::OptimizerState { path: optimizer_path, reason: e.to_string() })?;
+    let state_path = partial.join(STATE_FILE);
+    let json = serde_json::to_string_pretty(state).map_err(|source| TrainError::Json { path: state_path.clone(), source })?;
+    std::fs::write(&state_path, json).map_err(|e| io_error(&state_path, e))?;
+    finish_partial_checkpoint(&options.out)
+}
+
+/// Reads the optimizer record of the checkpoint in `out`.
+pub fn load_optimizer<R, B>(out: &Path, device: &B::Device) -> Result<R, TrainError>
+where
+    B: Backend,
+    R: burn::record::Record<B>,
+{
+    let path = out.join(OPTIMIZER_FILE);
+    NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+        .load(path.clone(), device)
+        .map_err(|e| TrainError::OptimizerState { path, reason: e.to_string() })
+}
+
+/// A partial checkpoint with its state file is complete: move it into place, state last. One
+/// without is a write that was cut short: drop it.
+fn finish_partial_checkpoint(out: &Path) -> Result<(), TrainError> {
+    let partial = out.join(PARTIAL_DIR);
+    if !partial.is_dir() {
+        return Ok(());
+    }
+    if partial.join(STATE_FILE).is_file() {
+        move_files(&partial, out, Path::new(STATE_FILE))?;
+        let state = partial.join(STATE_FILE);
+        std::fs::rename(&state, out.join(STATE_FILE)).map_err(|e| io_error(&state, e))?;
+    }
+    std::fs::remove_dir_all(&partial).map_err(|e| io_error(&partial, e))
+}
+
+/// Moves every file under `from` to the same place under `to`, except `skip` (relative to `from`).
+fn move_files(from: &Path, to: &Path, skip: &Path) -> Result<(), TrainError> {
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        let dir = from.join(&relative);
+        let target_dir = to.join(&relative);
+        std::fs::create_dir_all(&target_dir).map_err(|e| io_error(&target_dir, e))?;
+        for entry in std::fs::read_dir(&dir).map_err(|e| io_error(&dir, e))? {
+            let entry = entry.map_err(|e| io_error(&dir, e))?;
+            let name = relative.join(entry.file_name());
+            if entry.path().is_dir() {
+                pending.push(name);
+            } else if name != skip {
+                std::fs::rename(entry.path(), to.join(&name)).map_err(|e| io_error(entry.path(), e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Puts a module's parameters in a canonical form: numbered 1, 2, 3... in visiting order, each
+/// in a fresh contiguous buffer. Then the module a checkpoint loads back is the module that was
+/// saved, bit for bit: the optimizer keys its state by parameter id (loading gives fresh random
+/// ids), and the CPU kernels' summation order follows the memory layout (loading leaves some
+/// weights as transposed views; the uninterrupted run holds the optimizer's contiguous outputs).
+pub fn canonical_params<B: Backend, M: burn::module::Module<B>>(module: M) -> M {
+    struct Canonical {
+        next: u64,
+    }
+    impl<B: Backend> ModuleMapper<B> for Canonical {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (_, tensor, mapper) = param.consume();
+            let mut copy = Tensor::<B, D>::from_data(tensor.to_data(), &tensor.device());
+            if tensor.is_require_grad() {
+                copy = copy.require_grad();
+            }
+            self.next += 1;
+            Param::from_mapped_value(ParamId::from(self.next), copy, mapper)
+        }
+    }
+    module.map(&mut Canonical { next: 0 })
+}

@@ -1,0 +1,177 @@
+//! Stage 1: the causal VAE. Loss: mean squared reconstruction error of a sample of the posterior
+//! plus `kl_weight` times the mean KL of the posterior to N(0, 1). Each checkpoint also sets the
+//! VAE config's `latents_mean` / `latents_std` from the trained encoder, since the pipeline
+//! normalises latents for the DiT with them.
+
+use std::path::Path;
+
+use burn::module::AutodiffModule;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{Adam, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+use vidfarm_model::Pipeline;
+use vidfarm_model::vae::AutoencoderKLWan;
+
+use crate::data::{Batch5, ClipShape, Purpose, Rng, channel_statistics, training_clip, vae_batch};
+use crate::error::{TrainError, tensor_values};
+use crate::run::{self, TrainOptions, TrainState, VaeRecipe};
+use crate::{Progress, Stage, optimizer_config, run_steps};
+
+/// Smallest `latents_std` written: a channel the encoder leaves unused must not blow up when
+/// the pipeline divides by it.
+const MIN_LATENT_STD: f64 = 1e-3;
+
+/// One step's loss and its parts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct VaeLoss {
+    pub total: f32,
+    pub reconstruction: f32,
+    pub kl: f32,
+}
+
+/// The loss tensors of one batch (scalars; `total` is the one to differentiate).
+pub struct VaeLossTerms<B: Backend> {
+    pub total: Tensor<B, 1>,
+    pub reconstruction: Tensor<B, 1>,
+    pub kl: Tensor<B, 1>,
+}
+
+/// The loss of one batch: `video` `[batch, 3, frames, H, W]`, `noise` shaped like its latents.
+pub fn vae_loss<B: Backend>(
+    vae: &AutoencoderKLWan<B>,
+    video: Tensor<B, 5>,
+    noise: Tensor<B, 5>,
+    kl_weight: f64,
+) -> Result<VaeLossTerms<B>, TrainError> {
+    let (mean, logvar) = vae.encode_posterior(video.clone())?;
+    let z = mean.clone() + (logvar.clone() * 0.5).exp() * noise;
+    let reconstruction = (vae.decode_unclamped(z)? - video).powi_scalar(2).mean();
+    let kl = ((mean.powi_scalar(2) + logvar.clone().exp() - logvar - 1.0) * 0.5).mean();
+    Ok(VaeLossTerms { total: reconstruction.clone() + kl.clone() * kl_weight, reconstruction, kl })
+}
+
+/// The shape of the latents of a `[batch, 3, frames, H, W]` video.
+pub fn latent_shape<B: Backend>(vae: &AutoencoderKLWan<B>, video: [usize; 5]) -> [usize; 5] {
+    let [batch, _, frames, height, width] = video;
+    let (time, space) = (vae.temporal_factor(), vae.spatial_factor());
+    [batch, vae.config().z_dim, 1 + (frames - 1) / time, height / space, width / space]
+}
+
+pub struct VaeTrainer<B: AutodiffBackend> {
+    /// The whole pipeline, so checkpoints are complete model folders; only its VAE trains.
+    pub pipeline: Pipeline<B>,
+    optim: OptimizerAdaptor<Adam, AutoencoderKLWan<B>, B>,
+    lr: f64,
+    kl_weight: f64,
+}
+
+impl<B: AutodiffBackend> VaeTrainer<B> {
+    pub fn new(mut pipeline: Pipeline<B>, lr: f64, kl_weight: f64) -> Self {
+        pipeline.vae = run::canonical_params(pipeline.vae);
+        Self { pipeline, optim: optimizer_config().init(), lr, kl_weight }
+    }
+
+    /// One optimizer step on `video` with the posterior sampled through `noise`.
+    pub fn step(&mut self, video: &Batch5, noise: &[f32]) -> Result<VaeLoss, TrainError> {
+        let device = self.pipeline.device().clone();
+        let latent_shape = latent_shape(&self.pipeline.vae, video.shape);
+        let video = Tensor::<B, 5>::from_data(TensorData::new(video.values.clone(), video.shape), &device);
+        let noise = Tensor::<B, 5>::from_data(TensorData::new(noise.to_vec(), latent_shape), &device);
+        let terms = vae_loss(&self.pipeline.vae, video, noise, self.kl_weight)?;
+        let loss = VaeLoss {
+            total: terms.total.clone().into_scalar().elem(),
+            reconstruction: terms.reconstruction.into_scalar().elem(),
+            kl: terms.kl.into_scalar().elem(),
+        };
+        let grads = GradientsParams::from_grads(terms.total.backward(), &self.pipeline.vae);
+        self.pipeline.vae = self.optim.step(self.lr, self.pipeline.vae.clone(), grads);
+        Ok(loss)
+    }
+}
+
+/// Per-channel mean and standard deviation of the encoder's latents (posterior means) of
+/// `count` training clips: the VAE config's `latents_mean` / `latents_std`.
+pub fn latent_statistics<B: Backend>(
+    vae: &AutoencoderKLWan<B>,
+    seed: u64,
+    clip: ClipShape,
+    count: usize,
+    device: &B::Device,
+) -> Result<(Vec<f64>, Vec<f64>), TrainError> {
+    let shape = [1, 3, clip.frames, clip.height, clip.width];
+    let latent_shape = latent_shape(vae, shape);
+    let mut values = Vec::with_capacity(count * latent_shape.iter().product::<usize>());
+    for index in 0..count {
+        let (_, pixels) = training_clip(&mut Rng::for_item(seed, Purpose::StatisticsClip, 0, index), clip)?;
+        let video = Tensor::<B, 5>::from_data(TensorData::new(pixels, shape), device);
+        values.extend(tensor_values(vae.encode(video)?)?);
+    }
+    let [_, channels, frames, height, width] = latent_shape;
+    Ok(channel_statistics(&Batch5 { values, shape: [count, channels, frames, height, width] }))
+}
+
+struct VaeStage<'a, B: AutodiffBackend> {
+    trainer: VaeTrainer<B>,
+    options: &'a TrainOptions,
+    recipe: &'a VaeRecipe,
+}
+
+impl<B: AutodiffBackend> Stage for VaeStage<'_, B> {
+    fn step(&mut self, step: usize) -> Result<f32, TrainError> {
+        let recipe = &self.options.recipe;
+        let video = vae_batch(recipe.seed, step, recipe.batch, recipe.clip, self.recipe.frames, self.recipe.crop)?;
+        let noise_len = latent_shape(&self.trainer.pipeline.vae, video.shape).iter().product();
+        let noise = Rng::for_item(recipe.seed, Purpose::VaeNoise, step, 0).normals(noise_len);
+        Ok(self.trainer.step(&video, &noise)?.total)
+    }
+
+    fn checkpoint(&mut self, options: &TrainOptions, state: &TrainState) -> Result<(), TrainError> {
+        let pipeline = &mut self.trainer.pipeline;
+        let device = pipeline.device().clone();
+        let (mean, std) =
+            latent_statistics(&pipeline.vae.valid(), options.recipe.seed, options.recipe.clip, self.recipe.statistics_clips, &device)?;
+        pipeline.vae.config.latents_mean = mean;
+        pipeline.vae.config.latents_std = std.into_iter().map(|s| s.max(MIN_LATENT_STD)).collect();
+        let pipeline = &self.trainer.pipeline;
+        run::write_checkpoint::<_, B>(options, state, self.trainer.optim.to_record(), |dir: &Path| Ok(pipeline.save(dir)?))
+    }
+}
+
+/// Trains (or continues training) the VAE of `options.model` into `options.out`.
+pub fn train_vae<B: AutodiffBackend>(
+    options: &TrainOptions,
+    recipe: &VaeRecipe,
+    device: &B::Device,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<TrainState, TrainError> {
+    let start = run::start(options)?;
+    let pipeline = Pipeline::<B>::load(&start.weights, device)?;
+    let mut trainer = VaeTrainer::new(pipeline, options.recipe.lr, recipe.kl_weight);
+    if start.resumed {
+        trainer.optim = trainer.optim.load_record(run::load_optimizer::<_, B>(&options.out, device)?);
+    }
+    progress(Progress::Started { step: start.state.step, steps: options.steps, resumed: start.resumed });
+    run_steps(options, start.state, &mut VaeStage { trainer, options, recipe }, progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_model::{CLIP, TestBackend, load, write_tiny_model};
+
+    /// Training on one fixed batch must fit it: the loss falls, so gradients reach the weights.
+    #[test]
+    fn steps_on_a_fixed_batch_lower_the_loss() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_tiny_model(dir.path());
+        let mut trainer = VaeTrainer::new(load::<TestBackend>(dir.path()), 1e-2, 1e-4);
+        let video = vae_batch(0, 0, 2, CLIP, 5, 16).expect("batch");
+        let noise = Rng::for_item(0, Purpose::VaeNoise, 0, 0).normals(latent_shape(&trainer.pipeline.vae, video.shape).iter().product());
+        let losses: Vec<VaeLoss> = (0..12).map(|_| trainer.step(&video, &noise).expect("step")).collect();
+        let (first, last) = (losses[0], losses[losses.len() - 1]);
+        println!("vae losses: {:?}", losses.iter().map(|l| l.total).collect::<Vec<_>>());
+        assert!(first.kl >= 0.0 && last.kl >= 0.0 && first.reconstruction > 0.0);
+        assert!(last.total < 0.5 * first.total, "loss {} -> {}", first.total, last.total);
+    }
+}
