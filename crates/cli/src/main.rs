@@ -169,7 +169,7 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Model tools: inspect, run one component, make random weights.
+    /// Model tools: inspect, run one component, make random weights, evaluate, train.
     Model {
         #[command(subcommand)]
         command: model_cmd::ModelCommand,

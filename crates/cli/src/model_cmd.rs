@@ -1,5 +1,6 @@
 //! `vidfarm model`: inspect a model folder, run one component on given tensors (to check a
-//! checkpoint against the reference, or time it), and fill a folder of configs with random weights.
+//! checkpoint against the reference, or time it), fill a folder of configs with random weights,
+//! evaluate a model on held-out prompts, and train it on synthetic clips.
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -11,6 +12,7 @@ use vidfarm_model::transformer::WanTransformerConfig;
 use vidfarm_model::vae::AutoencoderKLWanConfig;
 
 mod eval;
+mod train;
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
@@ -66,6 +68,9 @@ pub enum ModelCommand {
         #[arg(long)]
         min_adherence: Option<f64>,
     },
+    /// Train the model on synthetic clips: `vae` first, then `dit` from the VAE run's folder.
+    /// Running the same command again continues from the last checkpoint.
+    Train(train::TrainArgs),
 }
 
 pub async fn run(command: ModelCommand) -> Result<()> {
@@ -105,6 +110,7 @@ fn run_blocking(command: ModelCommand) -> Result<()> {
         ModelCommand::Eval { model, limit, seed, seconds, steps, out, min_adherence } => {
             eval::run(eval::EvalArgs { model, limit, seed, seconds, steps, out, min_adherence })?;
         }
+        ModelCommand::Train(args) => train::run(args)?,
     }
     Ok(())
 }

@@ -1,0 +1,144 @@
+//! `vidfarm model train vae|dit`: trains the model on synthetic clips (crates/synth/TRAINING.md),
+//! checkpointing into `--out`; the same command continues an interrupted run.
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::time::Instant;
+use vidfarm_api::ModelProfile;
+use vidfarm_api::spec::causal_frame_count;
+use vidfarm_train::data::ClipShape;
+use vidfarm_train::{DitRecipe, Progress, Recipe, StageRecipe, TrainBackend, TrainOptions, VaeRecipe};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TrainStage {
+    /// The causal VAE (run first): reconstruction + KL on short random crops.
+    Vae,
+    /// The DiT and the text encoder, with flow matching on latents of the frozen VAE.
+    Dit,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    pub stage: TrainStage,
+    /// The model folder a new run starts from (the VAE run's --out for the dit stage).
+    #[arg(long, default_value = "models/vidfarm-tiny")]
+    pub model: PathBuf,
+    /// The run's folder: the latest checkpoint (a model folder), optimizer state, train_state.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Total optimizer steps (a resumed run also stops here).
+    #[arg(long)]
+    pub steps: usize,
+    /// Clips per step [default: 1 for vae, 8 for dit].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[arg(long, default_value_t = 3e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 200)]
+    pub checkpoint_every: usize,
+    /// vae: frames per training window (1 + 4k).
+    #[arg(long, default_value_t = 9)]
+    pub frames: usize,
+    /// vae: side of the random square crop, a multiple of 8.
+    #[arg(long, default_value_t = 32)]
+    pub crop: usize,
+    /// vae: weight of the KL term (mean per latent value) against the reconstruction MSE (mean per pixel).
+    #[arg(long, default_value_t = 1e-6)]
+    pub kl_weight: f64,
+    /// vae: clips encoded at each checkpoint to set latents_mean / latents_std.
+    #[arg(long, default_value_t = 16)]
+    pub statistics_clips: usize,
+    /// dit: clips pre-encoded once (cached in --out) and sampled from.
+    #[arg(long, default_value_t = 4096)]
+    pub clips: usize,
+    /// dit: latent frames per training window [default: the model's chunk_latent_frames].
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// dit: fraction of captions replaced by "" (the sampler's unconditional branch).
+    #[arg(long, default_value_t = 0.1)]
+    pub caption_dropout: f64,
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let profile = ModelProfile::load(&args.model).with_context(|| format!("reading the profile of {}", args.model.display()))?;
+    let defaults = &profile.defaults;
+    let frames = (defaults.seconds * f64::from(defaults.fps)).ceil().max(1.0) as u32;
+    let clip = ClipShape {
+        frames: causal_frame_count(frames, profile.temporal_factor) as usize,
+        width: defaults.width as usize,
+        height: defaults.height as usize,
+        fps: defaults.fps,
+    };
+    let (stage, default_batch) = match args.stage {
+        TrainStage::Vae => (
+            StageRecipe::Vae(VaeRecipe {
+                frames: args.frames,
+                crop: args.crop,
+                kl_weight: args.kl_weight,
+                statistics_clips: args.statistics_clips,
+            }),
+            1,
+        ),
+        TrainStage::Dit => (
+            StageRecipe::Dit(DitRecipe {
+                clips: args.clips,
+                window: args.window.unwrap_or(defaults.chunk_latent_frames as usize),
+                caption_dropout: args.caption_dropout,
+            }),
+            8,
+        ),
+    };
+    let options = TrainOptions {
+        model: args.model.clone(),
+        out: args.out.clone(),
+        steps: args.steps,
+        checkpoint_every: args.checkpoint_every,
+        recipe: Recipe { batch: args.batch.unwrap_or(default_batch), lr: args.lr, seed: args.seed, clip, stage },
+    };
+    let bar = ProgressBar::new(args.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg} ({eta} left)")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut last_checkpoint = None;
+    // Time of the steps alone (not encoding clips or writing checkpoints), for the summary.
+    let (mut mark, mut step_seconds, mut steps_timed) = (Instant::now(), 0.0, 0usize);
+    let state = vidfarm_train::train::<TrainBackend>(&options, &Default::default(), &mut |event| {
+        match event {
+            Progress::EncodingClips { done, total } => bar.set_message(format!("encoding clips {done}/{total}")),
+            Progress::Started { step, resumed, .. } => {
+                bar.set_position(step as u64);
+                bar.reset_eta();
+                if resumed {
+                    bar.println(format!("resuming {} at step {step}", args.out.display()));
+                }
+            }
+            Progress::Step { step, loss, .. } => {
+                step_seconds += mark.elapsed().as_secs_f64();
+                steps_timed += 1;
+                bar.set_position(step as u64);
+                let saved = last_checkpoint.map(|s| format!(", saved at {s}")).unwrap_or_default();
+                bar.set_message(format!("loss {loss:.5}{saved}"));
+            }
+            Progress::Checkpoint { step } => last_checkpoint = Some(step),
+        }
+        mark = Instant::now();
+    })
+    .with_context(|| format!("training the {} into {}", options.recipe.stage.name(), args.out.display()))?;
+    bar.finish_and_clear();
+    let tail = &state.losses[state.losses.len().saturating_sub(100)..];
+    let recent = tail.iter().sum::<f32>() / tail.len().max(1) as f32;
+    let pace = if steps_timed > 0 { format!(", {:.3} s a step", step_seconds / steps_timed as f64) } else { String::new() };
+    crate::output::emit(format!(
+        "{} stage: {} steps in {}, mean loss of the last {} steps {recent:.5}{pace}",
+        options.recipe.stage.name(),
+        state.step,
+        args.out.display(),
+        tail.len()
+    ));
+    Ok(())
+}
