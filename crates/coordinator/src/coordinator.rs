@@ -1,12 +1,11 @@
 //! Job intake and control over the job book and the queue.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use vidfarm_api::{FieldError, ModelProfile, RenderSpec, pb};
 use vidfarm_plan::plan_chunks;
 use vidfarm_queue::{
     Control, FarmState, JobBook, JobChange, JobRecord, JobState, Page, Queue, QueueError, Task, TaskKind, WorkerInfo, WorkerRegistry,
-    WorkerState,
+    WorkerState, now_ms,
 };
 use vidfarm_store::ArtifactStore;
 
@@ -200,9 +199,6 @@ fn check_job_id(job_id: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@
 pub mod book;
 pub mod job;
 pub mod memory;
-pub use memory::{MemoryJobBook, MemoryQueue, MemoryWorkerRegistry};
+pub use memory::{MemoryJobBook, MemoryQueue, MemoryWorkerRegistry, now_ms};
 pub mod redis;
 pub use redis::{RedisJobBook, RedisNamespace, RedisQueue, RedisWorkerRegistry};
 pub mod task;

@@ -16,7 +16,8 @@ use tokio::sync::{Notify, broadcast};
 use tokio_stream::wrappers::BroadcastStream;
 use vidfarm_api::Priority;
 
-pub(crate) fn now_ms() -> i64 {
+/// Unix time in milliseconds: the clock of job records and worker heartbeats.
+pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 

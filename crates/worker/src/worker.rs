@@ -4,14 +4,14 @@ use crate::render::{Directive, decode_clip, denoise_chunk};
 use burn::tensor::backend::Backend;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::Instrument;
 use vidfarm_model::pipeline::Pipeline;
 use vidfarm_plan::{BlendCurve, stitch};
 use vidfarm_queue::{
     ClipInfo, FarmState, JobBook, JobChange, JobRecord, JobState, Lease, Queue, QueueError, Task, TaskKind, UpdateDetail, WorkerInfo, WorkerRegistry,
-    WorkerState,
+    WorkerState, now_ms,
 };
 use vidfarm_store::{ArtifactStore, StoreError};
 
@@ -75,16 +75,12 @@ pub struct Worker<B: Backend> {
     status_changed: Notify,
 }
 
-fn unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 impl<B: Backend> Worker<B>
 where
     Pipeline<B>: Send + Sync,
 {
     pub fn new(config: WorkerConfig, farm: FarmState, store: ArtifactStore, pipeline: Arc<Pipeline<B>>) -> Self {
-        let now = unix_ms();
+        let now = now_ms();
         let status = WorkerInfo {
             name: config.name.clone(),
             state: WorkerState::Idle,
@@ -156,7 +152,7 @@ where
             }
             let info = {
                 let mut status = self.status();
-                status.heartbeat_ms = unix_ms();
+                status.heartbeat_ms = now_ms();
                 status.state = match (self.draining.load(Ordering::Acquire), &status.task) {
                     (true, _) => WorkerState::Draining,
                     (false, Some(_)) => WorkerState::Busy,
