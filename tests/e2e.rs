@@ -460,3 +460,59 @@ fn a_missing_bucket_or_wrong_credentials_stop_the_server_at_start_up() {
         assert!(stderr.contains(bucket) && stderr.contains(&s3.endpoint()) && stderr.contains(expected), "{store}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_chain_job_denoises_its_chunks_in_order_each_continuing_from_the_last() {
+    let server = Server::start(2);
+    let mut client = server.client().await;
+    // 12 s: 25 latent frames in six chunks of 6 overlapping by 2.
+    let chain = pb::JobSpec {
+        stitch_mode: pb::StitchMode::Chain as i32,
+        keep_intermediates: true,
+        steps: Some(2),
+        ..spec(12.0)
+    };
+    let job = submit(&mut client, chain, "").await.job.unwrap();
+    let events = watch_to_end(&mut client, &job.job_id).await;
+    assert_eq!(final_state(&events), pb::JobState::Succeeded);
+    let finished: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match e.detail {
+            Some(pb::job_event::Detail::ChunkFinished(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    // The watch may start after the first chunk is done.
+    let first = *finished.first().expect("chunks finished while watched");
+    assert!(first <= 1 && finished == (first..6).collect::<Vec<_>>(), "chunks finish in order: {finished:?}");
+    let stepped: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match &e.detail {
+            Some(pb::job_event::Detail::Step(step)) => Some(step.chunk_index),
+            _ => None,
+        })
+        .collect();
+    assert!(stepped.windows(2).all(|w| w[0] <= w[1]), "two workers, yet one chunk at a time: {stepped:?}");
+
+    // Each chunk's first two latent frames are exactly the previous chunk's last two.
+    let store = vidfarm_store::ArtifactStore::local(server._store.as_ref().unwrap().path()).unwrap();
+    let mut previous: Option<vidfarm_plan::Latents> = None;
+    for chunk in 0..6 {
+        let latents = store.get_latents(&vidfarm_store::ArtifactStore::chunk_key(&job.job_id, chunk)).await.unwrap();
+        if let Some(before) = &previous {
+            for c in 0..latents.shape[0] {
+                for k in 0..2 {
+                    assert_eq!(latents.plane(c, k), before.plane(c, before.frames() - 2 + k), "chunk {chunk}, channel {c}, frame {k}");
+                }
+            }
+        }
+        previous = Some(latents);
+    }
+
+    let sync = client
+        .submit_job(pb::SubmitJobRequest { spec: Some(pb::JobSpec { stitch_mode: pb::StitchMode::Sync as i32, ..spec(1.0) }), idempotency_key: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(sync.code(), Code::InvalidArgument);
+    assert!(sync.message().starts_with("spec.stitch_mode"), "{}", sync.message());
+}

@@ -176,8 +176,12 @@ impl RenderSpec {
 
         let stitch_mode = match pb::StitchMode::try_from(spec.stitch_mode) {
             Ok(pb::StitchMode::Unspecified | pb::StitchMode::Blend) => StitchMode::Blend,
-            Ok(pb::StitchMode::Sync | pb::StitchMode::Chain) => {
-                return Err(FieldError::new("spec.stitch_mode", "only blend is supported by this farm so far"));
+            Ok(pb::StitchMode::Chain) if overlap_latent_frames == 0 => {
+                return Err(FieldError::new("spec.overlap_latent_frames", "chain mode continues each chunk from the previous one's last latent frames: at least 1"));
+            }
+            Ok(pb::StitchMode::Chain) => StitchMode::Chain,
+            Ok(pb::StitchMode::Sync) => {
+                return Err(FieldError::new("spec.stitch_mode", "sync is not supported by this farm yet (blend and chain are)"));
             }
             Err(_) => return Err(FieldError::new("spec.stitch_mode", format!("unknown value {}", spec.stitch_mode))),
         };
@@ -384,6 +388,8 @@ mod tests {
         );
         assert_eq!(field_of(pb::JobSpec { chunk_latent_frames: Some(0), ..spec("a") }), "spec.chunk_latent_frames");
         assert_eq!(field_of(pb::JobSpec { stitch_mode: 99, ..spec("a") }), "spec.stitch_mode");
+        let chain = pb::StitchMode::Chain as i32;
+        assert_eq!(field_of(pb::JobSpec { stitch_mode: chain, overlap_latent_frames: Some(0), ..spec("a") }), "spec.overlap_latent_frames");
         assert_eq!(field_of(pb::JobSpec { priority: -3, ..spec("a") }), "spec.priority");
         assert!(RenderSpec::resolve(&spec("a"), &[], 0).is_err());
     }

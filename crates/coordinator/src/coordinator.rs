@@ -4,7 +4,7 @@ use std::sync::Arc;
 use vidfarm_api::{FieldError, ModelProfile, RenderSpec, pb};
 use vidfarm_plan::plan_chunks;
 use vidfarm_queue::{
-    Control, FarmState, JobBook, JobChange, JobRecord, JobState, Page, Queue, QueueError, Task, TaskKind, WorkerInfo, WorkerRegistry,
+    Control, FarmState, JobBook, JobChange, JobRecord, JobState, Page, Queue, QueueError, WorkerInfo, WorkerRegistry,
     WorkerState, now_ms,
 };
 use vidfarm_store::ArtifactStore;
@@ -66,7 +66,7 @@ impl Coordinator {
         let record = JobRecord::new(id, spec, plan, key, now);
         let (record, created) = self.book.insert(record).await?;
         if created {
-            for task in pending_tasks(&record) {
+            for task in record.pending_tasks() {
                 self.queue.push(task).await?;
             }
             tracing::info!(job_id = %record.id, chunks = record.chunks.len(), frames = record.spec.frames, "job accepted");
@@ -114,7 +114,7 @@ impl Coordinator {
         loop {
             let page = self.book.list(&unfinished, after.as_deref(), MAX_PAGE_SIZE as usize).await?;
             for record in &page.jobs {
-                for task in pending_tasks(record) {
+                for task in record.pending_tasks() {
                     self.queue.push(task).await?;
                     pushed += 1;
                 }
@@ -170,18 +170,6 @@ impl Coordinator {
         worker.state = WorkerState::Draining;
         tracing::info!(worker = name, "drain requested");
         Ok(worker)
-    }
-}
-
-/// The tasks a job needs from here: its chunks not yet denoised, or, once all are, assembling.
-fn pending_tasks(record: &JobRecord) -> Vec<Task> {
-    let task = |kind| Task::new(&record.id, kind, record.spec.priority);
-    if record.state.is_final() {
-        Vec::new()
-    } else if record.all_chunks_done() {
-        vec![task(TaskKind::Assemble)]
-    } else {
-        record.chunks.iter().filter(|c| !c.done).map(|c| task(TaskKind::Denoise { chunk: c.plan.index })).collect()
     }
 }
 

@@ -21,7 +21,7 @@ use crate::tokenizer::Tokenizer;
 use crate::transformer::{WanTransformer3DModel, WanTransformerConfig};
 use crate::vae::{AutoencoderKLWan, AutoencoderKLWanConfig};
 
-pub use crate::sampling::{SamplerKind, SamplingOptions, StepControl, StepProgress};
+pub use crate::sampling::{CleanPrefix, SamplerKind, SamplingOptions, StepControl, StepProgress};
 pub use crate::scheduler::FlowSampler;
 
 /// The backend a worker runs: CUDA with the `cuda` feature, else the CPU backend.
@@ -347,10 +347,11 @@ impl<B: Backend> Pipeline<B> {
         noise: Tensor<B, 5>,
         cond: &PromptEmbedding<B>,
         uncond: &PromptEmbedding<B>,
+        prefix: Option<&CleanPrefix<B>>,
         opts: &SamplingOptions,
         on_step: &mut dyn FnMut(StepProgress) -> StepControl,
     ) -> Result<Tensor<B, 5>, ModelError> {
-        crate::sampling::denoise(&self.transformer, noise, cond.hidden.clone(), uncond.hidden.clone(), opts, on_step)
+        crate::sampling::denoise(&self.transformer, noise, cond.hidden.clone(), uncond.hidden.clone(), prefix, opts, on_step)
     }
 
     /// One step's guided flow prediction at timestep `t`, for callers that drive the sampler
@@ -453,13 +454,13 @@ mod tests {
         let opts = SamplingOptions { sampler: SamplerKind::UniPc, steps: 2, guidance_scale: 3.0, flow_shift: 3.0 };
         let mut steps = Vec::new();
         let latents = loaded
-            .denoise(noise.clone(), &cond, &uncond, &opts, &mut |p| {
+            .denoise(noise.clone(), &cond, &uncond, None, &opts, &mut |p| {
                 steps.push(p.step);
                 StepControl::Continue
             })
             .expect("denoise");
         assert_eq!(steps, vec![1, 2]);
-        let reference = pipeline.denoise(noise, &cond, &uncond, &opts, &mut |_| StepControl::Continue).expect("denoise");
+        let reference = pipeline.denoise(noise, &cond, &uncond, None, &opts, &mut |_| StepControl::Continue).expect("denoise");
         assert!(max_abs_diff(latents.clone(), reference) < 1e-5);
 
         let video = loaded.decode(latents).expect("decode");
@@ -510,7 +511,7 @@ mod tests {
 
         let opts = SamplingOptions { sampler: SamplerKind::UniPc, steps: 4, guidance_scale: 4.0, flow_shift: 3.0 };
         let latents =
-            pipeline.denoise(read5("noise"), &cond, &uncond, &opts, &mut |_| StepControl::Continue).expect("denoise");
+            pipeline.denoise(read5("noise"), &cond, &uncond, None, &opts, &mut |_| StepControl::Continue).expect("denoise");
         let latents_err = max_abs_diff(latents.clone(), read5("latents"));
         let video_err = max_abs_diff(pipeline.decode(latents).expect("decode"), read5("video"));
         println!("pipeline max abs errors: prompt {cond_err:e}, negative {uncond_err:e}, latents {latents_err:e}, video {video_err:e}");

@@ -146,30 +146,66 @@ pub fn guided_flow<B: Backend>(
     Ok(uncond_flow.clone() + (cond_flow - uncond_flow) * guidance_scale)
 }
 
+/// Clean latent frames that a sampling run continues from (a chain of chunks): before every model
+/// evaluation the run's first frames are replaced by these latents noised to the current level
+/// with `noise`, so the rest is denoised as a continuation of them; they come out clean.
+pub struct CleanPrefix<B: Backend> {
+    /// `[batch, channels, prefix frames, height, width]`.
+    pub latents: Tensor<B, 5>,
+    /// The same shape: the noise those frames started from.
+    pub noise: Tensor<B, 5>,
+}
+
+impl<B: Backend> CleanPrefix<B> {
+    /// `latents` with its first frames set to the prefix at noise level `sigma`.
+    fn hold(&self, latents: Tensor<B, 5>, sigma: f64) -> Tensor<B, 5> {
+        let [_, _, frames, _, _] = latents.dims();
+        let held = self.latents.dims()[2];
+        let prefix = self.latents.clone() * (1.0 - sigma) + self.noise.clone() * sigma;
+        Tensor::cat(vec![prefix, latents.narrow(2, held, frames - held)], 2)
+    }
+}
+
 /// Runs the sampler from `noise` (`[batch, channels, frames, height, width]`, sigma 1) to sigma 0,
 /// guiding the flow prediction with `cond`/`uncond` text embeddings (`[batch, tokens, text_dim]`).
+/// With a `prefix`, its frames are held (see [`CleanPrefix`]).
+#[allow(clippy::too_many_arguments)]
 /// Returns `Err(ModelError::Cancelled)` as soon as `on_step` answers [`StepControl::Stop`].
 pub fn denoise<B: Backend>(
     transformer: &WanTransformer3DModel<B>,
     noise: Tensor<B, 5>,
     cond: Tensor<B, 3>,
     uncond: Tensor<B, 3>,
+    prefix: Option<&CleanPrefix<B>>,
     opts: &SamplingOptions,
     on_step: &mut dyn FnMut(StepProgress) -> StepControl,
 ) -> Result<Tensor<B, 5>, ModelError> {
     opts.validate()?;
+    if let Some(prefix) = prefix {
+        let (held, sample) = (prefix.latents.dims(), noise.dims());
+        let fits = held == prefix.noise.dims() && held[2] <= sample[2] && (0..5).all(|d| d == 2 || held[d] == sample[d]);
+        if !fits {
+            return Err(ModelError::InvalidInput(format!("a clean prefix of {held:?} does not fit a sample of {sample:?}")));
+        }
+    }
     let mut sampler = opts.sampler::<B, 5>();
     let total = sampler.remaining();
     let mut latents = noise;
     for step in 1..=total {
-        let Some(t) = sampler.next_timestep() else { break };
+        let (Some(t), Some(sigma)) = (sampler.next_timestep(), sampler.next_sigma()) else { break };
+        if let Some(prefix) = prefix {
+            latents = prefix.hold(latents, sigma);
+        }
         let flow = guided_flow(transformer, latents.clone(), t, cond.clone(), uncond.clone(), opts.guidance_scale)?;
         latents = sampler.step(flow, latents);
         if on_step(StepProgress { step, total }) == StepControl::Stop {
             return Err(ModelError::Cancelled);
         }
     }
-    Ok(latents)
+    Ok(match prefix {
+        Some(prefix) => prefix.hold(latents, 0.0),
+        None => latents,
+    })
 }
 
 #[cfg(test)]
@@ -216,7 +252,7 @@ mod tests {
             let opts = SamplingOptions { sampler, steps: 3, guidance_scale: 4.0, flow_shift: 3.0 };
             let (noise, cond, uncond) = inputs();
             let mut seen = Vec::new();
-            let out = denoise(&model, noise.clone(), cond.clone(), uncond.clone(), &opts, &mut |p| {
+            let out = denoise(&model, noise.clone(), cond.clone(), uncond.clone(), None, &opts, &mut |p| {
                 seen.push(p);
                 StepControl::Continue
             })
@@ -226,7 +262,7 @@ mod tests {
             assert_eq!(seen, (1..=total).map(|step| StepProgress { step, total }).collect::<Vec<_>>());
 
             let mut calls = 0;
-            let stopped = denoise(&model, noise, cond, uncond, &opts, &mut |_| {
+            let stopped = denoise(&model, noise, cond, uncond, None, &opts, &mut |_| {
                 calls += 1;
                 if calls == 2 { StepControl::Stop } else { StepControl::Continue }
             });
@@ -240,9 +276,35 @@ mod tests {
         let model = tiny_transformer();
         let opts = SamplingOptions { sampler: SamplerKind::Euler, steps: 2, guidance_scale: 1.0, flow_shift: 1.0 };
         let (noise, cond, uncond) = inputs();
-        let a = denoise(&model, noise.clone(), cond.clone(), uncond, &opts, &mut |_| StepControl::Continue).expect("a");
-        let b = denoise(&model, noise, cond.clone(), cond.zeros_like(), &opts, &mut |_| StepControl::Continue).expect("b");
+        let a = denoise(&model, noise.clone(), cond.clone(), uncond, None, &opts, &mut |_| StepControl::Continue).expect("a");
+        let b = denoise(&model, noise, cond.clone(), cond.zeros_like(), None, &opts, &mut |_| StepControl::Continue).expect("b");
         assert_eq!(max_abs_diff(a, b), 0.0);
+    }
+
+    #[test]
+    fn a_clean_prefix_comes_out_as_it_went_in_and_steers_the_rest() {
+        let model = tiny_transformer();
+        let (noise, cond, uncond) = inputs();
+        let [b, c, f, h, w] = noise.dims();
+        let held = f - 1;
+        let device = noise.device();
+        let prefix = CleanPrefix {
+            latents: Tensor::random([b, c, held, h, w], Distribution::Normal(0.0, 1.0), &device),
+            noise: noise.clone().narrow(2, 0, held),
+        };
+        for sampler in SamplerKind::ALL {
+            let opts = SamplingOptions { sampler, steps: 3, guidance_scale: 4.0, flow_shift: 3.0 };
+            let run = |prefix| denoise(&model, noise.clone(), cond.clone(), uncond.clone(), prefix, &opts, &mut |_| StepControl::Continue);
+            let (free, held_run) = (run(None).expect("free"), run(Some(&prefix)).expect("held"));
+            assert_eq!(max_abs_diff(held_run.clone().narrow(2, 0, held), prefix.latents.clone()), 0.0, "{sampler}");
+            let rest = |x: Tensor<B, 5>| x.narrow(2, held, f - held);
+            assert!(max_abs_diff(rest(held_run), rest(free)) > 1e-4, "{sampler}: the prefix changes the frames after it");
+        }
+        let longer = Tensor::random([b, c, f + 1, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let misfit = CleanPrefix { latents: longer.clone(), noise: longer };
+        let opts = SamplingOptions { sampler: SamplerKind::Euler, steps: 2, guidance_scale: 1.0, flow_shift: 1.0 };
+        let result = denoise(&model, noise, cond, uncond, Some(&misfit), &opts, &mut |_| StepControl::Continue);
+        assert!(matches!(result, Err(ModelError::InvalidInput(m)) if m.contains("prefix")));
     }
 
     #[test]
@@ -250,7 +312,7 @@ mod tests {
         let model = tiny_transformer();
         let (noise, cond, uncond) = inputs();
         let opts = SamplingOptions { sampler: SamplerKind::Euler, steps: 0, guidance_scale: 1.0, flow_shift: 1.0 };
-        let result = denoise(&model, noise, cond, uncond, &opts, &mut |_| StepControl::Continue);
+        let result = denoise(&model, noise, cond, uncond, None, &opts, &mut |_| StepControl::Continue);
         assert!(matches!(result, Err(ModelError::InvalidInput(_))));
     }
 

@@ -194,6 +194,14 @@ impl<B: Backend, const D: usize> FlowSampler<B, D> {
         self.schedule().timesteps.len().saturating_sub(index)
     }
 
+    /// The noise level of the sample the next model evaluation sees, `None` when done.
+    pub fn next_sigma(&self) -> Option<f64> {
+        let index = match self {
+            Self::Euler { index, .. } | Self::Heun { index, .. } | Self::UniPc { index, .. } => *index,
+        };
+        (index < self.schedule().timesteps.len()).then(|| self.schedule().sigmas[index])
+    }
+
     /// The timestep the next model evaluation is at, `None` when done.
     pub fn next_timestep(&self) -> Option<f64> {
         let index = match self {

@@ -3,7 +3,8 @@
 
 use crate::QueueError;
 use serde::{Deserialize, Serialize};
-use vidfarm_api::RenderSpec;
+use crate::task::{Task, TaskKind};
+use vidfarm_api::{RenderSpec, StitchMode};
 use vidfarm_plan::ChunkPlan;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -137,6 +138,23 @@ impl JobRecord {
 
     pub fn all_chunks_done(&self) -> bool {
         self.chunks.iter().all(|c| c.done)
+    }
+
+    /// The tasks the job needs from here: its chunks not yet denoised (in chain mode only the
+    /// first of them, which continues from the one before), or, once all are, assembling.
+    pub fn pending_tasks(&self) -> Vec<Task> {
+        let task = |kind| Task::new(&self.id, kind, self.spec.priority);
+        if self.state.is_final() {
+            return Vec::new();
+        }
+        if self.all_chunks_done() {
+            return vec![task(TaskKind::Assemble)];
+        }
+        let undone = self.chunks.iter().filter(|c| !c.done).map(|c| task(TaskKind::Denoise { chunk: c.plan.index }));
+        match self.spec.stitch_mode {
+            StitchMode::Chain => undone.take(1).collect(),
+            StitchMode::Blend | StitchMode::Sync => undone.collect(),
+        }
     }
 
     /// Progress from 0 to 1: denoising steps count for 90%, assembling for the rest.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 use vidfarm_api::{RenderSpec, Sampler};
 use vidfarm_model::ModelError;
-use vidfarm_model::pipeline::{Pipeline, SamplerKind, SamplingOptions, StepControl, StepProgress};
+use vidfarm_model::pipeline::{CleanPrefix, Pipeline, SamplerKind, SamplingOptions, StepControl, StepProgress};
 use vidfarm_plan::{ChunkPlan, Latents, noise};
 use vidfarm_video::RgbFrames;
 
@@ -49,12 +49,15 @@ pub fn chunk_shape<B: Backend>(pipeline: &Pipeline<B>, spec: &RenderSpec, chunk:
     ]
 }
 
-/// Denoises one chunk from its seed's noise. `on_step` is told each finished step; `directive`
-/// is obeyed between steps (a pause waits there, holding the chunk's state).
+/// Denoises one chunk from its seed's noise; in chain mode, continuing from the `previous`
+/// chunk's latents, whose frames overlapping this chunk are held as a clean prefix. `on_step` is
+/// told each finished step; `directive` is obeyed between steps (a pause waits there, holding
+/// the chunk's state).
 pub fn denoise_chunk<B: Backend>(
     pipeline: &Pipeline<B>,
     spec: &RenderSpec,
     chunk: &ChunkPlan,
+    previous: Option<(&ChunkPlan, &Latents)>,
     directive: &AtomicU8,
     on_step: &mut dyn FnMut(StepProgress),
 ) -> Result<Latents, ModelError> {
@@ -62,6 +65,21 @@ pub fn denoise_chunk<B: Backend>(
     let values = noise::gaussian(chunk.seed, shape.iter().product());
     let [c, f, h, w] = shape;
     let noise = Tensor::<B, 5>::from_data(TensorData::new(values, [1, c, f, h, w]), pipeline.device());
+    let prefix = match previous {
+        Some((plan, latents)) => {
+            let held = plan.end.saturating_sub(chunk.start) as usize;
+            let [pc, pf, ph, pw] = latents.shape;
+            if held == 0 || held > f.min(pf) || [pc, ph, pw] != [c, h, w] {
+                return Err(ModelError::InvalidInput(format!(
+                    "chunk {} cannot continue from chunk {} (latents {:?}, {held} frames shared)",
+                    chunk.index, plan.index, latents.shape
+                )));
+            }
+            let previous = Tensor::<B, 5>::from_data(TensorData::new(latents.data.clone(), [1, pc, pf, ph, pw]), pipeline.device());
+            Some(CleanPrefix { latents: previous.narrow(2, pf - held, held), noise: noise.clone().narrow(2, 0, held) })
+        }
+        None => None,
+    };
     let cond = pipeline.encode_prompt(&spec.prompt)?;
     let uncond = pipeline.encode_prompt(&spec.negative_prompt)?;
     let options = SamplingOptions {
@@ -70,7 +88,7 @@ pub fn denoise_chunk<B: Backend>(
         guidance_scale: spec.guidance_scale,
         flow_shift: spec.flow_shift,
     };
-    let latents = pipeline.denoise(noise, &cond, &uncond, &options, &mut |progress| {
+    let latents = pipeline.denoise(noise, &cond, &uncond, prefix.as_ref(), &options, &mut |progress| {
         on_step(progress);
         loop {
             match Directive::load(directive) {

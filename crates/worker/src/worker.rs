@@ -8,9 +8,10 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::Instrument;
 use vidfarm_model::pipeline::Pipeline;
+use vidfarm_api::StitchMode;
 use vidfarm_plan::{BlendCurve, stitch};
 use vidfarm_queue::{
-    ClipInfo, FarmState, JobBook, JobChange, JobRecord, JobState, Lease, Queue, QueueError, Task, TaskKind, UpdateDetail, WorkerInfo, WorkerRegistry,
+    ClipInfo, FarmState, JobBook, JobChange, JobRecord, JobState, Lease, Queue, QueueError, TaskKind, UpdateDetail, WorkerInfo, WorkerRegistry,
     WorkerState, now_ms,
 };
 use vidfarm_store::{ArtifactStore, StoreError};
@@ -238,6 +239,15 @@ where
         // A result already stored (a previous holder finished, then lost its lease) is final:
         // chunk keys are deterministic and so are their contents.
         if !status.done && !self.store.exists(&key).await? {
+            // A chained chunk continues from the one before it, which is done (its task is only
+            // queued then).
+            let previous = match (record.spec.stitch_mode, chunk.checked_sub(1)) {
+                (StitchMode::Chain, Some(before)) => {
+                    let plan = record.chunks[before as usize].plan;
+                    Some((plan, self.store.get_latents(&ArtifactStore::chunk_key(&record.id, before)).await?))
+                }
+                _ => None,
+            };
             self.book.update(&record.id, JobChange::ChunkStarted { chunk }).await?;
             let directive = Arc::new(AtomicU8::new(Directive::Run as u8));
             let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
@@ -245,7 +255,8 @@ where
                 let (pipeline, spec, plan, directive) =
                     (self.pipeline.clone(), record.spec.clone(), status.plan, directive.clone());
                 tokio::task::spawn_blocking(move || {
-                    denoise_chunk(&pipeline, &spec, &plan, &directive, &mut |p| {
+                    let previous = previous.as_ref().map(|(plan, latents)| (plan, latents));
+                    denoise_chunk(&pipeline, &spec, &plan, previous, &directive, &mut |p| {
                         let step = JobChange::Step { chunk, step: p.step as u32, steps_total: p.total as u32 };
                         // The receiver outlives the work; a send can only fail after it is done.
                         let _ = progress_tx.send(step);
@@ -259,8 +270,11 @@ where
             self.store.put_latents(&key, &latents).await?;
         }
         let (after, _) = self.book.update(&record.id, JobChange::ChunkDone { chunk }).await?;
-        if after.all_chunks_done() && !after.state.is_final() {
-            self.queue.push(Task::new(&record.id, TaskKind::Assemble, record.spec.priority)).await?;
+        // What this chunk unblocked: assembling once all are done; in chain mode, the next chunk.
+        if after.all_chunks_done() || after.spec.stitch_mode == StitchMode::Chain {
+            for task in after.pending_tasks() {
+                self.queue.push(task).await?;
+            }
         }
         Ok(Outcome::Done)
     }

@@ -7,9 +7,9 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU8;
-use vidfarm_api::{ModelProfile, RenderSpec, pb};
+use vidfarm_api::{ModelProfile, RenderSpec, StitchMode, pb};
 use vidfarm_model::pipeline::{DefaultBackend, Pipeline};
-use vidfarm_plan::{BlendCurve, ChunkPlan, plan_chunks, stitch};
+use vidfarm_plan::{BlendCurve, ChunkPlan, Latents, plan_chunks, stitch};
 use vidfarm_synth::{Adherence, Clip, DetectorConfig, SceneSpec, Split, detect, mean_abs_frame_difference, score, seam_ratio};
 use vidfarm_video::{decode_mp4, encode_mp4};
 use vidfarm_worker::render::{Directive, decode_clip, denoise_chunk};
@@ -84,10 +84,13 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
 /// Renders one clip and reads it back through an H.264 MP4 at `mp4` (a scratch path).
 fn render(pipeline: &Pipeline<DefaultBackend>, spec: &RenderSpec, chunks: &[ChunkPlan], mp4: &Path) -> Result<Clip> {
     let run = AtomicU8::new(Directive::Run as u8);
-    let parts = chunks
-        .iter()
-        .map(|chunk| Ok((*chunk, denoise_chunk(pipeline, spec, chunk, &run, &mut |_| {})?)))
-        .collect::<Result<Vec<_>>>()?;
+    let mut parts: Vec<(ChunkPlan, Latents)> = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        // As the farm does: a chained chunk continues from the one before it.
+        let previous = parts.last().filter(|_| spec.stitch_mode == StitchMode::Chain).map(|(plan, latents)| (plan, latents));
+        let latents = denoise_chunk(pipeline, spec, chunk, previous, &run, &mut |_| {})?;
+        parts.push((*chunk, latents));
+    }
     let latents = stitch(spec.latent_frames(), &parts, BlendCurve::Linear)?;
     encode_mp4(&decode_clip(pipeline, spec, latents)?, mp4)?;
     let frames = decode_mp4(mp4);
