@@ -137,6 +137,7 @@ async fn submit_watch_get_and_fetch_over_tcp() {
     assert_eq!(got.progress.unwrap().fraction, 1.0);
     let clip = client.get_clip(pb::GetClipRequest { job_id: job.job_id.clone() }).await.unwrap().into_inner();
     assert_eq!((clip.frames, clip.fps, clip.width, clip.height), (17, 8, 64, 64));
+    assert_eq!(clip.seam_ratio, None, "one chunk, no seams");
     assert_eq!(clip.sha256.len(), 64);
     assert!(clip.url.starts_with("file://"));
 
@@ -493,6 +494,10 @@ async fn a_chain_job_denoises_its_chunks_in_order_each_continuing_from_the_last(
         })
         .collect();
     assert!(stepped.windows(2).all(|w| w[0] <= w[1]), "two workers, yet one chunk at a time: {stepped:?}");
+
+    let clip = events.last().and_then(|e| e.job.as_ref()).and_then(|j| j.clip.as_ref()).expect("a clip");
+    let seams = clip.seam_ratio.expect("a six-chunk clip reports its seam ratio");
+    assert!(seams.is_finite() && seams > 0.0, "{seams}");
 
     // Each chunk's first two latent frames are exactly the previous chunk's last two.
     let store = vidfarm_store::ArtifactStore::local(server._store.as_ref().unwrap().path()).unwrap();

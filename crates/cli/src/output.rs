@@ -27,7 +27,7 @@ pub fn clip_json(c: &pb::Clip) -> Value {
     json!({
         "job_id": c.job_id, "object_key": c.object_key, "size_bytes": c.size_bytes, "sha256": c.sha256,
         "frames": c.frames, "fps": c.fps, "duration_seconds": c.duration_seconds,
-        "width": c.width, "height": c.height, "url": c.url,
+        "width": c.width, "height": c.height, "url": c.url, "seam_ratio": c.seam_ratio,
     })
 }
 

@@ -52,6 +52,7 @@ pub fn clip_to_pb(record: &JobRecord, url: String) -> Option<pb::Clip> {
         width: clip.width,
         height: clip.height,
         url,
+        seam_ratio: clip.seam_ratio,
     })
 }
 

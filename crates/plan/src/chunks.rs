@@ -61,6 +61,18 @@ pub fn chunk_seed(job_seed: u64, index: u32) -> u64 {
     crate::noise::splitmix64(job_seed ^ crate::noise::splitmix64(u64::from(index).wrapping_add(0x5eed)))
 }
 
+/// The video frames where one chunk hands over to the next: the middle of each overlap (the
+/// crossfade's centre), mapped from latent frames to the first video frame each decodes to
+/// with a causal VAE of `temporal_factor` (latent 0 is video frame 0, latent k is 1 + f (k - 1)).
+pub fn seam_frames(chunks: &[ChunkPlan], temporal_factor: u32) -> Vec<usize> {
+    chunks
+        .windows(2)
+        .map(|pair| pair[1].start + pair[0].end.saturating_sub(pair[1].start) / 2)
+        .filter(|&latent| latent > 0)
+        .map(|latent| (1 + temporal_factor * (latent - 1)) as usize)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +118,15 @@ mod tests {
             let seeds: std::collections::HashSet<u64> = plan.iter().map(|c| c.seed).collect();
             prop_assert_eq!(seeds.len(), plan.len());
         }
+    }
+
+    #[test]
+    fn seams_sit_mid_overlap_in_video_frames() {
+        // 9 latent frames in chunks of 6 sharing 2: chunks [0, 6) and [4, 9); the crossfade's
+        // middle is latent frame 5, whose first video frame is 1 + 4 * 4 = 17.
+        assert_eq!(seam_frames(&plan_chunks(9, 6, 2, 0).unwrap(), 4), vec![17]);
+        assert!(seam_frames(&plan_chunks(5, 6, 2, 0).unwrap(), 4).is_empty());
+        // Without overlap the seam is the first frame of the next chunk: latent 6, video 21.
+        assert_eq!(seam_frames(&plan_chunks(12, 6, 0, 0).unwrap(), 4), vec![21]);
     }
 }

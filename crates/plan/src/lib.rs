@@ -6,6 +6,6 @@ pub mod latents;
 pub mod noise;
 pub mod stitch;
 
-pub use chunks::{ChunkPlan, PlanError, plan_chunks};
+pub use chunks::{ChunkPlan, PlanError, plan_chunks, seam_frames};
 pub use latents::{Latents, LatentsError};
 pub use stitch::{BlendCurve, stitch};

@@ -144,7 +144,7 @@ pub async fn book_applies_changes_and_streams_them(book: &dyn JobBook) {
         book.update("watched", JobChange::ChunkDone { chunk: 9 }).await,
         Err(QueueError::Precondition(_))
     ));
-    let clip = ClipInfo { object_key: "k".into(), size_bytes: 1, sha256: "00".into(), frames: 33, fps: 8, width: 64, height: 64 };
+    let clip = ClipInfo { object_key: "k".into(), size_bytes: 1, sha256: "00".into(), frames: 33, fps: 8, width: 64, height: 64, seam_ratio: Some(1.0) };
     book.update("watched", JobChange::Succeeded(clip)).await.unwrap();
     let err = book.update("watched", JobChange::Control(Control::Cancel)).await.unwrap_err();
     assert!(matches!(err, QueueError::Precondition(ref m) if m.contains("succeeded")), "{err}");

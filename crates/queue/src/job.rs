@@ -54,6 +54,10 @@ pub struct ClipInfo {
     pub fps: u32,
     pub width: u32,
     pub height: u32,
+    /// Mean frame difference across chunk seams over the mean inside chunks (1: invisible
+    /// seams); none for a one-chunk clip.
+    #[serde(default)]
+    pub seam_ratio: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -301,7 +305,16 @@ mod tests {
     fn deleting_objects_needs_a_final_job_and_drops_its_clip_once() {
         let mut record = sample_record("job-d", None);
         assert!(matches!(record.apply(&JobChange::ObjectsDeleted, 1), Err(QueueError::Precondition(_))));
-        let clip = ClipInfo { object_key: "jobs/job-d/clip.mp4".into(), size_bytes: 1, sha256: "00".into(), frames: 33, fps: 8, width: 64, height: 64 };
+        let clip = ClipInfo {
+            object_key: "jobs/job-d/clip.mp4".into(),
+            size_bytes: 1,
+            sha256: "00".into(),
+            frames: 33,
+            fps: 8,
+            width: 64,
+            height: 64,
+            seam_ratio: None,
+        };
         record.apply(&JobChange::Succeeded(clip), 2).unwrap();
         let sequence = record.sequence;
         assert_eq!(record.apply(&JobChange::ObjectsDeleted, 3).unwrap(), Some(UpdateDetail::State(JobState::Succeeded)));

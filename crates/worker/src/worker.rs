@@ -9,7 +9,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::Instrument;
 use vidfarm_model::pipeline::Pipeline;
 use vidfarm_api::StitchMode;
-use vidfarm_plan::{BlendCurve, stitch};
+use vidfarm_plan::{BlendCurve, seam_frames, stitch};
+use vidfarm_synth::seam_ratio;
 use vidfarm_queue::{
     ClipInfo, FarmState, JobBook, JobChange, JobRecord, JobState, Lease, Queue, QueueError, TaskKind, UpdateDetail, WorkerInfo, WorkerRegistry,
     WorkerState, now_ms,
@@ -289,12 +290,18 @@ where
         let dir = tempfile::tempdir().map_err(WorkerError::Temp)?;
         let path = dir.path().join("clip.mp4");
         let directive = Arc::new(AtomicU8::new(Directive::Run as u8));
+        let seams = seam_frames(&parts.iter().map(|(plan, _)| *plan).collect::<Vec<_>>(), record.spec.temporal_factor);
         let work = {
             let (pipeline, spec, path) = (self.pipeline.clone(), record.spec.clone(), path.clone());
-            tokio::task::spawn_blocking(move || -> Result<(u32, u32, u32), WorkerError> {
+            tokio::task::spawn_blocking(move || -> Result<(u32, u32, u32, Option<f64>), WorkerError> {
                 let frames = decode_clip(&pipeline, &spec, latents)?;
                 vidfarm_video::encode_mp4(&frames, &path)?;
-                Ok((frames.frames.len() as u32, frames.width, frames.height))
+                let (count, width, height) = (frames.frames.len() as u32, frames.width, frames.height);
+                // Measured on the decoded frames, before H.264 (whose blocks would add their own).
+                let seam_ratio = vidfarm_synth::Clip::new(width as usize, height as usize, frames.fps, frames.frames)
+                    .ok()
+                    .and_then(|clip| seam_ratio(&clip, &seams));
+                Ok((count, width, height, seam_ratio))
             })
         };
         // Decoding reports no steps: a channel whose sender is gone.
@@ -302,7 +309,7 @@ where
         let Some(result) = self.supervise(lease, &record.id, work, &directive, &mut no_progress).await? else {
             return Ok(Outcome::Abandoned);
         };
-        let (frames, width, height) = result?;
+        let (frames, width, height, seam_ratio) = result?;
         let stored = self.store.put_file(&ArtifactStore::clip_key(&record.id), &path, "video/mp4").await?;
         let clip = ClipInfo {
             object_key: stored.key,
@@ -312,8 +319,9 @@ where
             fps: record.spec.fps,
             width,
             height,
+            seam_ratio,
         };
-        tracing::info!(job_id = %record.id, bytes = clip.size_bytes, frames, "clip stored");
+        tracing::info!(job_id = %record.id, bytes = clip.size_bytes, frames, seam_ratio, "clip stored");
         self.book.update(&record.id, JobChange::Succeeded(clip)).await?;
         if !record.spec.keep_intermediates {
             // The job is final, so no task reads its chunks again; a failure here only leaves

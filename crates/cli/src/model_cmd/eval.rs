@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU8;
 use vidfarm_api::{ModelProfile, RenderSpec, StitchMode, pb};
 use vidfarm_model::pipeline::{DefaultBackend, Pipeline};
-use vidfarm_plan::{BlendCurve, ChunkPlan, Latents, plan_chunks, stitch};
+use vidfarm_plan::{BlendCurve, ChunkPlan, Latents, plan_chunks, seam_frames, stitch};
 use vidfarm_synth::{Adherence, Clip, DetectorConfig, SceneSpec, Split, detect, mean_abs_frame_difference, score, seam_ratio};
 use vidfarm_video::{decode_mp4, encode_mp4};
 use vidfarm_worker::render::{Directive, decode_clip, denoise_chunk};
@@ -62,18 +62,6 @@ struct Report<'a> {
     overlap_latent_frames: u32,
     summary: &'a Summary,
     results: &'a [PromptResult],
-}
-
-/// The video frames where one chunk hands over to the next: the middle of each overlap (the
-/// crossfade's centre), mapped from latent frames to the first video frame each one decodes to.
-fn seam_frames(chunks: &[ChunkPlan], overlap: u32, temporal_factor: u32) -> Vec<usize> {
-    chunks
-        .iter()
-        .skip(1)
-        .map(|chunk| chunk.start + overlap / 2)
-        .filter(|&latent| latent > 0)
-        .map(|latent| (1 + temporal_factor * (latent - 1)) as usize)
-        .collect()
 }
 
 fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
@@ -141,7 +129,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             detected: describe(&detection),
             adherence,
             mean_abs_frame_difference: mean_abs_frame_difference(&clip),
-            seam_ratio: seam_ratio(&clip, &seam_frames(&chunks, spec.overlap_latent_frames, spec.temporal_factor)),
+            seam_ratio: seam_ratio(&clip, &seam_frames(&chunks, spec.temporal_factor)),
             render_s: started.elapsed().as_secs_f64(),
             prompt,
         };
@@ -220,18 +208,4 @@ fn print_table(results: &[PromptResult], summary: &Summary) {
         cell(summary.mean_abs_frame_difference),
         cell(summary.seam_ratio)
     ));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seams_sit_mid_overlap_in_video_frames() {
-        // 9 latent frames in chunks of 6 sharing 2: chunks [0, 6) and [4, 9); the crossfade's
-        // middle is latent frame 5, whose first video frame is 1 + 4 * 4 = 17.
-        let chunks = plan_chunks(9, 6, 2, 0).unwrap();
-        assert_eq!(seam_frames(&chunks, 2, 4), vec![17]);
-        assert!(seam_frames(&plan_chunks(5, 6, 2, 0).unwrap(), 2, 4).is_empty());
-    }
 }
