@@ -509,3 +509,43 @@ async fn a_long_job_gives_the_same_clip_with_one_or_four_workers_as_on_the_embed
         assert_eq!(clip.sha256, mp4, "{workers} worker(s) made another clip than the embedded farm");
     }
 }
+
+#[tokio::test]
+async fn a_worker_started_before_its_redis_waits_for_it_then_works() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let farm = Farm::new();
+    let port = free_port();
+    let redis_url = format!("redis://127.0.0.1:{port}");
+    let store = farm.store.path().display().to_string();
+    let child = Command::new(BIN)
+        .args(["worker", "--redis", &redis_url, "--redis-namespace", &farm.namespace, "--store", &store, "--name", "early"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vidfarm starts");
+    let mut worker = Process { child, addr: String::new() };
+    let stderr = BufReader::new(worker.child.stderr.take().unwrap());
+    let waiting = tokio::task::spawn_blocking(move || {
+        let mut lines = stderr.lines();
+        lines.by_ref().map_while(Result::ok).find(|l| l.contains("Redis not reachable yet")).expect("the worker says it waits");
+        lines
+    });
+    let mut lines = tokio::time::timeout(Duration::from_secs(30), waiting).await.expect("a warning in time").unwrap();
+    assert!(worker.child.try_wait().unwrap().is_none(), "still running, not crashed");
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+
+    // Redis comes up on that port; the worker connects on its next try and starts.
+    let mut redis = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server starts");
+    let started = tokio::task::spawn_blocking(move || {
+        let line = worker.first_line();
+        (worker, line)
+    });
+    let (_worker, line) = tokio::time::timeout(Duration::from_secs(30), started).await.expect("the worker starts once Redis is up").unwrap();
+    assert_eq!(line, "worker early started");
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
