@@ -117,6 +117,16 @@ impl Process {
         RenderServiceClient::connect(self.addr.clone()).await.unwrap()
     }
 
+    /// Waits up to `within` for the process to exit on its own; its exit status.
+    async fn exits_within(mut self, within: Duration) -> std::process::ExitStatus {
+        let exited = tokio::task::spawn_blocking(move || {
+            let status = self.child.wait().unwrap();
+            (self, status)
+        });
+        let (_process, status) = tokio::time::timeout(within, exited).await.expect("the process exits in time").unwrap();
+        status
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -202,17 +212,25 @@ async fn a_worker_killed_mid_chunk_loses_nothing_and_the_clip_is_byte_identical(
 
     // The reference: the same spec on the embedded farm (one worker, one process), no fault.
     let reference = tempfile::tempdir().unwrap();
-    let (store, out) = (reference.path().join("store"), reference.path().join("reference.mp4"));
+    let (latents, mp4) = render_on_the_embedded_farm(reference.path(), 4, 7, 12);
+    assert!(chunk_latents(farm.store.path(), Some(&job_id)) == latents, "chunk latents differ from the no-fault render");
+    assert_eq!(clip.sha256, mp4, "the clip is byte-identical to the one rendered without a fault");
+}
+
+/// Renders the farm tests' prompt with `vidfarm render` (embedded farm) into `dir`, keeping the
+/// chunk latents; returns their bytes and the MP4's sha256.
+fn render_on_the_embedded_farm(dir: &Path, seconds: u32, seed: u64, steps: u32) -> (Vec<Vec<u8>>, String) {
+    let (store, out) = (dir.join("store"), dir.join("reference.mp4"));
+    let [seconds, seed, steps] = [seconds.to_string(), seed.to_string(), steps.to_string()];
     let rendered = Command::new(BIN)
-        .args(["render", PROMPT, "--seconds", "4", "--seed", "7", "--steps", "12", "--keep-intermediates", "--store"])
+        .args(["render", PROMPT, "--seconds", &seconds, "--seed", &seed, "--steps", &steps, "--keep-intermediates", "--store"])
         .arg(&store)
         .arg("--out")
         .arg(&out)
         .output()
         .unwrap();
     assert!(rendered.status.success(), "{}", String::from_utf8_lossy(&rendered.stderr));
-    assert!(chunk_latents(farm.store.path(), Some(&job_id)) == chunk_latents(&store, None), "chunk latents differ from the no-fault render");
-    assert_eq!(clip.sha256, sha256_file(&out), "the clip is byte-identical to the one rendered without a fault");
+    (chunk_latents(&store, None), sha256_file(&out))
 }
 
 /// The bytes of a job's stored chunk latents, in chunk order (`job_id` None: the store's only job).
@@ -286,16 +304,11 @@ async fn a_drained_worker_finishes_its_chunk_leaves_the_list_and_exits() {
     let mut events = watch(&mut client, &job_id).await;
     let chunk = first_step(&mut events).await;
     let holder = farm.lease_holder(&format!("{job_id}/denoise/{chunk}")).expect("the chunk is leased");
-    let (mut drained, _kept, kept) = if holder == "w1" { (w1, w2, "w2") } else { (w2, w1, "w1") };
+    let (drained, _kept, kept) = if holder == "w1" { (w1, w2, "w2") } else { (w2, w1, "w1") };
     let answer = client.drain_worker(pb::DrainWorkerRequest { name: holder.clone() }).await.unwrap().into_inner();
     assert_eq!((answer.name.as_str(), pb::WorkerState::try_from(answer.state)), (holder.as_str(), Ok(pb::WorkerState::Draining)));
 
-    let exited = tokio::task::spawn_blocking(move || {
-        let status = drained.child.wait();
-        (drained, status)
-    });
-    let (_drained, status) = tokio::time::timeout(Duration::from_secs(120), exited).await.expect("the drained worker exits").unwrap();
-    assert!(status.unwrap().success(), "a drained worker exits cleanly");
+    assert!(drained.exits_within(Duration::from_secs(120)).await.success(), "a drained worker exits cleanly");
     let stored = farm.stored_job(&job_id);
     assert_eq!(stored["chunks"][chunk as usize]["done"], true, "the chunk in hand was finished");
     assert_eq!(stored["chunks"][chunk as usize]["attempts"], 1, "and not taken again");
@@ -343,18 +356,13 @@ async fn sigterm_lets_a_worker_finish_its_chunk_and_take_no_more() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let farm = Farm::new();
     let coordinator = farm.coordinator();
-    let mut worker = farm.worker("w1", 15);
+    let worker = farm.worker("w1", 15);
     let mut client = coordinator.client().await;
     let job_id = submit(&mut client, spec(4.0, 12, pb::Priority::Normal)).await;
     let chunk = first_step(&mut watch(&mut client, &job_id).await).await;
     let terminated = Command::new("kill").args(["-TERM", &worker.child.id().to_string()]).status().unwrap();
     assert!(terminated.success());
-    let exited = tokio::task::spawn_blocking(move || {
-        let status = worker.child.wait();
-        (worker, status)
-    });
-    let (_worker, status) = tokio::time::timeout(Duration::from_secs(120), exited).await.expect("the worker exits").unwrap();
-    assert!(status.unwrap().success(), "a drained worker exits cleanly");
+    assert!(worker.exits_within(Duration::from_secs(120)).await.success(), "a drained worker exits cleanly");
 
     let stored = farm.stored_job(&job_id);
     let chunks = stored["chunks"].as_array().unwrap();
@@ -485,16 +493,7 @@ async fn a_long_job_gives_the_same_clip_with_one_or_four_workers_as_on_the_embed
     // 12 s at 8 fps: 97 frames, 25 latent frames, six overlapping chunks finishing in any order.
     let long = pb::JobSpec { seed: Some(21), keep_intermediates: true, ..spec(12.0, 2, pb::Priority::Normal) };
     let reference = tempfile::tempdir().unwrap();
-    let out = reference.path().join("reference.mp4");
-    let rendered = Command::new(BIN)
-        .args(["render", PROMPT, "--seconds", "12", "--seed", "21", "--steps", "2", "--keep-intermediates", "--store"])
-        .arg(reference.path())
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(rendered.status.success(), "{}", String::from_utf8_lossy(&rendered.stderr));
-    let (latents, mp4) = (chunk_latents(reference.path(), None), sha256_file(&out));
+    let (latents, mp4) = render_on_the_embedded_farm(reference.path(), 12, 21, 2);
     assert_eq!(latents.len(), 6);
 
     for workers in [1, 4] {
