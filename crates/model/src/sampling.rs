@@ -183,9 +183,9 @@ pub fn denoise<B: Backend>(
     opts.validate()?;
     if let Some(prefix) = prefix {
         let (held, sample) = (prefix.latents.dims(), noise.dims());
-        let fits = held == prefix.noise.dims() && held[2] <= sample[2] && (0..5).all(|d| d == 2 || held[d] == sample[d]);
+        let fits = held == prefix.noise.dims() && held[2] < sample[2] && (0..5).all(|d| d == 2 || held[d] == sample[d]);
         if !fits {
-            return Err(ModelError::InvalidInput(format!("a clean prefix of {held:?} does not fit a sample of {sample:?}")));
+            return Err(ModelError::InvalidInput(format!("a clean prefix of {held:?} does not fit a sample of {sample:?} (same batch, channels and size, fewer frames)")));
         }
     }
     let mut sampler = opts.sampler::<B, 5>();

@@ -69,7 +69,7 @@ pub fn denoise_chunk<B: Backend>(
         Some((plan, latents)) => {
             let held = plan.end.saturating_sub(chunk.start) as usize;
             let [pc, pf, ph, pw] = latents.shape;
-            if held == 0 || held > f.min(pf) || [pc, ph, pw] != [c, h, w] {
+            if held == 0 || held >= f || held > pf || [pc, ph, pw] != [c, h, w] {
                 return Err(ModelError::InvalidInput(format!(
                     "chunk {} cannot continue from chunk {} (latents {:?}, {held} frames shared)",
                     chunk.index, plan.index, latents.shape
