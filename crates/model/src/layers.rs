@@ -163,10 +163,15 @@ impl<B: Backend> Conv3d<B> {
     }
 
     pub fn random(c_in: usize, c_out: usize, kernel: [usize; 3], stride: [usize; 3], padding: [usize; 3], device: &B::Device) -> Self {
+        // He-uniform weights and zero biases rather than PyTorch's default: with the default the
+        // causal VAE (convolutions between RMS norms) decoded every input to the same frame, the
+        // random biases drowning the signal, and training stalled at the clips' variance.
         let fan_in = c_in * kernel.iter().product::<usize>();
+        let bound = (6.0 / fan_in.max(1) as f64).sqrt();
+        let weight = Tensor::random([c_out, c_in, kernel[0], kernel[1], kernel[2]], Distribution::Uniform(-bound, bound), device);
         Self {
-            weight: Param::from_tensor(uniform([c_out, c_in, kernel[0], kernel[1], kernel[2]], fan_in, device)),
-            bias: Some(Param::from_tensor(uniform([c_out], fan_in, device))),
+            weight: Param::from_tensor(weight),
+            bias: Some(Param::from_tensor(Tensor::zeros([c_out], device))),
             stride,
             padding,
         }
