@@ -1,7 +1,8 @@
 //! `vidfarm model eval`: renders held-out captions (attribute combinations training never
 //! showed together) with a model, chunked as the farm renders them, encodes each clip to MP4
 //! and decodes it back (what a user downloads), and scores it with the synthetic-video
-//! detector: colour, shape and motion adherence, smoothness, seam ratio.
+//! detector: colour, shape and motion adherence, smoothness, seam ratio. It also measures the
+//! VAE alone: the PSNR of each prompt's synthetic clip after an encode and decode round trip.
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -10,7 +11,10 @@ use std::sync::atomic::AtomicU8;
 use vidfarm_api::{ModelProfile, RenderSpec, StitchMode, pb};
 use vidfarm_model::pipeline::{DefaultBackend, Pipeline};
 use vidfarm_plan::{BlendCurve, ChunkPlan, Latents, plan_chunks, seam_frames, stitch};
-use vidfarm_synth::{Adherence, Clip, DetectorConfig, SceneSpec, Split, detect, mean_abs_frame_difference, score, seam_ratio};
+use burn::tensor::{Tensor, TensorData};
+use vidfarm_synth::{
+    Adherence, Clip, ClipSettings, DetectorConfig, SceneSpec, Split, detect, mean_abs_frame_difference, render_clip, score, seam_ratio,
+};
 use vidfarm_video::{decode_mp4, encode_mp4};
 use vidfarm_worker::render::{Directive, decode_clip, denoise_chunk};
 
@@ -34,6 +38,8 @@ struct PromptResult {
     detected: String,
     mean_abs_frame_difference: Option<f64>,
     seam_ratio: Option<f64>,
+    /// PSNR in dB of the prompt's synthetic clip (the seed's) through the VAE and back.
+    vae_psnr_db: f64,
     render_s: f64,
 }
 
@@ -47,6 +53,7 @@ struct Summary {
     background_accuracy: f64,
     mean_abs_frame_difference: Option<f64>,
     seam_ratio: Option<f64>,
+    vae_psnr_db: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -88,6 +95,20 @@ fn render(pipeline: &Pipeline<DefaultBackend>, spec: &RenderSpec, chunks: &[Chun
     Ok(Clip::new(frames.width as usize, frames.height as usize, frames.fps, frames.frames)?)
 }
 
+/// PSNR (peak 255) of `scene`'s clip rendered from `seed` after the VAE's encode and decode.
+fn vae_psnr(pipeline: &Pipeline<DefaultBackend>, scene: &SceneSpec, settings: &ClipSettings, seed: u64) -> Result<f64> {
+    let clip = render_clip(scene, settings, seed)?;
+    let shape = [1, 3, settings.frames, settings.height, settings.width];
+    let original = clip.to_planar_signed();
+    let video = Tensor::<DefaultBackend, 5>::from_data(TensorData::new(original.clone(), shape), pipeline.device());
+    let decoded = pipeline.vae.decode(pipeline.vae.encode(video)?)?;
+    let decoded = decoded.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| anyhow::anyhow!("decoded video: {e:?}"))?;
+    let squared: f64 = original.iter().zip(&decoded).map(|(a, b)| f64::from(a - b).powi(2)).sum();
+    // Values span [-1, 1], so the peak-to-peak range is 2.
+    let mse = squared / original.len() as f64;
+    Ok(10.0 * (4.0 / mse.max(1e-12)).log10())
+}
+
 fn describe(detection: &vidfarm_synth::Detection) -> String {
     let background = detection.background.map_or("none", |c| c.word());
     let objects: Vec<String> = detection
@@ -122,6 +143,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let started = std::time::Instant::now();
         let mp4 = std::env::temp_dir().join(format!("vidfarm-eval-{}-{index}.mp4", std::process::id()));
         let clip = render(&pipeline, &spec, &chunks, &mp4).with_context(|| format!("rendering {prompt:?}"))?;
+        let settings = ClipSettings { frames: spec.frames as usize, width: spec.width as usize, height: spec.height as usize, fps: spec.fps };
+        let vae_psnr_db = vae_psnr(&pipeline, scene, &settings, spec.seed).with_context(|| format!("VAE round trip of {prompt:?}"))?;
         let detection = detect(&clip, &DetectorConfig::default());
         let adherence = score(&detection, scene);
         let result = PromptResult {
@@ -130,6 +153,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             adherence,
             mean_abs_frame_difference: mean_abs_frame_difference(&clip),
             seam_ratio: seam_ratio(&clip, &seam_frames(&chunks, spec.temporal_factor)),
+            vae_psnr_db,
             render_s: started.elapsed().as_secs_f64(),
             prompt,
         };
@@ -150,6 +174,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         background_accuracy: fraction(results.iter().filter(|r| r.adherence.background_correct).count(), results.len()),
         mean_abs_frame_difference: mean(results.iter().filter_map(|r| r.mean_abs_frame_difference)),
         seam_ratio: mean(results.iter().filter_map(|r| r.seam_ratio)),
+        vae_psnr_db: mean(results.iter().map(|r| r.vae_psnr_db)),
     };
     print_table(&results, &summary);
     if let Some(out) = &args.out {
@@ -182,23 +207,27 @@ fn write_json(path: &Path, report: &Report) -> Result<()> {
 
 fn print_table(results: &[PromptResult], summary: &Summary) {
     let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
-    crate::output::emit(format!("{:<4} {:>6} {:>5} {:>6} {:>6} {:>6}  {:<70} detected", "ok", "colour", "shape", "motion", "diff", "seam", "prompt"));
+    crate::output::emit(format!(
+        "{:<4} {:>6} {:>5} {:>6} {:>6} {:>6} {:>6}  {:<70} detected",
+        "ok", "colour", "shape", "motion", "diff", "seam", "psnr", "prompt"
+    ));
     for r in results {
         let a = &r.adherence;
         crate::output::emit(format!(
-            "{:<4} {:>6} {:>5} {:>6} {:>6} {:>6}  {:<70} {}",
+            "{:<4} {:>6} {:>5} {:>6} {:>6} {:>6} {:>6.1}  {:<70} {}",
             if r.all_correct { "yes" } else { "no" },
             format!("{}/{}", a.colour_correct, a.objects),
             format!("{}/{}", a.shape_correct, a.objects),
             format!("{}/{}", a.motion_correct, a.objects),
             cell(r.mean_abs_frame_difference),
             cell(r.seam_ratio),
+            r.vae_psnr_db,
             r.prompt,
             r.detected
         ));
     }
     crate::output::emit(format!(
-        "{} prompts: adherence {:.3}, colour {:.3}, shape {:.3}, motion {:.3}, background {:.3}, mean frame difference {}, seam ratio {}",
+        "{} prompts: adherence {:.3}, colour {:.3}, shape {:.3}, motion {:.3}, background {:.3}, mean frame difference {}, seam ratio {}, VAE PSNR {} dB",
         summary.prompts,
         summary.adherence,
         summary.colour_accuracy,
@@ -206,6 +235,7 @@ fn print_table(results: &[PromptResult], summary: &Summary) {
         summary.motion_accuracy,
         summary.background_accuracy,
         cell(summary.mean_abs_frame_difference),
-        cell(summary.seam_ratio)
+        cell(summary.seam_ratio),
+        cell(summary.vae_psnr_db)
     ));
 }
