@@ -61,6 +61,13 @@ pub enum ModelCommand {
         /// Denoising steps; the model's default when unset.
         #[arg(long)]
         steps: Option<u32>,
+        /// How chunks are joined; the model's default (blend) when unset.
+        #[arg(long, value_enum)]
+        stitch: Option<crate::spec_args::StitchArg>,
+        /// Latent frames shared by neighbouring chunks; 0 renders independent chunks end to end
+        /// (plain concatenation, the baseline of the seam ratio).
+        #[arg(long)]
+        overlap: Option<u32>,
         /// Write the table and summary as JSON here.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -107,8 +114,8 @@ fn run_blocking(command: ModelCommand) -> Result<()> {
             pipeline.save(&dir)?;
             crate::output::emit(format!("wrote random weights (seed {seed}) into {}", dir.display()));
         }
-        ModelCommand::Eval { model, limit, seed, seconds, steps, out, min_adherence } => {
-            eval::run(eval::EvalArgs { model, limit, seed, seconds, steps, out, min_adherence })?;
+        ModelCommand::Eval { model, limit, seed, seconds, steps, stitch, overlap, out, min_adherence } => {
+            eval::run(eval::EvalArgs { model, limit, seed, seconds, steps, stitch, overlap, out, min_adherence })?;
         }
         ModelCommand::Train(args) => train::run(args)?,
     }

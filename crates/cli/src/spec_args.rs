@@ -17,6 +17,16 @@ pub enum StitchArg {
     Chain,
 }
 
+impl From<StitchArg> for pb::StitchMode {
+    fn from(stitch: StitchArg) -> Self {
+        match stitch {
+            StitchArg::Blend => pb::StitchMode::Blend,
+            StitchArg::Sync => pb::StitchMode::Sync,
+            StitchArg::Chain => pb::StitchMode::Chain,
+        }
+    }
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct SpecArgs {
     /// What the clip shows.
@@ -86,12 +96,7 @@ impl SpecArgs {
             flow_shift: self.flow_shift,
             chunk_latent_frames: self.chunk,
             overlap_latent_frames: self.overlap,
-            stitch_mode: match self.stitch {
-                None => pb::StitchMode::Unspecified,
-                Some(StitchArg::Blend) => pb::StitchMode::Blend,
-                Some(StitchArg::Sync) => pb::StitchMode::Sync,
-                Some(StitchArg::Chain) => pb::StitchMode::Chain,
-            } as i32,
+            stitch_mode: self.stitch.map_or(pb::StitchMode::Unspecified, pb::StitchMode::from) as i32,
             priority: match self.priority {
                 None => pb::Priority::Unspecified,
                 Some(PriorityArg::Low) => pb::Priority::Low,

@@ -24,6 +24,8 @@ pub struct EvalArgs {
     pub seed: u64,
     pub seconds: Option<f64>,
     pub steps: Option<u32>,
+    pub stitch: Option<crate::spec_args::StitchArg>,
+    pub overlap: Option<u32>,
     pub out: Option<PathBuf>,
     pub min_adherence: Option<f64>,
 }
@@ -65,6 +67,7 @@ struct Report<'a> {
     height: u32,
     fps: u32,
     steps: u32,
+    stitch_mode: StitchMode,
     chunk_latent_frames: u32,
     overlap_latent_frames: u32,
     summary: &'a Summary,
@@ -136,6 +139,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
             length: args.seconds.map(pb::job_spec::Length::Seconds),
             seed: Some(args.seed.wrapping_add(index as u64)),
             steps: args.steps,
+            stitch_mode: args.stitch.map_or(pb::StitchMode::Unspecified, pb::StitchMode::from) as i32,
+            overlap_latent_frames: args.overlap,
             ..Default::default()
         };
         let spec = RenderSpec::resolve(&job, std::slice::from_ref(&profile), args.seed)?;
@@ -186,6 +191,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             height: spec.height,
             fps: spec.fps,
             steps: spec.steps,
+            stitch_mode: spec.stitch_mode,
             chunk_latent_frames: spec.chunk_latent_frames,
             overlap_latent_frames: spec.overlap_latent_frames,
             summary: &summary,
