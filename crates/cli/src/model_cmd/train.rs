@@ -124,7 +124,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 let saved = last_checkpoint.map(|s| format!(", saved at {s}")).unwrap_or_default();
                 bar.set_message(format!("loss {loss:.5}{saved}"));
             }
-            Progress::Checkpoint { step } => last_checkpoint = Some(step),
+            Progress::Checkpoint { step } => {
+                last_checkpoint = Some(step);
+                // The bar is hidden when stderr is not a terminal (a log file, a pod): say it there.
+                if bar.is_hidden() {
+                    eprintln!("step {step}/{}: checkpoint saved, {}", args.steps, bar.message());
+                }
+            }
         }
         mark = Instant::now();
     })
