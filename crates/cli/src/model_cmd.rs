@@ -71,9 +71,10 @@ pub enum ModelCommand {
         /// Write the table and summary as JSON here.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Exit with an error when the fraction of clips right in every attribute is lower.
-        #[arg(long)]
-        min_adherence: Option<f64>,
+        /// Exit with an error when a summary metric is under a floor, as NAME=VALUE (repeatable):
+        /// `--floor adherence=0.9 --floor vae_psnr_db=30`.
+        #[arg(long = "floor", value_name = "NAME=VALUE")]
+        floors: Vec<eval::Floor>,
     },
     /// Train the model on synthetic clips: `vae` first, then `dit` from the VAE run's folder.
     /// Running the same command again continues from the last checkpoint.
@@ -114,8 +115,8 @@ fn run_blocking(command: ModelCommand) -> Result<()> {
             pipeline.save(&dir)?;
             crate::output::emit(format!("wrote random weights (seed {seed}) into {}", dir.display()));
         }
-        ModelCommand::Eval { model, limit, seed, seconds, steps, stitch, overlap, out, min_adherence } => {
-            eval::run(eval::EvalArgs { model, limit, seed, seconds, steps, stitch, overlap, out, min_adherence })?;
+        ModelCommand::Eval { model, limit, seed, seconds, steps, stitch, overlap, out, floors } => {
+            eval::run(eval::EvalArgs { model, limit, seed, seconds, steps, stitch, overlap, out, floors })?;
         }
         ModelCommand::Train(args) => train::run(args)?,
     }

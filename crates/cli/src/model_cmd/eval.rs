@@ -27,7 +27,47 @@ pub struct EvalArgs {
     pub stitch: Option<crate::spec_args::StitchArg>,
     pub overlap: Option<u32>,
     pub out: Option<PathBuf>,
-    pub min_adherence: Option<f64>,
+    pub floors: Vec<Floor>,
+}
+
+/// `--floor NAME=VALUE`: the command fails when the summary's metric NAME is under VALUE.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Floor {
+    pub metric: String,
+    pub value: f64,
+}
+
+impl std::str::FromStr for Floor {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (metric, value) = text.split_once('=').ok_or_else(|| format!("{text:?} is not NAME=VALUE"))?;
+        let value = value.trim().parse().map_err(|e| format!("{text:?}: the value is not a number ({e})"))?;
+        Ok(Self { metric: metric.trim().to_string(), value })
+    }
+}
+
+/// Checks every floor names a numeric metric of the summary, before any rendering.
+fn check_floor_names(floors: &[Floor]) -> Result<()> {
+    let summary = serde_json::to_value(Summary::default())?;
+    let metrics: Vec<&str> = summary.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+    match floors.iter().find(|f| !metrics.contains(&f.metric.as_str())) {
+        Some(floor) => bail!("--floor {}: no such metric (one of: {})", floor.metric, metrics.join(", ")),
+        None => Ok(()),
+    }
+}
+
+/// The floors the summary is under, as one message each.
+fn floors_missed(summary: &Summary, floors: &[Floor]) -> Result<Vec<String>> {
+    let values = serde_json::to_value(summary)?;
+    Ok(floors
+        .iter()
+        .filter_map(|floor| match values[floor.metric.as_str()].as_f64() {
+            Some(value) if value >= floor.value => None,
+            Some(value) => Some(format!("{} {value:.3} is under the floor {}", floor.metric, floor.value)),
+            None => Some(format!("{} was not measured (floor {})", floor.metric, floor.value)),
+        })
+        .collect())
 }
 
 #[derive(Serialize)]
@@ -45,7 +85,7 @@ struct PromptResult {
     render_s: f64,
 }
 
-#[derive(Serialize)]
+#[derive(Default, Serialize)]
 struct Summary {
     prompts: usize,
     adherence: f64,
@@ -123,6 +163,7 @@ fn describe(detection: &vidfarm_synth::Detection) -> String {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    check_floor_names(&args.floors)?;
     let dir = crate::farm::resolve_model_dir(&args.model);
     let profile = ModelProfile::load(&dir)?;
     let pipeline = Pipeline::<DefaultBackend>::load(&dir, &Default::default()).with_context(|| format!("loading model {}", dir.display()))?;
@@ -199,10 +240,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         };
         write_json(out, &report)?;
     }
-    if let Some(floor) = args.min_adherence
-        && summary.adherence < floor
-    {
-        bail!("prompt adherence {:.3} is under the floor {floor}", summary.adherence);
+    let missed = floors_missed(&summary, &args.floors)?;
+    if !missed.is_empty() {
+        bail!("{}", missed.join("; "));
     }
     Ok(())
 }
