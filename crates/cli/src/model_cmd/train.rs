@@ -104,6 +104,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg} ({eta} left)")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    // The bar is hidden when stderr is not a terminal (a log file, a pod), and so are its lines:
+    // say them on stderr there.
+    let say = |line: String| if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) };
     let mut last_checkpoint = None;
     // Time of the steps alone (not encoding clips or writing checkpoints), for the summary.
     let (mut mark, mut step_seconds, mut steps_timed) = (Instant::now(), 0.0, 0usize);
@@ -114,7 +117,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 bar.set_position(step as u64);
                 bar.reset_eta();
                 if resumed {
-                    bar.println(format!("resuming {} at step {step}", args.out.display()));
+                    say(format!("resuming {} at step {step}", args.out.display()));
                 }
             }
             Progress::Step { step, loss, .. } => {
@@ -126,9 +129,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
             }
             Progress::Checkpoint { step } => {
                 last_checkpoint = Some(step);
-                // The bar is hidden when stderr is not a terminal (a log file, a pod): say it there.
+                // A visible bar already shows "saved at" in its message.
                 if bar.is_hidden() {
-                    eprintln!("step {step}/{}: checkpoint saved, {}", args.steps, bar.message());
+                    say(format!("step {step}/{}: checkpoint saved, {}", args.steps, bar.message()));
                 }
             }
         }
