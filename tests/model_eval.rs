@@ -34,7 +34,7 @@ fn eval_writes_a_report_and_fails_under_its_floor() {
     if adherence < 1.0 {
         let failed = eval(&["--limit", "2", "--floor", &format!("adherence={}", adherence + 0.01)]);
         assert!(!failed.status.success());
-        assert!(String::from_utf8_lossy(&failed.stderr).contains("adherence 0.000 is under the floor"), "{failed:?}");
+        assert!(String::from_utf8_lossy(&failed.stderr).contains(&format!("adherence {adherence:.3} is under the floor")), "{failed:?}");
     }
     assert!(eval(&["--limit", "2", "--floor", &format!("adherence={adherence}")]).status.success());
 }
