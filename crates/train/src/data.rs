@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use vidfarm_synth::{ClipSettings, SceneSpec, Split, render_clip};
 
 use crate::error::TrainError;
+use crate::run::SigmaSampling;
 
 /// SplitMix64: tiny, fast, and the same on every platform.
 #[derive(Clone, Debug)]
@@ -152,8 +153,8 @@ pub struct FlowBatch {
     pub captions: Vec<String>,
 }
 
-/// Flow-matching examples: each item a random `window`-latent slice of a random clip, sigma
-/// uniform in (0, 1) then shifted as the sampler shifts its schedule (`flow_shift`), and the
+/// Flow-matching examples: each item a random `window`-latent slice of a random clip, a sigma
+/// drawn as `sampling` says (`flow_shift` is the model's, for [`SigmaSampling::Shifted`]), and the
 /// caption replaced by "" with probability `caption_dropout` (the sampler's unconditional branch
 /// is the empty negative prompt).
 pub fn flow_batch(
@@ -162,6 +163,7 @@ pub fn flow_batch(
     step: usize,
     batch: usize,
     window: usize,
+    sampling: SigmaSampling,
     flow_shift: f64,
     caption_dropout: f64,
 ) -> FlowBatch {
@@ -177,7 +179,10 @@ pub fn flow_batch(
         let slice = crop(values, [channels, frames, height, width], [start, 0, 0], [window, height, width]);
         noise.extend(rng.normals(slice.len()));
         latents.extend(slice);
-        sigmas.push(vidfarm_model::scheduler::shift_sigma(rng.unit(), flow_shift) as f32);
+        sigmas.push(match sampling {
+            SigmaSampling::Shifted => vidfarm_model::scheduler::shift_sigma(rng.unit(), flow_shift),
+            SigmaSampling::LogitNormal { mean, std } => 1.0 / (1.0 + (-(mean + std * f64::from(rng.normal()))).exp()),
+        } as f32);
         let dropped = rng.unit() < caption_dropout;
         captions.push(if dropped { String::new() } else { clips.captions[clip].clone() });
     }
@@ -248,7 +253,7 @@ mod tests {
     #[test]
     fn flow_batches_slice_windows_shift_sigmas_and_drop_captions() {
         let clips = latent_clips();
-        let batch = flow_batch(&clips, 1, 0, 400, 2, 3.0, 0.1);
+        let batch = flow_batch(&clips, 1, 0, 400, 2, SigmaSampling::Shifted, 3.0, 0.1);
         assert_eq!(batch.latents.shape, [400, 2, 2, 2, 2]);
         assert_eq!(batch.noise.len(), batch.latents.values.len());
         // Each item is two consecutive latent frames of one clip: values count up by 4 per frame.
@@ -262,7 +267,7 @@ mod tests {
         assert!((150..250).contains(&above), "{above} of 400 above 0.75");
         let dropped = batch.captions.iter().filter(|c| c.is_empty()).count();
         assert!((20..65).contains(&dropped), "{dropped} of 400 captions dropped");
-        assert_eq!(batch, flow_batch(&clips, 1, 0, 400, 2, 3.0, 0.1), "a function of seed and step");
+        assert_eq!(batch, flow_batch(&clips, 1, 0, 400, 2, SigmaSampling::Shifted, 3.0, 0.1), "a function of seed and step");
         let mean = batch.noise.iter().map(|&v| f64::from(v)).sum::<f64>() / batch.noise.len() as f64;
         let variance = batch.noise.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / batch.noise.len() as f64;
         assert!(mean.abs() < 0.05 && (variance - 1.0).abs() < 0.05, "noise mean {mean}, variance {variance}");

@@ -54,25 +54,24 @@ pub struct DitTrainer<B: AutodiffBackend> {
     /// The whole pipeline: its VAE (frozen) gives the latent statistics, and checkpoints are complete.
     pub pipeline: Pipeline<B>,
     optim: OptimizerAdaptor<Adam, TextToFlow<B>, B>,
-    lr: f64,
 }
 
 impl<B: AutodiffBackend> DitTrainer<B> {
-    pub fn new(mut pipeline: Pipeline<B>, lr: f64) -> Self {
+    pub fn new(mut pipeline: Pipeline<B>) -> Self {
         let trained = run::canonical_params(TextToFlow { transformer: pipeline.transformer, text_encoder: pipeline.text_encoder });
         pipeline.transformer = trained.transformer;
         pipeline.text_encoder = trained.text_encoder;
-        Self { pipeline, optim: optimizer_config().init(), lr }
+        Self { pipeline, optim: optimizer_config().init() }
     }
 
-    /// One optimizer step on `batch`; returns the loss before the step.
-    pub fn step(&mut self, batch: &FlowBatch) -> Result<f32, TrainError> {
+    /// One optimizer step on `batch` at learning rate `lr`; returns the loss before the step.
+    pub fn step(&mut self, batch: &FlowBatch, lr: f64) -> Result<f32, TrainError> {
         let loss = flow_matching_loss(&self.pipeline, batch)?;
         let value = loss.clone().into_scalar().elem();
         // Clones share the parameters (and their ids), so the gradients map onto them.
         let trained = TextToFlow { transformer: self.pipeline.transformer.clone(), text_encoder: self.pipeline.text_encoder.clone() };
         let grads = GradientsParams::from_grads(loss.backward(), &trained);
-        let trained = self.optim.step(self.lr, trained, grads);
+        let trained = self.optim.step(lr, trained, grads);
         self.pipeline.transformer = trained.transformer;
         self.pipeline.text_encoder = trained.text_encoder;
         Ok(value)
@@ -153,8 +152,9 @@ impl<B: AutodiffBackend> Stage for DitStage<'_, B> {
     fn step(&mut self, step: usize) -> Result<f32, TrainError> {
         let recipe = &self.options.recipe;
         let flow_shift = self.trainer.pipeline.scheduler.flow_shift;
-        let batch = flow_batch(&self.clips, recipe.seed, step, recipe.batch, self.recipe.window, flow_shift, self.recipe.caption_dropout);
-        self.trainer.step(&batch)
+        let batch =
+            flow_batch(&self.clips, recipe.seed, step, recipe.batch, self.recipe.window, self.recipe.sigmas, flow_shift, self.recipe.caption_dropout);
+        self.trainer.step(&batch, recipe.lr_schedule.lr(recipe.lr, step))
     }
 
     fn checkpoint(&mut self, options: &TrainOptions, state: &TrainState) -> Result<(), TrainError> {
@@ -174,7 +174,7 @@ pub fn train_dit<B: AutodiffBackend>(
     let pipeline = Pipeline::<B>::load(&start.weights, device)?;
     std::fs::create_dir_all(&options.out).map_err(|e| io_error(&options.out, e))?;
     let clips = latent_clips(&pipeline.vae.valid(), options, recipe, start.resumed, device, progress)?;
-    let mut trainer = DitTrainer::new(pipeline, options.recipe.lr);
+    let mut trainer = DitTrainer::new(pipeline);
     if start.resumed {
         trainer.optim = trainer.optim.load_record(run::load_optimizer::<_, B>(&options.out, device)?);
     }
@@ -185,6 +185,7 @@ pub fn train_dit<B: AutodiffBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run::SigmaSampling;
     use crate::test_model::{CLIP, TestBackend, load, parameter_values, write_tiny_model};
 
     /// Training on one fixed batch must fit it, through the DiT and the text encoder both.
@@ -192,14 +193,14 @@ mod tests {
     fn steps_on_a_fixed_batch_lower_the_loss_and_train_the_text_encoder() {
         let dir = tempfile::tempdir().expect("tempdir");
         write_tiny_model(dir.path());
-        let mut trainer = DitTrainer::new(load::<TestBackend>(dir.path()), 1e-2);
+        let mut trainer = DitTrainer::new(load::<TestBackend>(dir.path()));
         let device = Default::default();
         let vae = trainer.pipeline.vae.valid();
         let clips = encode_clips(&vae, 0, CLIP, 2, &device, &mut |_| {}).expect("encode");
         assert_eq!(clips.latents.shape, [2, 4, 3, 4, 4]);
-        let batch = flow_batch(&clips, 0, 0, 2, 2, 3.0, 0.0);
+        let batch = flow_batch(&clips, 0, 0, 2, 2, SigmaSampling::Shifted, 3.0, 0.0);
         let text_before = parameter_values(&trainer.pipeline.text_encoder);
-        let losses: Vec<f32> = (0..12).map(|_| trainer.step(&batch).expect("step")).collect();
+        let losses: Vec<f32> = (0..12).map(|_| trainer.step(&batch, 1e-2).expect("step")).collect();
         println!("dit losses: {losses:?}");
         assert!(losses[11] < 0.5 * losses[0], "loss {} -> {}", losses[0], losses[11]);
         let text_after = parameter_values(&trainer.pipeline.text_encoder);

@@ -23,7 +23,7 @@ mod test_model;
 use burn::tensor::backend::AutodiffBackend;
 
 pub use error::TrainError;
-pub use run::{DitRecipe, Recipe, StageRecipe, TrainOptions, TrainState, VaeRecipe};
+pub use run::{DitRecipe, LrSchedule, Recipe, SigmaSampling, StageRecipe, TrainOptions, TrainState, VaeRecipe};
 
 /// The backend training runs on: autodiff over the farm's backend (CPU, or CUDA with its feature).
 pub type TrainBackend = burn::backend::Autodiff<vidfarm_model::DefaultBackend>;
@@ -102,12 +102,19 @@ mod tests {
             out: out.to_path_buf(),
             steps,
             checkpoint_every: 2,
-            recipe: Recipe { batch: 2, lr: 1e-3, seed: 5, clip: CLIP, stage },
+            recipe: Recipe {
+                batch: 2,
+                lr: 1e-3,
+                lr_schedule: LrSchedule { warmup_steps: 1, decay_steps: 2, final_fraction: 0.1 },
+                seed: 5,
+                clip: CLIP,
+                stage,
+            },
         }
     }
 
     fn dit() -> StageRecipe {
-        StageRecipe::Dit(DitRecipe { clips: 3, window: 2, caption_dropout: 0.1 })
+        StageRecipe::Dit(DitRecipe { clips: 3, window: 2, caption_dropout: 0.1, sigmas: SigmaSampling::LogitNormal { mean: 0.0, std: 1.0 } })
     }
 
     fn train_quietly(options: &TrainOptions) -> (TrainState, Vec<Progress>) {
@@ -117,19 +124,23 @@ mod tests {
     }
 
     fn vae() -> StageRecipe {
-        StageRecipe::Vae(VaeRecipe { frames: 5, crop: 16, kl_weight: 1e-4, statistics_clips: 2 })
+        StageRecipe::Vae(VaeRecipe { frames: 5, crop: 16, kl_weight: 1e-4, statistics_clips: 2, decoder_only: false })
+    }
+
+    fn vae_decoder() -> StageRecipe {
+        StageRecipe::Vae(VaeRecipe { frames: 5, crop: 16, kl_weight: 0.0, statistics_clips: 2, decoder_only: true })
     }
 
     /// Stopping after 2 steps and running the same command for 4 gives the run that never stopped:
-    /// the same losses and the same weights, bit for bit, in both stages.
+    /// the same losses and the same weights, bit for bit, in both stages (across the warm-up and
+    /// the decay of the learning rate).
     #[test]
     fn a_resumed_run_matches_an_uninterrupted_one() {
         let root = tempfile::tempdir().expect("tempdir");
         let model = root.path().join("model");
         write_tiny_model(&model);
         let original = load::<DefaultBackend>(&model);
-        for stage in [dit(), vae()] {
-            let name = stage.name();
+        for (stage, name) in [(dit(), "dit"), (vae(), "vae"), (vae_decoder(), "vae-decoder")] {
             let whole = root.path().join(format!("{name}-whole"));
             let split = root.path().join(format!("{name}-split"));
             let (uninterrupted, _) = train_quietly(&options(&model, &whole, 4, stage.clone()));
@@ -151,7 +162,9 @@ mod tests {
             // Each stage trains its own parts only.
             let dit_trained = !same(parameter_values(&a.transformer), parameter_values(&original.transformer));
             let vae_trained = !same(parameter_values(&a.vae), parameter_values(&original.vae));
-            assert_eq!((dit_trained, vae_trained), (name == "dit", name == "vae"), "{name}: what trained");
+            assert_eq!((dit_trained, vae_trained), (name == "dit", name != "dit"), "{name}: what trained");
+            let encoder_trained = !same(parameter_values(&a.vae.encoder), parameter_values(&original.vae.encoder));
+            assert_eq!(encoder_trained, name == "vae", "{name}: the encoder trains only in a whole-VAE run");
         }
     }
 

@@ -26,10 +26,38 @@ const PROFILE_FILE: &str = "vidfarm.toml";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Recipe {
     pub batch: usize,
+    /// Peak learning rate; [`LrSchedule`] gives each step's.
     pub lr: f64,
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
     pub seed: u64,
     pub clip: ClipShape,
     pub stage: StageRecipe,
+}
+
+/// The learning rate over a run: a linear warm-up from 0 to the peak over `warmup_steps`, then
+/// a cosine decay to `final_fraction` of the peak over `decay_steps` (0: no decay), then flat.
+/// Every step's rate follows from the step alone, so resumed runs match uninterrupted ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LrSchedule {
+    pub warmup_steps: usize,
+    pub decay_steps: usize,
+    pub final_fraction: f64,
+}
+
+impl LrSchedule {
+    /// The rate of step `step` (0-based) for a peak of `peak`.
+    pub fn lr(&self, peak: f64, step: usize) -> f64 {
+        if step < self.warmup_steps {
+            return peak * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        if self.decay_steps == 0 {
+            return peak;
+        }
+        let progress = ((step - self.warmup_steps) as f64 / self.decay_steps as f64).min(1.0);
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        peak * (self.final_fraction + (1.0 - self.final_fraction) * cosine)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,6 +86,10 @@ pub struct VaeRecipe {
     pub kl_weight: f64,
     /// Clips encoded to recompute `latents_mean` / `latents_std` at each checkpoint.
     pub statistics_clips: usize,
+    /// Train the decoder alone on the encoder's posterior means (no KL). The latents, and so a
+    /// DiT trained on them, stay valid.
+    #[serde(default)]
+    pub decoder_only: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,6 +100,21 @@ pub struct DitRecipe {
     pub window: usize,
     /// Probability that an item's caption is replaced by "".
     pub caption_dropout: f64,
+    #[serde(default)]
+    pub sigmas: SigmaSampling,
+}
+
+/// How a DiT step draws its noise levels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SigmaSampling {
+    /// Uniform in (0, 1), then shifted as the sampler shifts its schedule (the model's
+    /// `flow_shift`): most steps at high noise.
+    #[default]
+    Shifted,
+    /// `sigmoid(N(mean, std))` (SD3's logit-normal): most steps at middle noise, where shapes
+    /// and places are decided.
+    LogitNormal { mean: f64, std: f64 },
 }
 
 /// What a command asks for: where to start from and write to, how far to go, and the recipe.
@@ -93,6 +140,9 @@ impl TrainOptions {
         if !(recipe.lr > 0.0 && recipe.lr.is_finite()) {
             return bad(format!("lr must be a positive number, got {}", recipe.lr));
         }
+        if !(0.0..=1.0).contains(&recipe.lr_schedule.final_fraction) {
+            return bad(format!("the final lr fraction must be in [0, 1], got {}", recipe.lr_schedule.final_fraction));
+        }
         let clip = recipe.clip;
         match &recipe.stage {
             StageRecipe::Vae(vae) => {
@@ -116,6 +166,11 @@ impl TrainOptions {
                 }
                 if !(0.0..=1.0).contains(&dit.caption_dropout) {
                     return bad(format!("caption_dropout must be in [0, 1], got {}", dit.caption_dropout));
+                }
+                if let SigmaSampling::LogitNormal { mean, std } = dit.sigmas
+                    && !(mean.is_finite() && std.is_finite() && std > 0.0)
+                {
+                    return bad(format!("logit-normal sigmas need a finite mean and a positive std, got {mean} and {std}"));
                 }
             }
         }
@@ -258,4 +313,20 @@ pub fn canonical_params<B: Backend, M: burn::module::Module<B>>(module: M) -> M 
         }
     }
     module.map(&mut Canonical { next: 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LrSchedule;
+
+    #[test]
+    fn the_lr_warms_up_decays_and_stays() {
+        let schedule = LrSchedule { warmup_steps: 4, decay_steps: 10, final_fraction: 0.1 };
+        let lr = |step| schedule.lr(1.0, step);
+        assert_eq!([lr(0), lr(1), lr(3)], [0.25, 0.5, 1.0]);
+        assert!((lr(4) - 1.0).abs() < 1e-12 && (lr(9) - 0.55).abs() < 1e-12, "half way down: {}", lr(9));
+        assert!((1..14).all(|s| lr(s + 4) < lr(s + 3) || s >= 10), "decreasing over the decay");
+        assert!((lr(14) - 0.1).abs() < 1e-12 && lr(1000) == lr(14));
+        assert_eq!(LrSchedule::default().lr(3e-4, 123), 3e-4, "the default is constant");
+    }
 }

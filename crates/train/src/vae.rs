@@ -1,7 +1,9 @@
 //! Stage 1: the causal VAE. Loss: mean squared reconstruction error of a sample of the posterior
 //! plus `kl_weight` times the mean KL of the posterior to N(0, 1). Each checkpoint also sets the
 //! VAE config's `latents_mean` / `latents_std` from the trained encoder, since the pipeline
-//! normalises latents for the DiT with them.
+//! normalises latents for the DiT with them. A decoder-only run ([`VaeRecipe::decoder_only`])
+//! decodes the encoder's posterior means and trains the decoder alone, so the latents a DiT was
+//! trained on stay as they were.
 
 use std::path::Path;
 
@@ -51,6 +53,15 @@ pub fn vae_loss<B: Backend>(
     Ok(VaeLossTerms { total: reconstruction.clone() + kl.clone() * kl_weight, reconstruction, kl })
 }
 
+/// The decoder-only loss: the reconstruction error of the encoder's posterior means, with no
+/// gradient reaching the encoder.
+pub fn decoder_loss<B: Backend>(vae: &AutoencoderKLWan<B>, video: Tensor<B, 5>) -> Result<VaeLossTerms<B>, TrainError> {
+    let z = vae.encode(video.clone())?.detach();
+    let reconstruction = (vae.decode_unclamped(z)? - video).powi_scalar(2).mean();
+    let kl = reconstruction.zeros_like();
+    Ok(VaeLossTerms { total: reconstruction.clone(), reconstruction, kl })
+}
+
 /// The shape of the latents of a `[batch, 3, frames, H, W]` video.
 pub fn latent_shape<B: Backend>(vae: &AutoencoderKLWan<B>, video: [usize; 5]) -> [usize; 5] {
     let [batch, _, frames, height, width] = video;
@@ -62,30 +73,35 @@ pub struct VaeTrainer<B: AutodiffBackend> {
     /// The whole pipeline, so checkpoints are complete model folders; only its VAE trains.
     pub pipeline: Pipeline<B>,
     optim: OptimizerAdaptor<Adam, AutoencoderKLWan<B>, B>,
-    lr: f64,
     kl_weight: f64,
+    decoder_only: bool,
 }
 
 impl<B: AutodiffBackend> VaeTrainer<B> {
-    pub fn new(mut pipeline: Pipeline<B>, lr: f64, kl_weight: f64) -> Self {
+    pub fn new(mut pipeline: Pipeline<B>, kl_weight: f64, decoder_only: bool) -> Self {
         pipeline.vae = run::canonical_params(pipeline.vae);
-        Self { pipeline, optim: optimizer_config().init(), lr, kl_weight }
+        Self { pipeline, optim: optimizer_config().init(), kl_weight, decoder_only }
     }
 
-    /// One optimizer step on `video` with the posterior sampled through `noise`.
-    pub fn step(&mut self, video: &Batch5, noise: &[f32]) -> Result<VaeLoss, TrainError> {
+    /// One optimizer step at learning rate `lr` on `video`, with the posterior sampled through
+    /// `noise` (unused when decoder-only).
+    pub fn step(&mut self, video: &Batch5, noise: &[f32], lr: f64) -> Result<VaeLoss, TrainError> {
         let device = self.pipeline.device().clone();
         let latent_shape = latent_shape(&self.pipeline.vae, video.shape);
         let video = Tensor::<B, 5>::from_data(TensorData::new(video.values.clone(), video.shape), &device);
         let noise = Tensor::<B, 5>::from_data(TensorData::new(noise.to_vec(), latent_shape), &device);
-        let terms = vae_loss(&self.pipeline.vae, video, noise, self.kl_weight)?;
+        let terms = if self.decoder_only {
+            decoder_loss(&self.pipeline.vae, video)?
+        } else {
+            vae_loss(&self.pipeline.vae, video, noise, self.kl_weight)?
+        };
         let loss = VaeLoss {
             total: terms.total.clone().into_scalar().elem(),
             reconstruction: terms.reconstruction.into_scalar().elem(),
             kl: terms.kl.into_scalar().elem(),
         };
         let grads = GradientsParams::from_grads(terms.total.backward(), &self.pipeline.vae);
-        self.pipeline.vae = self.optim.step(self.lr, self.pipeline.vae.clone(), grads);
+        self.pipeline.vae = self.optim.step(lr, self.pipeline.vae.clone(), grads);
         Ok(loss)
     }
 }
@@ -123,7 +139,7 @@ impl<B: AutodiffBackend> Stage for VaeStage<'_, B> {
         let video = vae_batch(recipe.seed, step, recipe.batch, recipe.clip, self.recipe.frames, self.recipe.crop)?;
         let noise_len = latent_shape(&self.trainer.pipeline.vae, video.shape).iter().product();
         let noise = Rng::for_item(recipe.seed, Purpose::VaeNoise, step, 0).normals(noise_len);
-        Ok(self.trainer.step(&video, &noise)?.total)
+        Ok(self.trainer.step(&video, &noise, recipe.lr_schedule.lr(recipe.lr, step))?.total)
     }
 
     fn checkpoint(&mut self, options: &TrainOptions, state: &TrainState) -> Result<(), TrainError> {
@@ -147,7 +163,7 @@ pub fn train_vae<B: AutodiffBackend>(
 ) -> Result<TrainState, TrainError> {
     let start = run::start(options)?;
     let pipeline = Pipeline::<B>::load(&start.weights, device)?;
-    let mut trainer = VaeTrainer::new(pipeline, options.recipe.lr, recipe.kl_weight);
+    let mut trainer = VaeTrainer::new(pipeline, recipe.kl_weight, recipe.decoder_only);
     if start.resumed {
         trainer.optim = trainer.optim.load_record(run::load_optimizer::<_, B>(&options.out, device)?);
     }
@@ -165,10 +181,10 @@ mod tests {
     fn steps_on_a_fixed_batch_lower_the_loss() {
         let dir = tempfile::tempdir().expect("tempdir");
         write_tiny_model(dir.path());
-        let mut trainer = VaeTrainer::new(load::<TestBackend>(dir.path()), 1e-2, 1e-4);
+        let mut trainer = VaeTrainer::new(load::<TestBackend>(dir.path()), 1e-4, false);
         let video = vae_batch(0, 0, 2, CLIP, 5, 16).expect("batch");
         let noise = Rng::for_item(0, Purpose::VaeNoise, 0, 0).normals(latent_shape(&trainer.pipeline.vae, video.shape).iter().product());
-        let losses: Vec<VaeLoss> = (0..12).map(|_| trainer.step(&video, &noise).expect("step")).collect();
+        let losses: Vec<VaeLoss> = (0..12).map(|_| trainer.step(&video, &noise, 1e-2).expect("step")).collect();
         let (first, last) = (losses[0], losses[losses.len() - 1]);
         println!("vae losses: {:?}", losses.iter().map(|l| l.total).collect::<Vec<_>>());
         assert!(first.kl >= 0.0 && last.kl >= 0.0 && first.reconstruction > 0.0);

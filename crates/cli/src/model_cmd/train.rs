@@ -9,7 +9,7 @@ use std::time::Instant;
 use vidfarm_api::ModelProfile;
 use vidfarm_api::spec::causal_frame_count;
 use vidfarm_train::data::ClipShape;
-use vidfarm_train::{DitRecipe, Progress, Recipe, StageRecipe, TrainBackend, TrainOptions, VaeRecipe};
+use vidfarm_train::{DitRecipe, LrSchedule, Progress, Recipe, SigmaSampling, StageRecipe, TrainBackend, TrainOptions, VaeRecipe};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TrainStage {
@@ -34,8 +34,17 @@ pub struct TrainArgs {
     /// Clips per step [default: 1 for vae, 8 for dit].
     #[arg(long)]
     pub batch: Option<usize>,
+    /// Peak learning rate.
     #[arg(long, default_value_t = 3e-4)]
     pub lr: f64,
+    /// Steps of linear warm-up from 0 to --lr.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: usize,
+    /// Steps of cosine decay after the warm-up, to --final-lr-fraction of --lr (0: constant).
+    #[arg(long, default_value_t = 0)]
+    pub decay_steps: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub final_lr_fraction: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value_t = 200)]
@@ -52,6 +61,10 @@ pub struct TrainArgs {
     /// vae: clips encoded at each checkpoint to set latents_mean / latents_std.
     #[arg(long, default_value_t = 16)]
     pub statistics_clips: usize,
+    /// vae: train the decoder alone on the encoder's posterior means; the latents (and a DiT
+    /// trained on them) stay valid.
+    #[arg(long)]
+    pub decoder_only: bool,
     /// dit: clips pre-encoded once (cached in --out) and sampled from.
     #[arg(long, default_value_t = 4096)]
     pub clips: usize,
@@ -61,6 +74,25 @@ pub struct TrainArgs {
     /// dit: fraction of captions replaced by "" (the sampler's unconditional branch).
     #[arg(long, default_value_t = 0.1)]
     pub caption_dropout: f64,
+    /// dit: how noise levels are drawn: `shifted` (uniform, then the model's flow shift) or
+    /// `logit-normal` (sigmoid of a standard normal).
+    #[arg(long, value_enum, default_value_t = SigmaArg::Shifted)]
+    pub sigmas: SigmaArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SigmaArg {
+    Shifted,
+    LogitNormal,
+}
+
+impl From<SigmaArg> for SigmaSampling {
+    fn from(arg: SigmaArg) -> Self {
+        match arg {
+            SigmaArg::Shifted => SigmaSampling::Shifted,
+            SigmaArg::LogitNormal => SigmaSampling::LogitNormal { mean: 0.0, std: 1.0 },
+        }
+    }
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -80,6 +112,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 crop: args.crop,
                 kl_weight: args.kl_weight,
                 statistics_clips: args.statistics_clips,
+                decoder_only: args.decoder_only,
             }),
             1,
         ),
@@ -88,6 +121,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 clips: args.clips,
                 window: args.window.unwrap_or(defaults.chunk_latent_frames as usize),
                 caption_dropout: args.caption_dropout,
+                sigmas: args.sigmas.into(),
             }),
             8,
         ),
@@ -97,7 +131,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         out: args.out.clone(),
         steps: args.steps,
         checkpoint_every: args.checkpoint_every,
-        recipe: Recipe { batch: args.batch.unwrap_or(default_batch), lr: args.lr, seed: args.seed, clip, stage },
+        recipe: Recipe {
+            batch: args.batch.unwrap_or(default_batch),
+            lr: args.lr,
+            lr_schedule: LrSchedule { warmup_steps: args.warmup_steps, decay_steps: args.decay_steps, final_fraction: args.final_lr_fraction },
+            seed: args.seed,
+            clip,
+            stage,
+        },
     };
     let bar = ProgressBar::new(args.steps as u64);
     bar.set_style(
