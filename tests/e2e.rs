@@ -514,10 +514,9 @@ async fn a_chain_job_denoises_its_chunks_in_order_each_continuing_from_the_last(
         previous = Some(latents);
     }
 
-    let sync = client
-        .submit_job(pb::SubmitJobRequest { spec: Some(pb::JobSpec { stitch_mode: pb::StitchMode::Sync as i32, ..spec(1.0) }), idempotency_key: String::new() })
-        .await
-        .unwrap_err();
-    assert_eq!(sync.code(), Code::InvalidArgument);
-    assert!(sync.message().starts_with("spec.stitch_mode"), "{}", sync.message());
+    // Sync mode exchanges latents between steps: a sampler with state across steps is refused.
+    let sync = pb::JobSpec { stitch_mode: pb::StitchMode::Sync as i32, sampler: "unipc".into(), ..spec(1.0) };
+    let refused = client.submit_job(pb::SubmitJobRequest { spec: Some(sync), idempotency_key: String::new() }).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().starts_with("spec.sampler"), "{}", refused.message());
 }

@@ -212,18 +212,18 @@ async fn a_worker_killed_mid_chunk_loses_nothing_and_the_clip_is_byte_identical(
 
     // The reference: the same spec on the embedded farm (one worker, one process), no fault.
     let reference = tempfile::tempdir().unwrap();
-    let (latents, mp4) = render_on_the_embedded_farm(reference.path(), 4, 7, 12);
+    let (latents, mp4) = render_on_the_embedded_farm(reference.path(), 4, 7, 12, "blend");
     assert!(chunk_latents(farm.store.path(), Some(&job_id)) == latents, "chunk latents differ from the no-fault render");
     assert_eq!(clip.sha256, mp4, "the clip is byte-identical to the one rendered without a fault");
 }
 
-/// Renders the farm tests' prompt with `vidfarm render` (embedded farm) into `dir`, keeping the
-/// chunk latents; returns their bytes and the MP4's sha256.
-fn render_on_the_embedded_farm(dir: &Path, seconds: u32, seed: u64, steps: u32) -> (Vec<Vec<u8>>, String) {
+/// Renders the farm tests' prompt with `vidfarm render` (embedded farm) into `dir` in a stitch
+/// mode, keeping the chunk latents; returns their bytes and the MP4's sha256.
+fn render_on_the_embedded_farm(dir: &Path, seconds: u32, seed: u64, steps: u32, stitch: &str) -> (Vec<Vec<u8>>, String) {
     let (store, out) = (dir.join("store"), dir.join("reference.mp4"));
     let [seconds, seed, steps] = [seconds.to_string(), seed.to_string(), steps.to_string()];
     let rendered = Command::new(BIN)
-        .args(["render", PROMPT, "--seconds", &seconds, "--seed", &seed, "--steps", &steps, "--keep-intermediates", "--store"])
+        .args(["render", PROMPT, "--seconds", &seconds, "--seed", &seed, "--steps", &steps, "--stitch", stitch, "--keep-intermediates", "--store"])
         .arg(&store)
         .arg("--out")
         .arg(&out)
@@ -233,13 +233,15 @@ fn render_on_the_embedded_farm(dir: &Path, seconds: u32, seed: u64, steps: u32) 
     (chunk_latents(&store, None), sha256_file(&out))
 }
 
-/// The bytes of a job's stored chunk latents, in chunk order (`job_id` None: the store's only job).
+/// The bytes of a job's stored chunk latents, in chunk order (`job_id` None: the store's only
+/// job); sync mode's per-step latents, in a folder below, are left out.
 fn chunk_latents(store: &Path, job_id: Option<&str>) -> Vec<Vec<u8>> {
     let job = match job_id {
         Some(id) => id.to_string(),
         None => std::fs::read_dir(store.join("jobs")).unwrap().next().expect("a job").unwrap().file_name().into_string().unwrap(),
     };
-    let mut files: Vec<_> = std::fs::read_dir(store.join("jobs").join(job).join("chunks")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> =
+        std::fs::read_dir(store.join("jobs").join(job).join("chunks")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect();
     files.sort();
     assert!(!files.is_empty(), "chunk latents kept");
     files.iter().map(|f| std::fs::read(f).unwrap()).collect()
@@ -490,23 +492,83 @@ async fn two_hundred_jobs_submitted_at_once_to_three_workers_all_finish_once() {
 #[tokio::test]
 async fn a_long_job_gives_the_same_clip_with_one_or_four_workers_as_on_the_embedded_farm() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    // 12 s at 8 fps: 97 frames, 25 latent frames, six overlapping chunks finishing in any order.
-    let long = pb::JobSpec { seed: Some(21), keep_intermediates: true, ..spec(12.0, 2, pb::Priority::Normal) };
-    let reference = tempfile::tempdir().unwrap();
-    let (latents, mp4) = render_on_the_embedded_farm(reference.path(), 12, 21, 2);
-    assert_eq!(latents.len(), 6);
+    // 12 s at 8 fps: 97 frames, 25 latent frames, six overlapping chunks finishing in any order
+    // (in sync mode, their steps).
+    for stitch in ["blend", "sync"] {
+        let mode = if stitch == "sync" { pb::StitchMode::Sync } else { pb::StitchMode::Blend };
+        let long = pb::JobSpec { seed: Some(21), keep_intermediates: true, stitch_mode: mode as i32, ..spec(12.0, 2, pb::Priority::Normal) };
+        let reference = tempfile::tempdir().unwrap();
+        let (latents, mp4) = render_on_the_embedded_farm(reference.path(), 12, 21, 2, stitch);
+        assert_eq!(latents.len(), 6);
 
-    for workers in [1, 4] {
-        let farm = Farm::new();
-        let coordinator = farm.coordinator();
-        let _workers: Vec<Process> = (0..workers).map(|i| farm.worker(&format!("w{i}"), 15)).collect();
-        let mut client = coordinator.client().await;
-        let job_id = submit(&mut client, long.clone()).await;
-        let job = finish(&mut watch(&mut client, &job_id).await).await;
-        let clip = succeeded(&job);
-        assert!(chunk_latents(farm.store.path(), Some(&job_id)) == latents, "{workers} worker(s) made other latents than the embedded farm");
-        assert_eq!(clip.sha256, mp4, "{workers} worker(s) made another clip than the embedded farm");
+        for workers in [1, 4] {
+            let farm = Farm::new();
+            let coordinator = farm.coordinator();
+            let _workers: Vec<Process> = (0..workers).map(|i| farm.worker(&format!("w{i}"), 15)).collect();
+            let mut client = coordinator.client().await;
+            let job_id = submit(&mut client, long.clone()).await;
+            let job = finish(&mut watch(&mut client, &job_id).await).await;
+            let clip = succeeded(&job);
+            let made = chunk_latents(farm.store.path(), Some(&job_id));
+            assert!(made == latents, "{stitch}: {workers} worker(s) made other latents than the embedded farm");
+            assert_eq!(clip.sha256, mp4, "{stitch}: {workers} worker(s) made another clip than the embedded farm");
+        }
     }
+}
+
+/// Sync mode's barrier with a worker lost mid-step: the step is retaken from the last one all
+/// chunks finished, not from the start, and the clip is the one a farm without the fault makes.
+#[tokio::test]
+async fn a_sync_job_survives_a_worker_killed_mid_step_and_retakes_only_that_step() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let farm = Farm::new();
+    let coordinator = farm.coordinator();
+    let mut workers = [farm.worker("w1", 2), farm.worker("w2", 2)];
+    let mut client = coordinator.client().await;
+    let steps = 12;
+    let sync = pb::JobSpec { keep_intermediates: true, stitch_mode: pb::StitchMode::Sync as i32, ..spec(8.0, steps, pb::Priority::Normal) };
+    let job_id = submit(&mut client, sync).await;
+    let mut events = watch(&mut client, &job_id).await;
+
+    // Past the first barriers, kill whoever holds step 3 or later.
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(120), events.next()).await.expect("steps in time").expect("the job goes on").unwrap();
+        if matches!(event.detail, Some(pb::job_event::Detail::Step(ref s)) if s.step >= 4) {
+            break;
+        }
+    }
+    let (task, holder) = loop {
+        let mut redis = farm.redis();
+        let keys: Vec<String> = redis.scan_match(farm.key(&format!("queue:task:{job_id}/sync/*"))).unwrap().filter_map(Result::ok).collect();
+        let prefix = farm.key("queue:task:");
+        let leased = keys.into_iter().find_map(|key| {
+            let task = key.strip_prefix(&prefix)?.to_string();
+            let step: u32 = task.rsplit('/').next()?.parse().ok()?;
+            farm.lease_holder(&task).filter(|w| !w.is_empty() && step >= 3).map(|w| (task, w))
+        });
+        if let Some(found) = leased {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    workers[if holder == "w1" { 0 } else { 1 }].kill();
+    let chunk: usize = task.rsplit('/').nth(1).unwrap().parse().unwrap();
+
+    let job = finish(&mut events).await;
+    let clip = succeeded(&job);
+    // One start per step; the dead worker's chunk may have one more, for the step it held (none
+    // if it died before starting it). Starting that chunk over would have added 4 or more.
+    let stored = farm.stored_job(&job_id);
+    let attempts: Vec<u64> = stored["chunks"].as_array().unwrap().iter().map(|c| c["attempts"].as_u64().unwrap()).collect();
+    let steps = u64::from(steps);
+    for (index, &count) in attempts.iter().enumerate() {
+        let allowed = if index == chunk { steps..=steps + 1 } else { steps..=steps };
+        assert!(allowed.contains(&count), "chunk {index}: {count} steps started ({task} was held by {holder} when it died)");
+    }
+    let reference = tempfile::tempdir().unwrap();
+    let (latents, mp4) = render_on_the_embedded_farm(reference.path(), 8, 7, steps as u32, "sync");
+    assert!(chunk_latents(farm.store.path(), Some(&job_id)) == latents, "chunk latents differ from the no-fault render");
+    assert_eq!(clip.sha256, mp4, "the clip is byte-identical to the one rendered without a fault");
 }
 
 #[tokio::test]

@@ -180,9 +180,12 @@ impl RenderSpec {
                 return Err(FieldError::new("spec.overlap_latent_frames", "chain mode continues each chunk from the previous one's last latent frames: at least 1"));
             }
             Ok(pb::StitchMode::Chain) => StitchMode::Chain,
-            Ok(pb::StitchMode::Sync) => {
-                return Err(FieldError::new("spec.stitch_mode", "sync is not supported by this farm yet (blend and chain are)"));
+            // Chunks exchange latents between steps, so the sampler must carry no state across
+            // them: multistep samplers (unipc) and heun's half steps would have to travel too.
+            Ok(pb::StitchMode::Sync) if sampler != Sampler::Euler => {
+                return Err(FieldError::new("spec.sampler", format!("sync mode steps chunks together one euler step at a time; use the euler sampler, not {sampler}")));
             }
+            Ok(pb::StitchMode::Sync) => StitchMode::Sync,
             Err(_) => return Err(FieldError::new("spec.stitch_mode", format!("unknown value {}", spec.stitch_mode))),
         };
         let priority = match pb::Priority::try_from(spec.priority) {
@@ -390,6 +393,10 @@ mod tests {
         assert_eq!(field_of(pb::JobSpec { stitch_mode: 99, ..spec("a") }), "spec.stitch_mode");
         let chain = pb::StitchMode::Chain as i32;
         assert_eq!(field_of(pb::JobSpec { stitch_mode: chain, overlap_latent_frames: Some(0), ..spec("a") }), "spec.overlap_latent_frames");
+        let sync = pb::StitchMode::Sync as i32;
+        assert_eq!(field_of(pb::JobSpec { stitch_mode: sync, sampler: "unipc".into(), ..spec("a") }), "spec.sampler");
+        let resolved = RenderSpec::resolve(&pb::JobSpec { stitch_mode: sync, sampler: "euler".into(), ..spec("a") }, &[profile()], 0);
+        assert_eq!(resolved.expect("sync with euler").stitch_mode, StitchMode::Sync);
         assert_eq!(field_of(pb::JobSpec { priority: -3, ..spec("a") }), "spec.priority");
         assert!(RenderSpec::resolve(&spec("a"), &[], 0).is_err());
     }

@@ -50,7 +50,7 @@ pub fn job_json(job: &pb::Job) -> Value {
             "chunks_total": progress.chunks_total, "steps_done": progress.steps_done, "steps_total": progress.steps_total,
         },
         "chunks": job.chunks.iter().map(|c| json!({
-            "index": c.index, "latent_start": c.latent_start, "latent_end": c.latent_end, "seed": c.seed,
+            "index": c.index, "latent_start": c.latent_start, "latent_end": c.latent_end,
             "done": c.done, "steps_done": c.steps_done, "attempts": c.attempts,
         })).collect::<Vec<_>>(),
         "clip": job.clip.as_ref().map(clip_json),

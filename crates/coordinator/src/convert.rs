@@ -77,7 +77,6 @@ pub fn job_to_pb(record: &JobRecord, store: &ArtifactStore) -> pb::Job {
                 index: c.plan.index,
                 latent_start: c.plan.start,
                 latent_end: c.plan.end,
-                seed: c.plan.seed,
                 done: c.done,
                 steps_done: c.steps_done,
                 attempts: c.attempts,

@@ -57,7 +57,7 @@ impl Coordinator {
         }
         let random = uuid::Uuid::new_v4().as_u128();
         let spec = RenderSpec::resolve(spec, &self.models, (random >> 64) as u64 & (i64::MAX as u64))?;
-        let plan = plan_chunks(spec.latent_frames(), spec.chunk_latent_frames, spec.overlap_latent_frames, spec.seed)
+        let plan = plan_chunks(spec.latent_frames(), spec.chunk_latent_frames, spec.overlap_latent_frames)
             .map_err(|e| FieldError::new("spec.chunk_latent_frames", e.to_string()))?;
         let now = now_ms();
         // Ids sort by creation time, which is the order `list` pages in.

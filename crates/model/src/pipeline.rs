@@ -354,17 +354,16 @@ impl<B: Backend> Pipeline<B> {
         crate::sampling::denoise(&self.transformer, noise, cond.hidden.clone(), uncond.hidden.clone(), prefix, opts, on_step)
     }
 
-    /// One step's guided flow prediction at timestep `t`, for callers that drive the sampler
-    /// themselves (e.g. co-denoising overlapping chunks with one [`FlowSampler`] per chunk).
-    pub fn guided_flow(
+    /// One Euler step of a stepwise run (sync mode): see [`crate::sampling::euler_step`].
+    pub fn euler_step(
         &self,
         latents: Tensor<B, 5>,
-        t: f64,
+        step: usize,
         cond: &PromptEmbedding<B>,
         uncond: &PromptEmbedding<B>,
-        guidance_scale: f32,
+        opts: &SamplingOptions,
     ) -> Result<Tensor<B, 5>, ModelError> {
-        crate::sampling::guided_flow(&self.transformer, latents, t, cond.hidden.clone(), uncond.hidden.clone(), guidance_scale)
+        crate::sampling::euler_step(&self.transformer, latents, step, cond.hidden.clone(), uncond.hidden.clone(), opts)
     }
 
     /// Un-normalises latents with the VAE's `latents_mean`/`latents_std` (as `WanPipeline` does) and

@@ -208,6 +208,29 @@ pub fn denoise<B: Backend>(
     })
 }
 
+/// One Euler step, number `step` (0-based) of `opts`' schedule, from `latents` at that step's
+/// noise level: sync mode's unit of work, which any worker can take from the latents alone.
+/// Taking every step in turn gives [`denoise`]'s Euler result bit for bit.
+pub fn euler_step<B: Backend>(
+    transformer: &WanTransformer3DModel<B>,
+    latents: Tensor<B, 5>,
+    step: usize,
+    cond: Tensor<B, 3>,
+    uncond: Tensor<B, 3>,
+    opts: &SamplingOptions,
+) -> Result<Tensor<B, 5>, ModelError> {
+    opts.validate()?;
+    if opts.sampler != SamplerKind::Euler {
+        return Err(ModelError::InvalidInput(format!("a single step needs the euler sampler, not {}", opts.sampler)));
+    }
+    let mut sampler = FlowSampler::<B, 5>::euler_from(opts.steps, f64::from(opts.flow_shift), step);
+    let Some(t) = sampler.next_timestep() else {
+        return Err(ModelError::InvalidInput(format!("step {step} is past the last of {} steps", opts.steps)));
+    };
+    let flow = guided_flow(transformer, latents.clone(), t, cond, uncond, opts.guidance_scale)?;
+    Ok(sampler.step(flow, latents))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,6 +328,22 @@ mod tests {
         let opts = SamplingOptions { sampler: SamplerKind::Euler, steps: 2, guidance_scale: 1.0, flow_shift: 1.0 };
         let result = denoise(&model, noise, cond, uncond, Some(&misfit), &opts, &mut |_| StepControl::Continue);
         assert!(matches!(result, Err(ModelError::InvalidInput(m)) if m.contains("prefix")));
+    }
+
+    #[test]
+    fn euler_steps_one_at_a_time_match_a_whole_run() {
+        let model = tiny_transformer();
+        let opts = SamplingOptions { sampler: SamplerKind::Euler, steps: 4, guidance_scale: 3.0, flow_shift: 3.0 };
+        let (noise, cond, uncond) = inputs();
+        let whole = denoise(&model, noise.clone(), cond.clone(), uncond.clone(), None, &opts, &mut |_| StepControl::Continue).expect("whole");
+        let mut latents = noise;
+        for step in 0..opts.steps {
+            latents = euler_step(&model, latents, step, cond.clone(), uncond.clone(), &opts).expect("step");
+        }
+        assert_eq!(max_abs_diff(latents.clone(), whole), 0.0);
+        assert!(euler_step(&model, latents.clone(), 4, cond.clone(), uncond.clone(), &opts).is_err(), "past the end");
+        let unipc = SamplingOptions { sampler: SamplerKind::UniPc, ..opts };
+        assert!(matches!(euler_step(&model, latents, 0, cond, uncond, &unipc), Err(ModelError::InvalidInput(m)) if m.contains("euler")));
     }
 
     #[test]

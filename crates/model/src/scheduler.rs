@@ -165,7 +165,13 @@ pub struct UniPcState<B: Backend, const D: usize> {
 
 impl<B: Backend, const D: usize> FlowSampler<B, D> {
     pub fn euler(steps: usize, shift: f64) -> Self {
-        Self::Euler { schedule: FlowMatchEulerDiscreteScheduler::new(shift).schedule(steps), index: 0 }
+        Self::euler_from(steps, shift, 0)
+    }
+
+    /// An Euler sampler whose next step is `index` (0-based): Euler keeps no state between
+    /// steps, so a run can go on from any step's sample.
+    pub fn euler_from(steps: usize, shift: f64, index: usize) -> Self {
+        Self::Euler { schedule: FlowMatchEulerDiscreteScheduler::new(shift).schedule(steps), index }
     }
 
     pub fn heun(steps: usize, shift: f64) -> Self {

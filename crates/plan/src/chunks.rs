@@ -2,13 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One chunk: latent frames `[start, end)` of the clip, denoised from its own seed.
+/// One chunk: latent frames `[start, end)` of the clip. Its noise is its frames' noise
+/// ([`crate::noise::chunk_noise`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkPlan {
     pub index: u32,
     pub start: u32,
     pub end: u32,
-    pub seed: u64,
 }
 
 impl ChunkPlan {
@@ -35,7 +35,7 @@ pub enum PlanError {
 ///
 /// Chunks start every `chunk - overlap` frames; the last one ends at the clip's end and may be
 /// shorter, but always longer than the overlap, so every chunk contributes frames of its own.
-pub fn plan_chunks(latent_frames: u32, chunk: u32, overlap: u32, job_seed: u64) -> Result<Vec<ChunkPlan>, PlanError> {
+pub fn plan_chunks(latent_frames: u32, chunk: u32, overlap: u32) -> Result<Vec<ChunkPlan>, PlanError> {
     if latent_frames == 0 {
         return Err(PlanError::NoFrames);
     }
@@ -50,15 +50,9 @@ pub fn plan_chunks(latent_frames: u32, chunk: u32, overlap: u32, job_seed: u64) 
     Ok((0..count)
         .map(|index| {
             let start = index * stride;
-            ChunkPlan { index, start, end: (start + chunk).min(latent_frames), seed: chunk_seed(job_seed, index) }
+            ChunkPlan { index, start, end: (start + chunk).min(latent_frames) }
         })
         .collect())
-}
-
-/// A chunk's seed: the job seed and chunk index mixed by SplitMix64, so neighbouring chunks
-/// get unrelated noise and the same job always gets the same seeds.
-pub fn chunk_seed(job_seed: u64, index: u32) -> u64 {
-    crate::noise::splitmix64(job_seed ^ crate::noise::splitmix64(u64::from(index).wrapping_add(0x5eed)))
 }
 
 /// The video frames where one chunk hands over to the next: the middle of each overlap (the
@@ -80,30 +74,30 @@ mod tests {
 
     #[test]
     fn a_short_clip_is_one_chunk() {
-        let plan = plan_chunks(5, 8, 2, 1).unwrap();
+        let plan = plan_chunks(5, 8, 2).unwrap();
         assert_eq!(plan.len(), 1);
         assert_eq!((plan[0].start, plan[0].end), (0, 5));
     }
 
     #[test]
     fn bad_parameters_are_errors() {
-        assert_eq!(plan_chunks(0, 8, 2, 1), Err(PlanError::NoFrames));
-        assert_eq!(plan_chunks(9, 0, 0, 1), Err(PlanError::EmptyChunk));
-        assert_eq!(plan_chunks(9, 4, 4, 1), Err(PlanError::OverlapTooLarge { chunk: 4, overlap: 4 }));
+        assert_eq!(plan_chunks(0, 8, 2), Err(PlanError::NoFrames));
+        assert_eq!(plan_chunks(9, 0, 0), Err(PlanError::EmptyChunk));
+        assert_eq!(plan_chunks(9, 4, 4), Err(PlanError::OverlapTooLarge { chunk: 4, overlap: 4 }));
     }
 
     #[test]
     fn known_plan() {
-        let plan = plan_chunks(20, 8, 2, 1).unwrap();
+        let plan = plan_chunks(20, 8, 2).unwrap();
         let spans: Vec<(u32, u32)> = plan.iter().map(|c| (c.start, c.end)).collect();
         assert_eq!(spans, vec![(0, 8), (6, 14), (12, 20)]);
     }
 
     proptest! {
         #[test]
-        fn plans_cover_every_frame_with_exact_overlaps(total in 1u32..400, chunk in 1u32..40, overlap_frac in 0.0f64..1.0, seed: u64) {
+        fn plans_cover_every_frame_with_exact_overlaps(total in 1u32..400, chunk in 1u32..40, overlap_frac in 0.0f64..1.0) {
             let overlap = ((chunk as f64 - 1.0) * overlap_frac) as u32;
-            let plan = plan_chunks(total, chunk, overlap, seed).unwrap();
+            let plan = plan_chunks(total, chunk, overlap).unwrap();
             prop_assert_eq!(plan[0].start, 0);
             prop_assert_eq!(plan.last().unwrap().end, total);
             for c in &plan {
@@ -114,9 +108,7 @@ mod tests {
                 prop_assert!(pair[1].len() > overlap, "every chunk has frames of its own");
                 prop_assert_eq!(pair[1].index, pair[0].index + 1);
             }
-            prop_assert_eq!(&plan, &plan_chunks(total, chunk, overlap, seed).unwrap());
-            let seeds: std::collections::HashSet<u64> = plan.iter().map(|c| c.seed).collect();
-            prop_assert_eq!(seeds.len(), plan.len());
+            prop_assert_eq!(&plan, &plan_chunks(total, chunk, overlap).unwrap());
         }
     }
 
@@ -124,9 +116,9 @@ mod tests {
     fn seams_sit_mid_overlap_in_video_frames() {
         // 9 latent frames in chunks of 6 sharing 2: chunks [0, 6) and [4, 9); the crossfade's
         // middle is latent frame 5, whose first video frame is 1 + 4 * 4 = 17.
-        assert_eq!(seam_frames(&plan_chunks(9, 6, 2, 0).unwrap(), 4), vec![17]);
-        assert!(seam_frames(&plan_chunks(5, 6, 2, 0).unwrap(), 4).is_empty());
+        assert_eq!(seam_frames(&plan_chunks(9, 6, 2).unwrap(), 4), vec![17]);
+        assert!(seam_frames(&plan_chunks(5, 6, 2).unwrap(), 4).is_empty());
         // Without overlap the seam is the first frame of the next chunk: latent 6, video 21.
-        assert_eq!(seam_frames(&plan_chunks(12, 6, 0, 0).unwrap(), 4), vec![21]);
+        assert_eq!(seam_frames(&plan_chunks(12, 6, 0).unwrap(), 4), vec![21]);
     }
 }

@@ -17,6 +17,8 @@ pub enum LatentsError {
     ChunkShape { index: u32, expected: [usize; 4], got: [usize; 4] },
     #[error("chunks do not cover the clip's {frames} latent frames")]
     Coverage { frames: u32 },
+    #[error("fusing needs chunk {chunk}'s latent frame {frame}, which was not given")]
+    MissingShared { chunk: u32, frame: u32 },
 }
 
 impl Latents {
@@ -47,5 +49,18 @@ impl Latents {
         let plane = self.shape[2] * self.shape[3];
         let at = (channel * self.shape[1] + frame) * plane;
         &mut self.data[at..at + plane]
+    }
+
+    /// Frames `[start, start + count)` as latents of their own.
+    pub fn slice_frames(&self, start: usize, count: usize) -> Latents {
+        let [channels, frames, height, width] = self.shape;
+        assert!(start + count <= frames, "frames {start}..{} of {frames}", start + count);
+        let plane = height * width;
+        let mut data = Vec::with_capacity(channels * count * plane);
+        for c in 0..channels {
+            let at = (c * frames + start) * plane;
+            data.extend_from_slice(&self.data[at..at + count * plane]);
+        }
+        Latents { shape: [channels, count, height, width], data }
     }
 }

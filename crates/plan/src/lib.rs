@@ -8,4 +8,4 @@ pub mod stitch;
 
 pub use chunks::{ChunkPlan, PlanError, plan_chunks, seam_frames};
 pub use latents::{Latents, LatentsError};
-pub use stitch::{BlendCurve, stitch};
+pub use stitch::{BlendCurve, FrameSpan, fuse_chunk, shared_frames, stitch};

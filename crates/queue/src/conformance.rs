@@ -96,7 +96,7 @@ pub fn sample_record(id: &str, key: Option<&str>) -> JobRecord {
         spatial_factor: 16,
         keep_intermediates: false,
     };
-    let plan = plan_chunks(spec.latent_frames(), 6, 2, 1).unwrap();
+    let plan = plan_chunks(spec.latent_frames(), 6, 2).unwrap();
     JobRecord::new(id.to_string(), spec, plan, key.map(str::to_string), 0)
 }
 

@@ -38,7 +38,8 @@ pub struct ChunkStatus {
     pub plan: ChunkPlan,
     pub done: bool,
     pub steps_done: u32,
-    /// Deliveries that started denoising (a lapsed lease counts too).
+    /// Deliveries that started denoising (a lapsed lease counts too); in sync mode, where a
+    /// delivery is one step, steps started.
     pub attempts: u32,
     /// Deliveries that ended in an error; the job fails when these reach the worker's limit.
     #[serde(default)]
@@ -145,7 +146,9 @@ impl JobRecord {
     }
 
     /// The tasks the job needs from here: its chunks not yet denoised (in chain mode only the
-    /// first of them, which continues from the one before), or, once all are, assembling.
+    /// first of them, which continues from the one before; in sync mode the next step of the
+    /// chunks that are behind, so no chunk starts a step before all finished the one before),
+    /// or, once all are, assembling.
     pub fn pending_tasks(&self) -> Vec<Task> {
         let task = |kind| Task::new(&self.id, kind, self.spec.priority);
         if self.state.is_final() {
@@ -154,11 +157,23 @@ impl JobRecord {
         if self.all_chunks_done() {
             return vec![task(TaskKind::Assemble)];
         }
-        let undone = self.chunks.iter().filter(|c| !c.done).map(|c| task(TaskKind::Denoise { chunk: c.plan.index }));
+        let undone = self.chunks.iter().filter(|c| !c.done);
         match self.spec.stitch_mode {
-            StitchMode::Chain => undone.take(1).collect(),
-            StitchMode::Blend | StitchMode::Sync => undone.collect(),
+            StitchMode::Chain => undone.take(1).map(|c| task(TaskKind::Denoise { chunk: c.plan.index })).collect(),
+            StitchMode::Blend => undone.map(|c| task(TaskKind::Denoise { chunk: c.plan.index })).collect(),
+            StitchMode::Sync => {
+                let step = self.sync_step();
+                undone
+                    .filter(|c| c.steps_done == step)
+                    .map(|c| task(TaskKind::SyncStep { chunk: c.plan.index, step }))
+                    .collect()
+            }
         }
+    }
+
+    /// Sync mode's barrier: the step every chunk has finished (the one all are at or past).
+    pub fn sync_step(&self) -> u32 {
+        self.chunks.iter().map(|c| c.steps_done).min().unwrap_or(0)
     }
 
     /// Progress from 0 to 1: denoising steps count for 90%, assembling for the rest.
@@ -188,9 +203,13 @@ impl JobRecord {
             }
             _ if self.state.is_final() => None,
             JobChange::ChunkStarted { chunk } => {
+                let sync = self.spec.stitch_mode == StitchMode::Sync;
                 let status = self.chunk_mut(*chunk)?;
                 status.attempts += 1;
-                status.steps_done = 0;
+                // A sync chunk goes on from its last finished step; others start over.
+                if !sync {
+                    status.steps_done = 0;
+                }
                 if self.state == JobState::Queued {
                     self.state = JobState::Running;
                     self.stage = Stage::Denoise;
@@ -200,8 +219,10 @@ impl JobRecord {
                 }
             }
             JobChange::Step { chunk, step, steps_total } => {
+                let sync = self.spec.stitch_mode == StitchMode::Sync;
                 let status = self.chunk_mut(*chunk)?;
-                if status.done {
+                // A sync chunk's steps are the barrier's record: they never go back.
+                if status.done || (sync && *step <= status.steps_done) {
                     return Ok(None);
                 }
                 status.steps_done = *step;
@@ -299,6 +320,33 @@ mod tests {
         record.apply(&fail(None, "disk full"), 3).unwrap();
         assert_eq!((record.assemble_failures, record.error.as_deref()), (1, Some("disk full")));
         assert!(matches!(record.apply(&fail(Some(99), "x"), 4), Err(QueueError::Precondition(_))));
+    }
+
+    #[test]
+    fn sync_chunks_wait_for_each_other_at_every_step() {
+        let mut record = sample_record("job-s", None);
+        record.spec.stitch_mode = StitchMode::Sync;
+        let chunks = record.chunks.len() as u32;
+        assert!(chunks >= 2, "the sample has several chunks");
+        let kinds = |r: &JobRecord| r.pending_tasks().into_iter().map(|t| t.kind).collect::<Vec<_>>();
+        assert_eq!(kinds(&record), (0..chunks).map(|chunk| TaskKind::SyncStep { chunk, step: 0 }).collect::<Vec<_>>());
+        let step = |chunk, step| JobChange::Step { chunk, step, steps_total: 20 };
+        record.apply(&JobChange::ChunkStarted { chunk: 0 }, 1).unwrap();
+        record.apply(&step(0, 1), 2).unwrap();
+        // Chunk 0 is ahead: only the others' step 0 is pending until they catch up.
+        assert_eq!(kinds(&record), (1..chunks).map(|chunk| TaskKind::SyncStep { chunk, step: 0 }).collect::<Vec<_>>());
+        for chunk in 1..chunks {
+            record.apply(&step(chunk, 1), 3).unwrap();
+        }
+        assert_eq!(kinds(&record), (0..chunks).map(|chunk| TaskKind::SyncStep { chunk, step: 1 }).collect::<Vec<_>>());
+        // A late duplicate neither moves a chunk back nor does a new start reset it.
+        assert_eq!(record.apply(&step(0, 1), 4).unwrap(), None);
+        record.apply(&JobChange::ChunkStarted { chunk: 0 }, 5).unwrap();
+        assert_eq!((record.chunks[0].steps_done, record.sync_step()), (1, 1));
+        for chunk in 0..chunks {
+            record.apply(&JobChange::ChunkDone { chunk }, 6).unwrap();
+        }
+        assert_eq!(kinds(&record), vec![TaskKind::Assemble]);
     }
 
     #[test]

@@ -11,6 +11,9 @@ use vidfarm_api::Priority;
 pub enum TaskKind {
     /// Denoise one chunk and store its latents.
     Denoise { chunk: u32 },
+    /// Sync mode: fuse one chunk's overlaps with its neighbours' after step `step` (none before
+    /// step 0), take denoising step `step` and publish the result.
+    SyncStep { chunk: u32, step: u32 },
     /// Stitch the chunks' latents, decode, encode the MP4 and store it.
     Assemble,
 }
@@ -33,6 +36,7 @@ impl Task {
     pub fn id(&self) -> String {
         match self.kind {
             TaskKind::Denoise { chunk } => format!("{}/denoise/{chunk}", self.job_id),
+            TaskKind::SyncStep { chunk, step } => format!("{}/sync/{chunk}/{step}", self.job_id),
             TaskKind::Assemble => format!("{}/assemble", self.job_id),
         }
     }

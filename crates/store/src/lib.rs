@@ -98,6 +98,14 @@ pub struct StoredObject {
     pub sha256: String,
 }
 
+/// Which frames of a sync-mode chunk an object holds ([`ArtifactStore::sync_key`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPart {
+    Whole,
+    Head,
+    Tail,
+}
+
 #[derive(Clone)]
 pub struct ArtifactStore {
     inner: Arc<dyn ObjectStore>,
@@ -170,6 +178,18 @@ impl ArtifactStore {
 
     pub fn chunk_key(job_id: &str, chunk: u32) -> String {
         format!("jobs/{job_id}/chunks/{chunk:05}.safetensors")
+    }
+
+    /// Sync mode: a chunk's latents after `steps` denoising steps, whole or only the frames it
+    /// shares with earlier (`Head`) or later (`Tail`) chunks, which its neighbours read. Under
+    /// the chunks folder, so they go with the other intermediates.
+    pub fn sync_key(job_id: &str, chunk: u32, steps: u32, part: SyncPart) -> String {
+        let part = match part {
+            SyncPart::Whole => "whole",
+            SyncPart::Head => "head",
+            SyncPart::Tail => "tail",
+        };
+        format!("jobs/{job_id}/chunks/sync/{chunk:05}/{steps:04}-{part}.safetensors")
     }
 
     pub fn clip_key(job_id: &str) -> String {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use vidfarm_api::{RenderSpec, Sampler};
 use vidfarm_model::ModelError;
 use vidfarm_model::pipeline::{CleanPrefix, Pipeline, SamplerKind, SamplingOptions, StepControl, StepProgress};
-use vidfarm_plan::{ChunkPlan, Latents, noise};
+use vidfarm_plan::{BlendCurve, ChunkPlan, FrameSpan, Latents, fuse_chunk, noise};
 use vidfarm_video::RgbFrames;
 
 /// What the task's control side asks of a running chunk, checked between denoising steps.
@@ -49,7 +49,33 @@ pub fn chunk_shape<B: Backend>(pipeline: &Pipeline<B>, spec: &RenderSpec, chunk:
     ]
 }
 
-/// Denoises one chunk from its seed's noise; in chain mode, continuing from the `previous`
+/// A chunk's starting noise: the noise of its frames, which chunks overlapping it share.
+pub fn chunk_start<B: Backend>(pipeline: &Pipeline<B>, spec: &RenderSpec, chunk: &ChunkPlan) -> Latents {
+    let [c, _, h, w] = chunk_shape(pipeline, spec, chunk);
+    noise::chunk_noise(spec.seed, chunk, c, h, w)
+}
+
+fn to_tensor<B: Backend>(pipeline: &Pipeline<B>, latents: Latents) -> Tensor<B, 5> {
+    let [c, f, h, w] = latents.shape;
+    Tensor::from_data(TensorData::new(latents.data, [1, c, f, h, w]), pipeline.device())
+}
+
+fn to_latents<B: Backend>(tensor: Tensor<B, 5>) -> Result<Latents, ModelError> {
+    let [_, c, f, h, w] = tensor.dims();
+    let values = tensor.into_data().to_vec::<f32>().map_err(|e| ModelError::InvalidInput(format!("latents: {e:?}")))?;
+    Latents::new([c, f, h, w], values).map_err(|e| ModelError::InvalidInput(e.to_string()))
+}
+
+fn sampling_options(spec: &RenderSpec) -> SamplingOptions {
+    SamplingOptions {
+        sampler: sampler_kind(spec.sampler),
+        steps: spec.steps as usize,
+        guidance_scale: spec.guidance_scale,
+        flow_shift: spec.flow_shift,
+    }
+}
+
+/// Denoises one chunk from its starting noise; in chain mode, continuing from the `previous`
 /// chunk's latents, whose frames overlapping this chunk are held as a clean prefix. `on_step` is
 /// told each finished step; `directive` is obeyed between steps (a pause waits there, holding
 /// the chunk's state).
@@ -61,10 +87,8 @@ pub fn denoise_chunk<B: Backend>(
     directive: &AtomicU8,
     on_step: &mut dyn FnMut(StepProgress),
 ) -> Result<Latents, ModelError> {
-    let shape = chunk_shape(pipeline, spec, chunk);
-    let values = noise::gaussian(chunk.seed, shape.iter().product());
-    let [c, f, h, w] = shape;
-    let noise = Tensor::<B, 5>::from_data(TensorData::new(values, [1, c, f, h, w]), pipeline.device());
+    let noise = to_tensor(pipeline, chunk_start(pipeline, spec, chunk));
+    let [_, c, f, h, w] = noise.dims();
     let prefix = match previous {
         Some((plan, latents)) => {
             let held = plan.end.saturating_sub(chunk.start) as usize;
@@ -75,20 +99,14 @@ pub fn denoise_chunk<B: Backend>(
                     chunk.index, plan.index, latents.shape
                 )));
             }
-            let previous = Tensor::<B, 5>::from_data(TensorData::new(latents.data.clone(), [1, pc, pf, ph, pw]), pipeline.device());
-            Some(CleanPrefix { latents: previous.narrow(2, pf - held, held), noise: noise.clone().narrow(2, 0, held) })
+            let previous = to_tensor(pipeline, latents.slice_frames(pf - held, held));
+            Some(CleanPrefix { latents: previous, noise: noise.clone().narrow(2, 0, held) })
         }
         None => None,
     };
     let cond = pipeline.encode_prompt(&spec.prompt)?;
     let uncond = pipeline.encode_prompt(&spec.negative_prompt)?;
-    let options = SamplingOptions {
-        sampler: sampler_kind(spec.sampler),
-        steps: spec.steps as usize,
-        guidance_scale: spec.guidance_scale,
-        flow_shift: spec.flow_shift,
-    };
-    let latents = pipeline.denoise(noise, &cond, &uncond, prefix.as_ref(), &options, &mut |progress| {
+    let latents = pipeline.denoise(noise, &cond, &uncond, prefix.as_ref(), &sampling_options(spec), &mut |progress| {
         on_step(progress);
         loop {
             match Directive::load(directive) {
@@ -98,15 +116,43 @@ pub fn denoise_chunk<B: Backend>(
             }
         }
     })?;
-    let values = latents.into_data().to_vec::<f32>().map_err(|e| ModelError::InvalidInput(format!("latents: {e:?}")))?;
-    Latents::new(shape, values).map_err(|e| ModelError::InvalidInput(e.to_string()))
+    to_latents(latents)
+}
+
+/// Sync mode: denoising step `step` (0-based) of a chunk from `latents`, its fused latents after
+/// the step before (its starting noise before step 0).
+pub fn denoise_step<B: Backend>(pipeline: &Pipeline<B>, spec: &RenderSpec, latents: Latents, step: u32) -> Result<Latents, ModelError> {
+    let cond = pipeline.encode_prompt(&spec.prompt)?;
+    let uncond = pipeline.encode_prompt(&spec.negative_prompt)?;
+    let next = pipeline.euler_step(to_tensor(pipeline, latents), step as usize, &cond, &uncond, &sampling_options(spec))?;
+    to_latents(next)
+}
+
+/// Sync mode in one process (for `vidfarm model eval`): all chunks take a step, then each is
+/// fused with the others' overlapping frames, step after step, as the farm's workers do it
+/// through the store. Returns the chunks' latents after the last step, for [`stitch`].
+///
+/// [`stitch`]: vidfarm_plan::stitch
+pub fn denoise_synced<B: Backend>(pipeline: &Pipeline<B>, spec: &RenderSpec, plan: &[ChunkPlan]) -> Result<Vec<Latents>, ModelError> {
+    let mut chunks: Vec<Latents> = plan.iter().map(|chunk| chunk_start(pipeline, spec, chunk)).collect();
+    for step in 0..spec.steps {
+        if step > 0 {
+            let whole: Vec<(u32, FrameSpan)> =
+                plan.iter().zip(&chunks).map(|(c, latents)| (c.index, FrameSpan { start: c.start, latents: latents.clone() })).collect();
+            chunks = plan
+                .iter()
+                .map(|c| fuse_chunk(plan, c.index, &chunks[c.index as usize], &whole, BlendCurve::Linear))
+                .collect::<Result<_, _>>()
+                .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
+        }
+        chunks = chunks.into_iter().map(|latents| denoise_step(pipeline, spec, latents, step)).collect::<Result<_, _>>()?;
+    }
+    Ok(chunks)
 }
 
 /// Decodes the clip's stitched latents into RGB frames.
 pub fn decode_clip<B: Backend>(pipeline: &Pipeline<B>, spec: &RenderSpec, latents: Latents) -> Result<RgbFrames, ModelError> {
-    let [c, f, h, w] = latents.shape;
-    let tensor = Tensor::<B, 5>::from_data(TensorData::new(latents.data, [1, c, f, h, w]), pipeline.device());
-    let video = pipeline.decode(tensor)?;
+    let video = pipeline.decode(to_tensor(pipeline, latents))?;
     let [_, _, frames, height, width] = video.dims();
     let values = video.into_data().to_vec::<f32>().map_err(|e| ModelError::InvalidInput(format!("video: {e:?}")))?;
     RgbFrames::from_planar_signed(&values, frames, height, width, spec.fps).map_err(|e| ModelError::InvalidInput(e.to_string()))

@@ -1,6 +1,6 @@
 //! The task loop: lease, do, report, repeat, until told to shut down.
 
-use crate::render::{Directive, decode_clip, denoise_chunk};
+use crate::render::{Directive, chunk_start, decode_clip, denoise_chunk, denoise_step};
 use burn::tensor::backend::Backend;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,13 +9,13 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::Instrument;
 use vidfarm_model::pipeline::Pipeline;
 use vidfarm_api::StitchMode;
-use vidfarm_plan::{BlendCurve, seam_frames, stitch};
+use vidfarm_plan::{BlendCurve, ChunkPlan, FrameSpan, Latents, fuse_chunk, seam_frames, shared_frames, stitch};
 use vidfarm_synth::seam_ratio;
 use vidfarm_queue::{
     ClipInfo, FarmState, JobBook, JobChange, JobRecord, JobState, Lease, Queue, QueueError, TaskKind, UpdateDetail, WorkerInfo, WorkerRegistry,
     WorkerState, now_ms,
 };
-use vidfarm_store::{ArtifactStore, StoreError};
+use vidfarm_store::{ArtifactStore, StoreError, SyncPart};
 
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -191,6 +191,7 @@ where
             JobState::Paused => Ok(Outcome::Later),
             _ => match lease.task.kind {
                 TaskKind::Denoise { chunk } => self.denoise(&lease, &record, chunk).await,
+                TaskKind::SyncStep { chunk, step } => self.sync_step(&lease, &record, chunk, step).await,
                 TaskKind::Assemble => self.assemble(&lease, &record).await,
             },
         };
@@ -204,6 +205,7 @@ where
             Err(error) => {
                 let (chunk, what) = match lease.task.kind {
                     TaskKind::Denoise { chunk } => (Some(chunk), format!("chunk {chunk}")),
+                    TaskKind::SyncStep { chunk, step } => (Some(chunk), format!("chunk {chunk} at step {step}")),
                     TaskKind::Assemble => (None, "assembling the clip".to_string()),
                 };
                 // Failures are counted in the job's record, not by deliveries: a lapsed lease
@@ -278,6 +280,92 @@ where
             }
         }
         Ok(Outcome::Done)
+    }
+
+    /// Sync mode: one denoising step of one chunk. Fuses the chunk's latents with the frames its
+    /// neighbours share after the step before (all chunks finished it: that is the barrier),
+    /// takes the step, and publishes the result whole and its shared frames. The last step's
+    /// result is the chunk's latents, which assembling stitches with the same weights. A worker
+    /// lost mid-step costs that step only: its task comes back and starts from the stored step.
+    async fn sync_step(&self, lease: &Lease, record: &JobRecord, chunk: u32, step: u32) -> Result<Outcome, WorkerError> {
+        let Some(status) = record.chunks.get(chunk as usize) else {
+            return Ok(Outcome::Abandoned);
+        };
+        if status.steps_done < step {
+            // Cannot be queued before the barrier; nothing to do but drop it.
+            tracing::warn!(job_id = %record.id, chunk, step, steps_done = status.steps_done, "sync step ahead of its chunk");
+            return Ok(Outcome::Abandoned);
+        }
+        let (job_id, steps) = (record.id.as_str(), record.spec.steps);
+        let mut after = record.clone();
+        // Past this step already: a holder took it and stopped before acking (maybe before
+        // queueing what the barrier let through, done below), or the task was queued twice.
+        if !status.done && status.steps_done == step {
+            let plan: Vec<ChunkPlan> = record.chunks.iter().map(|c| c.plan).collect();
+            let last = step + 1 == steps;
+            let out_key =
+                if last { ArtifactStore::chunk_key(job_id, chunk) } else { ArtifactStore::sync_key(job_id, chunk, step + 1, SyncPart::Whole) };
+            // Stored already: a previous holder finished the step, then lost its lease.
+            if !self.store.exists(&out_key).await? {
+                // Counted per step: a step retaken after a lost worker shows as one attempt more.
+                self.book.update(job_id, JobChange::ChunkStarted { chunk }).await?;
+                let latents = if step == 0 {
+                    chunk_start(&self.pipeline, &record.spec, &plan[chunk as usize])
+                } else {
+                    self.fused_latents(job_id, &plan, chunk, step).await?
+                };
+                let directive = Arc::new(AtomicU8::new(Directive::Run as u8));
+                let work = {
+                    let (pipeline, spec) = (self.pipeline.clone(), record.spec.clone());
+                    tokio::task::spawn_blocking(move || denoise_step(&pipeline, &spec, latents, step))
+                };
+                // One step reports no progress of its own.
+                let (_, mut no_progress) = mpsc::unbounded_channel();
+                let latents = match self.supervise(lease, job_id, work, &directive, &mut no_progress).await? {
+                    Some(result) => result?,
+                    None => return Ok(Outcome::Abandoned),
+                };
+                if !last {
+                    // The shared frames first: once the whole is stored, so are they.
+                    let (head, tail) = shared_frames(&plan, chunk);
+                    let start = plan[chunk as usize].start;
+                    for (part, frames) in [(SyncPart::Head, head), (SyncPart::Tail, tail)] {
+                        if !frames.is_empty() {
+                            let slice = latents.slice_frames((frames.start - start) as usize, frames.len());
+                            self.store.put_latents(&ArtifactStore::sync_key(job_id, chunk, step + 1, part), &slice).await?;
+                        }
+                    }
+                }
+                self.store.put_latents(&out_key, &latents).await?;
+            }
+            after = self.book.update(job_id, JobChange::Step { chunk, step: step + 1, steps_total: steps }).await?.0;
+            if last {
+                after = self.book.update(job_id, JobChange::ChunkDone { chunk }).await?.0;
+            }
+        }
+        // This chunk may have been the barrier's last: then the next step (or assembling) is due.
+        if after.sync_step() > step || after.all_chunks_done() {
+            for task in after.pending_tasks() {
+                self.queue.push(task).await?;
+            }
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// Chunk `chunk`'s latents after `steps` steps, fused with the frames the chunks overlapping
+    /// it published after the same step.
+    async fn fused_latents(&self, job_id: &str, plan: &[ChunkPlan], chunk: u32, steps: u32) -> Result<Latents, WorkerError> {
+        let own = self.store.get_latents(&ArtifactStore::sync_key(job_id, chunk, steps, SyncPart::Whole)).await?;
+        let this = plan[chunk as usize];
+        let mut shared = Vec::new();
+        for other in plan.iter().filter(|o| o.index != chunk && o.start < this.end && this.start < o.end) {
+            let (head, tail) = shared_frames(plan, other.index);
+            // An earlier chunk shares its tail with this one, a later one its head.
+            let (part, frames) = if other.index < chunk { (SyncPart::Tail, tail) } else { (SyncPart::Head, head) };
+            let latents = self.store.get_latents(&ArtifactStore::sync_key(job_id, other.index, steps, part)).await?;
+            shared.push((other.index, FrameSpan { start: frames.start, latents }));
+        }
+        Ok(fuse_chunk(plan, chunk, &own, &shared, BlendCurve::Linear)?)
     }
 
     async fn assemble(&self, lease: &Lease, record: &JobRecord) -> Result<Outcome, WorkerError> {

@@ -16,7 +16,7 @@ use vidfarm_synth::{
     Adherence, Clip, ClipSettings, DetectorConfig, SceneSpec, Split, detect, mean_abs_frame_difference, render_clip, score, seam_ratio,
 };
 use vidfarm_video::{decode_mp4, encode_mp4};
-use vidfarm_worker::render::{Directive, decode_clip, denoise_chunk};
+use vidfarm_worker::render::{Directive, decode_clip, denoise_chunk, denoise_synced};
 
 pub struct EvalArgs {
     pub model: PathBuf,
@@ -121,14 +121,20 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
 
 /// Renders one clip and reads it back through an H.264 MP4 at `mp4` (a scratch path).
 fn render(pipeline: &Pipeline<DefaultBackend>, spec: &RenderSpec, chunks: &[ChunkPlan], mp4: &Path) -> Result<Clip> {
-    let run = AtomicU8::new(Directive::Run as u8);
-    let mut parts: Vec<(ChunkPlan, Latents)> = Vec::with_capacity(chunks.len());
-    for chunk in chunks {
-        // As the farm does: a chained chunk continues from the one before it.
-        let previous = parts.last().filter(|_| spec.stitch_mode == StitchMode::Chain).map(|(plan, latents)| (plan, latents));
-        let latents = denoise_chunk(pipeline, spec, chunk, previous, &run, &mut |_| {})?;
-        parts.push((*chunk, latents));
-    }
+    let parts: Vec<(ChunkPlan, Latents)> = match spec.stitch_mode {
+        StitchMode::Sync => chunks.iter().copied().zip(denoise_synced(pipeline, spec, chunks)?).collect(),
+        StitchMode::Blend | StitchMode::Chain => {
+            let run = AtomicU8::new(Directive::Run as u8);
+            let mut parts: Vec<(ChunkPlan, Latents)> = Vec::with_capacity(chunks.len());
+            for chunk in chunks {
+                // As the farm does: a chained chunk continues from the one before it.
+                let previous = parts.last().filter(|_| spec.stitch_mode == StitchMode::Chain).map(|(plan, latents)| (plan, latents));
+                let latents = denoise_chunk(pipeline, spec, chunk, previous, &run, &mut |_| {})?;
+                parts.push((*chunk, latents));
+            }
+            parts
+        }
+    };
     let latents = stitch(spec.latent_frames(), &parts, BlendCurve::Linear)?;
     encode_mp4(&decode_clip(pipeline, spec, latents)?, mp4)?;
     let frames = decode_mp4(mp4);
@@ -185,7 +191,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             ..Default::default()
         };
         let spec = RenderSpec::resolve(&job, std::slice::from_ref(&profile), args.seed)?;
-        let chunks = plan_chunks(spec.latent_frames(), spec.chunk_latent_frames, spec.overlap_latent_frames, spec.seed)?;
+        let chunks = plan_chunks(spec.latent_frames(), spec.chunk_latent_frames, spec.overlap_latent_frames)?;
         let started = std::time::Instant::now();
         let mp4 = std::env::temp_dir().join(format!("vidfarm-eval-{}-{index}.mp4", std::process::id()));
         let clip = render(&pipeline, &spec, &chunks, &mp4).with_context(|| format!("rendering {prompt:?}"))?;
