@@ -55,8 +55,10 @@ pub fn vae_loss<B: Backend>(
 
 /// The decoder-only loss: the reconstruction error of the encoder's posterior means, with no
 /// gradient reaching the encoder.
-pub fn decoder_loss<B: Backend>(vae: &AutoencoderKLWan<B>, video: Tensor<B, 5>) -> Result<VaeLossTerms<B>, TrainError> {
-    let z = vae.encode(video.clone())?.detach();
+pub fn decoder_loss<B: AutodiffBackend>(vae: &AutoencoderKLWan<B>, video: Tensor<B, 5>) -> Result<VaeLossTerms<B>, TrainError> {
+    // The encoder runs outside autodiff: a detached graph would still be recorded, and kept
+    // (memory and step time grew with every step).
+    let z = Tensor::from_inner(vae.valid().encode(video.clone().inner())?);
     let reconstruction = (vae.decode_unclamped(z)? - video).powi_scalar(2).mean();
     let kl = reconstruction.zeros_like();
     Ok(VaeLossTerms { total: reconstruction.clone(), reconstruction, kl })
