@@ -298,8 +298,9 @@ where
         }
         let (job_id, steps) = (record.id.as_str(), record.spec.steps);
         let mut after = record.clone();
-        // Past this step already: a holder took it and stopped before acking (maybe before
-        // queueing what the barrier let through, done below), or the task was queued twice.
+        // Only a chunk at this step takes it. One past it had the step taken by a holder that
+        // stopped before acking (maybe before queueing what the barrier let through, which the
+        // end of this function does), or the task was queued twice.
         if !status.done && status.steps_done == step {
             let plan: Vec<ChunkPlan> = record.chunks.iter().map(|c| c.plan).collect();
             let last = step + 1 == steps;
