@@ -181,6 +181,7 @@ pub fn flow_batch(
         latents.extend(slice);
         sigmas.push(match sampling {
             SigmaSampling::Shifted => vidfarm_model::scheduler::shift_sigma(rng.unit(), flow_shift),
+            SigmaSampling::Uniform => rng.unit(),
             SigmaSampling::LogitNormal { mean, std } => 1.0 / (1.0 + (-(mean + std * f64::from(rng.normal()))).exp()),
         } as f32);
         let dropped = rng.unit() < caption_dropout;

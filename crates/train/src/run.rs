@@ -112,6 +112,8 @@ pub enum SigmaSampling {
     /// `flow_shift`): most steps at high noise.
     #[default]
     Shifted,
+    /// Uniform in (0, 1): every noise level the sampler visits, equally often.
+    Uniform,
     /// `sigmoid(N(mean, std))` (SD3's logit-normal): most steps at middle noise, where shapes
     /// and places are decided.
     LogitNormal { mean: f64, std: f64 },

@@ -74,8 +74,8 @@ pub struct TrainArgs {
     /// dit: fraction of captions replaced by "" (the sampler's unconditional branch).
     #[arg(long, default_value_t = 0.1)]
     pub caption_dropout: f64,
-    /// dit: how noise levels are drawn: `shifted` (uniform, then the model's flow shift) or
-    /// `logit-normal` (sigmoid of a standard normal).
+    /// dit: how noise levels are drawn: `shifted` (uniform, then the model's flow shift),
+    /// `uniform`, or `logit-normal` (sigmoid of a standard normal).
     #[arg(long, value_enum, default_value_t = SigmaArg::Shifted)]
     pub sigmas: SigmaArg,
 }
@@ -83,6 +83,7 @@ pub struct TrainArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SigmaArg {
     Shifted,
+    Uniform,
     LogitNormal,
 }
 
@@ -90,6 +91,7 @@ impl From<SigmaArg> for SigmaSampling {
     fn from(arg: SigmaArg) -> Self {
         match arg {
             SigmaArg::Shifted => SigmaSampling::Shifted,
+            SigmaArg::Uniform => SigmaSampling::Uniform,
             SigmaArg::LogitNormal => SigmaSampling::LogitNormal { mean: 0.0, std: 1.0 },
         }
     }
