@@ -93,15 +93,30 @@ fn smoothness_and_seams() {
     assert_eq!(mean_abs_frame_difference(&still), Some(0.0));
     assert!(mean_abs_frame_difference(&clip).is_some_and(|d| d > 0.0));
     // Continuous motion: a seam anywhere looks like any other step.
-    let ratio = seam_ratio(&clip, &[16]).unwrap();
+    let ratio = seam_ratio(&clip, &[16], 1).unwrap();
     assert!((0.5..2.0).contains(&ratio), "continuous clip seam ratio {ratio}");
     // Two independently drawn halves: the object jumps at the join.
     let other = render_clip(&scene, &settings(33, 64, 64), 2).unwrap();
     let joined = Clip::new(64, 64, 8, clip.frames[..16].iter().chain(&other.frames[16..]).cloned().collect()).unwrap();
-    let ratio = seam_ratio(&joined, &[16]).unwrap();
+    let ratio = seam_ratio(&joined, &[16], 1).unwrap();
     assert!(ratio > 3.0, "a jump gives seam ratio {ratio}");
-    assert_eq!(seam_ratio(&clip, &[]), None);
-    assert_eq!(seam_ratio(&still, &[2]), None);
+    assert_eq!(seam_ratio(&clip, &[], 1), None);
+    assert_eq!(seam_ratio(&still, &[2], 1), None);
+}
+
+/// A clip that changes more into every fourth frame (as a causal VAE's latent-frame boundaries
+/// do): a seam on such a boundary is invisible when compared with its own kind only.
+#[test]
+fn seams_are_compared_with_the_other_latent_frame_boundaries() {
+    let scene = SceneSpec::parse("a red square moving to the right on a white background").unwrap();
+    let still = render_clip(&scene, &settings(1, 64, 64), 1).unwrap().frames[0].clone();
+    let shifted: Vec<u8> = still.iter().map(|v| v.saturating_sub(40)).collect();
+    // Frames 1 + 4k differ from the frame before; the others repeat it.
+    let frames: Vec<Vec<u8>> = (0..33).map(|i| if i == 0 || (i - 1) / 4 % 2 == 1 { shifted.clone() } else { still.clone() }).collect();
+    let clip = Clip::new(64, 64, 8, frames).unwrap();
+    let ratio = seam_ratio(&clip, &[17], 4).unwrap();
+    assert!((ratio - 1.0).abs() < 1e-9, "a boundary like the others: {ratio}");
+    assert!(seam_ratio(&clip, &[17], 1).unwrap() > 3.0, "against every frame change it looks like a seam");
 }
 
 #[test]

@@ -389,7 +389,7 @@ where
                 // Measured on the decoded frames, before H.264 (whose blocks would add their own).
                 let seam_ratio = vidfarm_synth::Clip::new(width as usize, height as usize, frames.fps, frames.frames)
                     .ok()
-                    .and_then(|clip| seam_ratio(&clip, &seams));
+                    .and_then(|clip| seam_ratio(&clip, &seams, spec.temporal_factor as usize));
                 Ok((count, width, height, seam_ratio))
             })
         };

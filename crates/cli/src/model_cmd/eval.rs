@@ -204,7 +204,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             detected: describe(&detection),
             adherence,
             mean_abs_frame_difference: mean_abs_frame_difference(&clip),
-            seam_ratio: seam_ratio(&clip, &seam_frames(&chunks, spec.temporal_factor)),
+            seam_ratio: seam_ratio(&clip, &seam_frames(&chunks, spec.temporal_factor), spec.temporal_factor as usize),
             vae_psnr_db,
             render_s: started.elapsed().as_secs_f64(),
             prompt,
