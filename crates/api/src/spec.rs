@@ -6,6 +6,7 @@ use crate::profile::ModelProfile;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
+pub use vidfarm_plan::BlendCurve;
 
 /// Longest prompt (and negative prompt) accepted, in bytes.
 pub const MAX_PROMPT_BYTES: usize = 2048;
@@ -105,6 +106,10 @@ pub struct RenderSpec {
     pub chunk_latent_frames: u32,
     pub overlap_latent_frames: u32,
     pub stitch_mode: StitchMode,
+    /// The overlap ramps of stitching and of sync mode's fusion (records written before this
+    /// field: linear).
+    #[serde(default)]
+    pub blend_curve: BlendCurve,
     pub priority: Priority,
     pub model: String,
     pub temporal_factor: u32,
@@ -188,6 +193,11 @@ impl RenderSpec {
             Ok(pb::StitchMode::Sync) => StitchMode::Sync,
             Err(_) => return Err(FieldError::new("spec.stitch_mode", format!("unknown value {}", spec.stitch_mode))),
         };
+        let blend_curve = match pb::BlendCurve::try_from(spec.blend_curve) {
+            Ok(pb::BlendCurve::Unspecified | pb::BlendCurve::Linear) => BlendCurve::Linear,
+            Ok(pb::BlendCurve::Cosine) => BlendCurve::Cosine,
+            Err(_) => return Err(FieldError::new("spec.blend_curve", format!("unknown value {}", spec.blend_curve))),
+        };
         let priority = match pb::Priority::try_from(spec.priority) {
             Ok(pb::Priority::Unspecified | pb::Priority::Normal) => Priority::Normal,
             Ok(pb::Priority::Low) => Priority::Low,
@@ -210,6 +220,7 @@ impl RenderSpec {
             chunk_latent_frames,
             overlap_latent_frames,
             stitch_mode,
+            blend_curve,
             priority,
             model: model.name.clone(),
             temporal_factor: model.temporal_factor,
@@ -311,6 +322,10 @@ impl From<&RenderSpec> for pb::ResolvedSpec {
             chunk_latent_frames: s.chunk_latent_frames,
             overlap_latent_frames: s.overlap_latent_frames,
             stitch_mode: pb::StitchMode::from(s.stitch_mode) as i32,
+            blend_curve: match s.blend_curve {
+                BlendCurve::Linear => pb::BlendCurve::Linear,
+                BlendCurve::Cosine => pb::BlendCurve::Cosine,
+            } as i32,
             priority: pb::Priority::from(s.priority) as i32,
             model: s.model.clone(),
             keep_intermediates: s.keep_intermediates,
@@ -360,7 +375,7 @@ mod tests {
         assert_eq!(r.frames, 33); // 4 s at 8 fps = 32, rounded up to 1 + 4k
         assert_eq!(r.latent_frames(), 9);
         assert_eq!(r.model, "tiny");
-        assert_eq!(r.stitch_mode, StitchMode::Blend);
+        assert_eq!((r.stitch_mode, r.blend_curve), (StitchMode::Blend, BlendCurve::Linear));
         assert_eq!(r.priority, Priority::Normal);
     }
 
@@ -397,6 +412,9 @@ mod tests {
         assert_eq!(field_of(pb::JobSpec { stitch_mode: sync, sampler: "unipc".into(), ..spec("a") }), "spec.sampler");
         let resolved = RenderSpec::resolve(&pb::JobSpec { stitch_mode: sync, sampler: "euler".into(), ..spec("a") }, &[profile()], 0);
         assert_eq!(resolved.expect("sync with euler").stitch_mode, StitchMode::Sync);
+        assert_eq!(field_of(pb::JobSpec { blend_curve: 7, ..spec("a") }), "spec.blend_curve");
+        let cosine = RenderSpec::resolve(&pb::JobSpec { blend_curve: pb::BlendCurve::Cosine as i32, ..spec("a") }, &[profile()], 0);
+        assert_eq!(cosine.expect("cosine").blend_curve, BlendCurve::Cosine);
         assert_eq!(field_of(pb::JobSpec { priority: -3, ..spec("a") }), "spec.priority");
         assert!(RenderSpec::resolve(&spec("a"), &[], 0).is_err());
     }

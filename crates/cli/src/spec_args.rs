@@ -27,6 +27,21 @@ impl From<StitchArg> for pb::StitchMode {
     }
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BlendCurveArg {
+    Linear,
+    Cosine,
+}
+
+impl From<BlendCurveArg> for pb::BlendCurve {
+    fn from(curve: BlendCurveArg) -> Self {
+        match curve {
+            BlendCurveArg::Linear => pb::BlendCurve::Linear,
+            BlendCurveArg::Cosine => pb::BlendCurve::Cosine,
+        }
+    }
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct SpecArgs {
     /// What the clip shows.
@@ -65,6 +80,9 @@ pub struct SpecArgs {
     pub overlap: Option<u32>,
     #[arg(long, value_enum)]
     pub stitch: Option<StitchArg>,
+    /// The overlap ramps of stitching and of sync mode's fusion [default: linear].
+    #[arg(long, value_enum)]
+    pub blend_curve: Option<BlendCurveArg>,
     #[arg(long, value_enum)]
     pub priority: Option<PriorityArg>,
     /// Model name; the farm's default when unset.
@@ -97,6 +115,7 @@ impl SpecArgs {
             chunk_latent_frames: self.chunk,
             overlap_latent_frames: self.overlap,
             stitch_mode: self.stitch.map_or(pb::StitchMode::Unspecified, pb::StitchMode::from) as i32,
+            blend_curve: self.blend_curve.map_or(pb::BlendCurve::Unspecified, pb::BlendCurve::from) as i32,
             priority: match self.priority {
                 None => pb::Priority::Unspecified,
                 Some(PriorityArg::Low) => pb::Priority::Low,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use vidfarm_api::{RenderSpec, Sampler};
 use vidfarm_model::ModelError;
 use vidfarm_model::pipeline::{CleanPrefix, Pipeline, SamplerKind, SamplingOptions, StepControl, StepProgress};
-use vidfarm_plan::{BlendCurve, ChunkPlan, FrameSpan, Latents, fuse_chunk, noise};
+use vidfarm_plan::{ChunkPlan, FrameSpan, Latents, fuse_chunk, noise};
 use vidfarm_video::RgbFrames;
 
 /// What the task's control side asks of a running chunk, checked between denoising steps.
@@ -141,7 +141,7 @@ pub fn denoise_synced<B: Backend>(pipeline: &Pipeline<B>, spec: &RenderSpec, pla
                 plan.iter().zip(&chunks).map(|(c, latents)| (c.index, FrameSpan { start: c.start, latents: latents.clone() })).collect();
             chunks = plan
                 .iter()
-                .map(|c| fuse_chunk(plan, c.index, &chunks[c.index as usize], &whole, BlendCurve::Linear))
+                .map(|c| fuse_chunk(plan, c.index, &chunks[c.index as usize], &whole, spec.blend_curve))
                 .collect::<Result<_, _>>()
                 .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
         }

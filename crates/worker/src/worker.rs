@@ -313,7 +313,7 @@ where
                 let latents = if step == 0 {
                     chunk_start(&self.pipeline, &record.spec, &plan[chunk as usize])
                 } else {
-                    self.fused_latents(job_id, &plan, chunk, step).await?
+                    self.fused_latents(job_id, &plan, chunk, step, record.spec.blend_curve).await?
                 };
                 let directive = Arc::new(AtomicU8::new(Directive::Run as u8));
                 let work = {
@@ -355,7 +355,7 @@ where
 
     /// Chunk `chunk`'s latents after `steps` steps, fused with the frames the chunks overlapping
     /// it published after the same step.
-    async fn fused_latents(&self, job_id: &str, plan: &[ChunkPlan], chunk: u32, steps: u32) -> Result<Latents, WorkerError> {
+    async fn fused_latents(&self, job_id: &str, plan: &[ChunkPlan], chunk: u32, steps: u32, curve: BlendCurve) -> Result<Latents, WorkerError> {
         let own = self.store.get_latents(&ArtifactStore::sync_key(job_id, chunk, steps, SyncPart::Whole)).await?;
         let this = plan[chunk as usize];
         let mut shared = Vec::new();
@@ -366,7 +366,7 @@ where
             let latents = self.store.get_latents(&ArtifactStore::sync_key(job_id, other.index, steps, part)).await?;
             shared.push((other.index, FrameSpan { start: frames.start, latents }));
         }
-        Ok(fuse_chunk(plan, chunk, &own, &shared, BlendCurve::Linear)?)
+        Ok(fuse_chunk(plan, chunk, &own, &shared, curve)?)
     }
 
     async fn assemble(&self, lease: &Lease, record: &JobRecord) -> Result<Outcome, WorkerError> {
@@ -375,7 +375,7 @@ where
         for c in &record.chunks {
             parts.push((c.plan, self.store.get_latents(&ArtifactStore::chunk_key(&record.id, c.plan.index)).await?));
         }
-        let latents = stitch(record.spec.latent_frames(), &parts, BlendCurve::Linear)?;
+        let latents = stitch(record.spec.latent_frames(), &parts, record.spec.blend_curve)?;
         let dir = tempfile::tempdir().map_err(WorkerError::Temp)?;
         let path = dir.path().join("clip.mp4");
         let directive = Arc::new(AtomicU8::new(Directive::Run as u8));

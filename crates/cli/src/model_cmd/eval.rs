@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU8;
 use vidfarm_api::{ModelProfile, RenderSpec, StitchMode, pb};
 use vidfarm_model::pipeline::{DefaultBackend, Pipeline};
-use vidfarm_plan::{BlendCurve, ChunkPlan, Latents, plan_chunks, seam_frames, stitch};
+use vidfarm_plan::{ChunkPlan, Latents, plan_chunks, seam_frames, stitch};
 use burn::tensor::{Tensor, TensorData};
 use vidfarm_synth::{
     Adherence, Clip, ClipSettings, DetectorConfig, SceneSpec, Split, detect, mean_abs_frame_difference, render_clip, score, seam_ratio,
@@ -135,7 +135,7 @@ fn render(pipeline: &Pipeline<DefaultBackend>, spec: &RenderSpec, chunks: &[Chun
             parts
         }
     };
-    let latents = stitch(spec.latent_frames(), &parts, BlendCurve::Linear)?;
+    let latents = stitch(spec.latent_frames(), &parts, spec.blend_curve)?;
     encode_mp4(&decode_clip(pipeline, spec, latents)?, mp4)?;
     let frames = decode_mp4(mp4);
     // The file was only a way through the codec.
