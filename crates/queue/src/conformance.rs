@@ -90,6 +90,7 @@ pub fn sample_record(id: &str, key: Option<&str>) -> JobRecord {
         chunk_latent_frames: 6,
         overlap_latent_frames: 2,
         stitch_mode: StitchMode::Blend,
+        blend_curve: vidfarm_plan::BlendCurve::Linear,
         priority: Priority::Normal,
         model: "tiny".into(),
         temporal_factor: 4,
