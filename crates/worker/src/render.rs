@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 use vidfarm_api::{RenderSpec, Sampler};
 use vidfarm_model::ModelError;
-use vidfarm_model::pipeline::{CleanPrefix, Pipeline, SamplerKind, SamplingOptions, StepControl, StepProgress};
+use vidfarm_model::pipeline::{CleanPrefix, Pipeline, PromptEmbedding, SamplerKind, SamplingOptions, StepControl, StepProgress};
 use vidfarm_plan::{ChunkPlan, FrameSpan, Latents, fuse_chunk, noise};
 use vidfarm_video::RgbFrames;
 
@@ -66,6 +66,18 @@ fn to_latents<B: Backend>(tensor: Tensor<B, 5>) -> Result<Latents, ModelError> {
     Latents::new([c, f, h, w], values).map_err(|e| ModelError::InvalidInput(e.to_string()))
 }
 
+/// A job's prompt and negative prompt, encoded: the guidance's two conditions.
+pub struct Prompts<B: Backend> {
+    cond: PromptEmbedding<B>,
+    uncond: PromptEmbedding<B>,
+}
+
+impl<B: Backend> Prompts<B> {
+    pub fn encode(pipeline: &Pipeline<B>, spec: &RenderSpec) -> Result<Self, ModelError> {
+        Ok(Self { cond: pipeline.encode_prompt(&spec.prompt)?, uncond: pipeline.encode_prompt(&spec.negative_prompt)? })
+    }
+}
+
 fn sampling_options(spec: &RenderSpec) -> SamplingOptions {
     SamplingOptions {
         sampler: sampler_kind(spec.sampler),
@@ -104,8 +116,7 @@ pub fn denoise_chunk<B: Backend>(
         }
         None => None,
     };
-    let cond = pipeline.encode_prompt(&spec.prompt)?;
-    let uncond = pipeline.encode_prompt(&spec.negative_prompt)?;
+    let Prompts { cond, uncond } = Prompts::encode(pipeline, spec)?;
     let latents = pipeline.denoise(noise, &cond, &uncond, prefix.as_ref(), &sampling_options(spec), &mut |progress| {
         on_step(progress);
         loop {
@@ -121,10 +132,14 @@ pub fn denoise_chunk<B: Backend>(
 
 /// Sync mode: denoising step `step` (0-based) of a chunk from `latents`, its fused latents after
 /// the step before (its starting noise before step 0).
-pub fn denoise_step<B: Backend>(pipeline: &Pipeline<B>, spec: &RenderSpec, latents: Latents, step: u32) -> Result<Latents, ModelError> {
-    let cond = pipeline.encode_prompt(&spec.prompt)?;
-    let uncond = pipeline.encode_prompt(&spec.negative_prompt)?;
-    let next = pipeline.euler_step(to_tensor(pipeline, latents), step as usize, &cond, &uncond, &sampling_options(spec))?;
+pub fn denoise_step<B: Backend>(
+    pipeline: &Pipeline<B>,
+    spec: &RenderSpec,
+    prompts: &Prompts<B>,
+    latents: Latents,
+    step: u32,
+) -> Result<Latents, ModelError> {
+    let next = pipeline.euler_step(to_tensor(pipeline, latents), step as usize, &prompts.cond, &prompts.uncond, &sampling_options(spec))?;
     to_latents(next)
 }
 
@@ -134,6 +149,7 @@ pub fn denoise_step<B: Backend>(pipeline: &Pipeline<B>, spec: &RenderSpec, laten
 ///
 /// [`stitch`]: vidfarm_plan::stitch
 pub fn denoise_synced<B: Backend>(pipeline: &Pipeline<B>, spec: &RenderSpec, plan: &[ChunkPlan]) -> Result<Vec<Latents>, ModelError> {
+    let prompts = Prompts::encode(pipeline, spec)?;
     let mut chunks: Vec<Latents> = plan.iter().map(|chunk| chunk_start(pipeline, spec, chunk)).collect();
     for step in 0..spec.steps {
         if step > 0 {
@@ -145,7 +161,7 @@ pub fn denoise_synced<B: Backend>(pipeline: &Pipeline<B>, spec: &RenderSpec, pla
                 .collect::<Result<_, _>>()
                 .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
         }
-        chunks = chunks.into_iter().map(|latents| denoise_step(pipeline, spec, latents, step)).collect::<Result<_, _>>()?;
+        chunks = chunks.into_iter().map(|latents| denoise_step(pipeline, spec, &prompts, latents, step)).collect::<Result<_, _>>()?;
     }
     Ok(chunks)
 }

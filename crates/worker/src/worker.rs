@@ -1,6 +1,6 @@
 //! The task loop: lease, do, report, repeat, until told to shut down.
 
-use crate::render::{Directive, chunk_start, decode_clip, denoise_chunk, denoise_step};
+use crate::render::{Directive, Prompts, chunk_start, decode_clip, denoise_chunk, denoise_step};
 use burn::tensor::backend::Backend;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -318,7 +318,7 @@ where
                 let directive = Arc::new(AtomicU8::new(Directive::Run as u8));
                 let work = {
                     let (pipeline, spec) = (self.pipeline.clone(), record.spec.clone());
-                    tokio::task::spawn_blocking(move || denoise_step(&pipeline, &spec, latents, step))
+                    tokio::task::spawn_blocking(move || denoise_step(&pipeline, &spec, &Prompts::encode(&pipeline, &spec)?, latents, step))
                 };
                 // One step reports no progress of its own.
                 let (_, mut no_progress) = mpsc::unbounded_channel();
