@@ -25,6 +25,8 @@ target="${CARGO_TARGET_DIR:-target}"
 cargo build --locked -p vidfarm
 cargo test --locked --workspace
 cargo check --locked -p vidfarm --features cuda
+# The training binary carried to GPU machines (crates/synth/TRAINING.md, "On a GPU").
+cargo check --locked -p vidfarm-train --features cli,cuda
 
 # The Helm chart, linted and rendered by Helm's own library, manifests checked against the
 # Kubernetes schemas (no helm binary, no cluster).

@@ -12,7 +12,6 @@ use vidfarm_model::transformer::WanTransformerConfig;
 use vidfarm_model::vae::AutoencoderKLWanConfig;
 
 mod eval;
-mod train;
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
@@ -78,7 +77,7 @@ pub enum ModelCommand {
     },
     /// Train the model on synthetic clips: `vae` first, then `dit` from the VAE run's folder.
     /// Running the same command again continues from the last checkpoint.
-    Train(train::TrainArgs),
+    Train(vidfarm_train::cli::TrainArgs),
 }
 
 pub async fn run(command: ModelCommand) -> Result<()> {
@@ -118,7 +117,7 @@ fn run_blocking(command: ModelCommand) -> Result<()> {
         ModelCommand::Eval { model, limit, seed, seconds, steps, stitch, overlap, out, floors } => {
             eval::run(eval::EvalArgs { model, limit, seed, seconds, steps, stitch, overlap, out, floors })?;
         }
-        ModelCommand::Train(args) => train::run(args)?,
+        ModelCommand::Train(args) => vidfarm_train::cli::run(args)?,
     }
     Ok(())
 }

@@ -326,18 +326,27 @@ impl<B: Backend> Pipeline<B> {
     /// Wan's `_get_t5_prompt_embeds`: `[1, max_sequence_length, text_dim]`, the UMT5 states of the
     /// prompt's tokens followed by zeros (padding positions are zeroed, not encoded padding).
     pub fn encode_prompt(&self, prompt: &str) -> Result<PromptEmbedding<B>, ModelError> {
-        let max_len = self.max_sequence_length;
-        let encoded = self.tokenizer.encode(&clean_prompt(prompt), max_len)?;
-        let mut ids: Vec<i64> = encoded.ids.iter().map(|&id| id as i64).take(max_len).collect();
-        let mut mask: Vec<i64> = encoded.mask.iter().map(|&m| m as i64).take(max_len).collect();
-        ids.resize(max_len, 0);
-        mask.resize(max_len, 0);
+        let (hidden, mut unknown) = self.encode_prompts(&[prompt])?;
+        Ok(PromptEmbedding { hidden, unknown_words: unknown.pop().unwrap_or_default() })
+    }
+
+    /// [`Self::encode_prompt`] for many prompts in one text-encoder pass (training batches):
+    /// `[prompts, max_sequence_length, text_dim]`, and each prompt's unknown words.
+    pub fn encode_prompts(&self, prompts: &[&str]) -> Result<(Tensor<B, 3>, Vec<Vec<String>>), ModelError> {
+        let (max_len, batch) = (self.max_sequence_length, prompts.len());
+        let (mut ids, mut mask, mut unknown) = (Vec::with_capacity(batch * max_len), Vec::with_capacity(batch * max_len), Vec::new());
+        for prompt in prompts {
+            let encoded = self.tokenizer.encode(&clean_prompt(prompt), max_len)?;
+            for (padded, values) in [(&mut ids, &encoded.ids), (&mut mask, &encoded.mask)] {
+                padded.extend(values.iter().map(|&v| i64::from(v)).chain(std::iter::repeat(0)).take(max_len));
+            }
+            unknown.push(encoded.unknown_words);
+        }
         let keep: Vec<f32> = mask.iter().map(|&m| if m != 0 { 1.0 } else { 0.0 }).collect();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, max_len]), &self.device);
-        let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(mask, [1, max_len]), &self.device);
-        let keep = Tensor::<B, 3>::from_data(TensorData::new(keep, [1, max_len, 1]), &self.device);
-        let hidden = self.text_encoder.forward(ids, mask)? * keep;
-        Ok(PromptEmbedding { hidden, unknown_words: encoded.unknown_words })
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, max_len]), &self.device);
+        let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(mask, [batch, max_len]), &self.device);
+        let keep = Tensor::<B, 3>::from_data(TensorData::new(keep, [batch, max_len, 1]), &self.device);
+        Ok((self.text_encoder.forward(ids, mask)? * keep, unknown))
     }
 
     /// Denoises `noise` (`[1, latent_channels, frames, h, w]`, unit Gaussian) into normalised

@@ -11,6 +11,8 @@
 //! level and noise value is drawn from `(seed, step)` ([`data`]), so a run is reproducible from
 //! its command, and an interrupted one continues exactly as if it had not stopped.
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod data;
 pub mod dit;
 pub mod error;

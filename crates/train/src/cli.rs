@@ -1,5 +1,7 @@
-//! `vidfarm model train vae|dit`: trains the model on synthetic clips (crates/synth/TRAINING.md),
-//! checkpointing into `--out`; the same command continues an interrupted run.
+//! The training command, `vidfarm model train vae|dit` and the standalone `vidfarm-train` (which
+//! links no FFmpeg, so a CUDA build of it runs on any GPU machine): trains the model on synthetic
+//! clips (crates/synth/TRAINING.md), checkpointing into `--out`; the same command continues an
+//! interrupted run.
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
@@ -8,8 +10,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 use vidfarm_api::ModelProfile;
 use vidfarm_api::spec::causal_frame_count;
-use vidfarm_train::data::ClipShape;
-use vidfarm_train::{DitRecipe, LrSchedule, Progress, Recipe, SigmaSampling, StageRecipe, TrainBackend, TrainOptions, VaeRecipe};
+
+use crate::data::ClipShape;
+use crate::{DitRecipe, LrSchedule, Progress, Recipe, SigmaSampling, StageRecipe, TrainBackend, TrainOptions, VaeRecipe};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TrainStage {
@@ -151,11 +154,25 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // say them on stderr there.
     let say = |line: String| if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) };
     let mut last_checkpoint = None;
-    // Time of the steps alone (not encoding clips or writing checkpoints), for the summary.
+    // Time of the steps alone (not encoding clips or writing checkpoints), for the summary, and
+    // since the last checkpoint, for its line (a GPU's first steps include compiling kernels).
     let (mut mark, mut step_seconds, mut steps_timed) = (Instant::now(), 0.0, 0usize);
-    let state = vidfarm_train::train::<TrainBackend>(&options, &Default::default(), &mut |event| {
+    let (mut interval_seconds, mut interval_steps) = (0.0, 0usize);
+    let (started, mut first_batch) = (Instant::now(), None);
+    let state = crate::train::<TrainBackend>(&options, &Default::default(), &mut |event| {
         match event {
-            Progress::EncodingClips { done, total } => bar.set_message(format!("encoding clips {done}/{total}")),
+            Progress::EncodingClips { done, total } => {
+                bar.set_message(format!("encoding clips {done}/{total}"));
+                // The pace after the first batch leaves out loading and (on a GPU) compiling kernels.
+                let first = *first_batch.get_or_insert((done, Instant::now()));
+                if done == total {
+                    let pace = match total - first.0 {
+                        0 => started.elapsed().as_secs_f64() / total as f64,
+                        after_first => first.1.elapsed().as_secs_f64() / after_first as f64,
+                    };
+                    say(format!("loaded the model and encoded {total} clips in {:.1} s, {pace:.4} s a clip", started.elapsed().as_secs_f64()));
+                }
+            }
             Progress::Started { step, resumed, .. } => {
                 bar.set_position(step as u64);
                 bar.reset_eta();
@@ -164,8 +181,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 }
             }
             Progress::Step { step, loss, .. } => {
-                step_seconds += mark.elapsed().as_secs_f64();
-                steps_timed += 1;
+                let seconds = mark.elapsed().as_secs_f64();
+                (step_seconds, steps_timed) = (step_seconds + seconds, steps_timed + 1);
+                (interval_seconds, interval_steps) = (interval_seconds + seconds, interval_steps + 1);
                 bar.set_position(step as u64);
                 let saved = last_checkpoint.map(|s| format!(", saved at {s}")).unwrap_or_default();
                 bar.set_message(format!("loss {loss:.5}{saved}"));
@@ -174,8 +192,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 last_checkpoint = Some(step);
                 // A visible bar already shows "saved at" in its message.
                 if bar.is_hidden() {
-                    say(format!("step {step}/{}: checkpoint saved, {}", args.steps, bar.message()));
+                    let pace = interval_seconds / interval_steps.max(1) as f64;
+                    say(format!("step {step}/{}: checkpoint saved, {}, {pace:.4} s a step", args.steps, bar.message()));
                 }
+                (interval_seconds, interval_steps) = (0.0, 0);
             }
         }
         mark = Instant::now();
@@ -185,12 +205,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let tail = &state.losses[state.losses.len().saturating_sub(100)..];
     let recent = tail.iter().sum::<f32>() / tail.len().max(1) as f32;
     let pace = if steps_timed > 0 { format!(", {:.3} s a step", step_seconds / steps_timed as f64) } else { String::new() };
-    crate::output::emit(format!(
+    println!(
         "{} stage: {} steps in {}, mean loss of the last {} steps {recent:.5}{pace}",
         options.recipe.stage.name(),
         state.step,
         args.out.display(),
         tail.len()
-    ));
+    );
     Ok(())
 }
