@@ -464,7 +464,11 @@ fn a_missing_bucket_or_wrong_credentials_stop_the_server_at_start_up() {
 
 #[tokio::test]
 async fn a_chain_job_denoises_its_chunks_in_order_each_continuing_from_the_last() {
-    let server = Server::start(2);
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let env = [("VIDFARM_METRICS_LISTEN".to_string(), metrics.to_string())];
+    let mut server = Server::start_with_store(2, &store.path().display().to_string(), &env);
+    server._store = Some(store);
     let mut client = server.client().await;
     // 12 s: 25 latent frames in six chunks of 6 overlapping by 2.
     let chain = pb::JobSpec {
@@ -498,6 +502,13 @@ async fn a_chain_job_denoises_its_chunks_in_order_each_continuing_from_the_last(
     let clip = events.last().and_then(|e| e.job.as_ref()).and_then(|j| j.clip.as_ref()).expect("a clip");
     let seams = clip.seam_ratio.expect("a six-chunk clip reports its seam ratio");
     assert!(seams.is_finite() && seams > 0.0, "{seams}");
+    // The same figure as a metric, on the server's /metrics.
+    let text = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap().text().await.unwrap();
+    let line = |name: &str| text.lines().find_map(|l| l.strip_prefix(&format!("{name}{{stitch_mode=\"chain\"}} "))).map(str::to_string);
+    assert_eq!(line("vidfarm_clip_seam_ratio_count").as_deref(), Some("1"), "{text}");
+    let sum: f64 = line("vidfarm_clip_seam_ratio_sum").expect("a seam ratio sum").parse().unwrap();
+    assert!((sum - seams).abs() <= 1e-9 * seams, "metric {sum} against GetJob's {seams}");
+    assert!(text.contains(r#"vidfarm_tasks_total{kind="denoise",outcome="done"} 6"#), "{text}");
 
     // Each chunk's first two latent frames are exactly the previous chunk's last two.
     let store = vidfarm_store::ArtifactStore::local(server._store.as_ref().unwrap().path()).unwrap();

@@ -51,6 +51,7 @@ def main():
             "redis": {"existingSecret": "farm-redis"},
             "store": {"s3": {"credentialsSecret": "farm-s3", "endpoint": "http://minio:9000", "allowHttp": True}},
             "model": {"path": "/models/wan", "volume": {"persistentVolumeClaim": {"claimName": "models"}}},
+            "metrics": {"port": 0},
         },
     }
     for label, values in variants.items():
@@ -73,6 +74,16 @@ def main():
         assert service["spec"]["selector"] == coordinator["spec"]["selector"]["matchLabels"]
         assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 60, "workers need time to drain"
         assert worker["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+        metrics_port = (values.get("metrics") or {}).get("port", 9464)
+        for deployment in (coordinator, worker):
+            template = deployment["spec"]["template"]
+            ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0].get("ports", [])}
+            annotations = template["metadata"]["annotations"]
+            if metrics_port:
+                assert ports["metrics"] == metrics_port == int(annotations["prometheus.io/port"]), f"{label}: {ports} {annotations}"
+                assert config["metrics"]["listen"] == f"0.0.0.0:{metrics_port}"
+            else:
+                assert "metrics" not in ports and "prometheus.io/scrape" not in annotations and config["metrics"]["listen"] == ""
         env = container_env(worker)
         assert env["VIDFARM_CONFIG"]["value"] == "/etc/vidfarm/vidfarm.toml"
         if values:

@@ -80,6 +80,17 @@ pub enum StitchMode {
     Chain,
 }
 
+impl StitchMode {
+    /// The mode's name as the CLI and the job JSON spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Blend => "blend",
+            Self::Sync => "sync",
+            Self::Chain => "chain",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {

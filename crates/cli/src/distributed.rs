@@ -65,6 +65,7 @@ async fn connect(settings: &Settings, args: &RedisArgs) -> Result<FarmState> {
 pub async fn coordinator(settings: &Settings, redis: &RedisArgs, listen: &str, store: &str, model: &Path) -> Result<()> {
     let model_dir = resolve_model_dir(model);
     let profile = ModelProfile::load(&model_dir).with_context(|| format!("model {}", model_dir.display()))?;
+    crate::start_metrics(settings).await?;
     let store = open_store(store, settings).await?;
     let farm = connect(settings, redis).await?;
     let coordinator = Coordinator::new(farm, store, vec![profile]);
@@ -92,6 +93,7 @@ pub async fn coordinator(settings: &Settings, redis: &RedisArgs, listen: &str, s
 /// finish the task in hand and take no more. A failing Redis (the farm's state unreachable) pauses the worker, it does not end it.
 pub async fn worker(settings: &Settings, redis: &RedisArgs, store: &str, model: &Path, name: Option<String>) -> Result<()> {
     let (_, pipeline) = load_model(model).await?;
+    crate::start_metrics(settings).await?;
     let store = open_store(store, settings).await?;
     let farm = connect(settings, redis).await?;
     let name = name.unwrap_or_else(default_worker_name);

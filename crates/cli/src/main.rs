@@ -317,6 +317,7 @@ fn tempfile_dir() -> Result<PathBuf> {
 }
 
 async fn serve(settings: &Settings, listen: &str, store: &str, model: &PathBuf) -> Result<()> {
+    start_metrics(settings).await?;
     let farm = Farm::start(settings, model, store).await?;
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let local = listener.local_addr()?;
@@ -326,6 +327,22 @@ async fn serve(settings: &Settings, listen: &str, store: &str, model: &PathBuf) 
     vidfarm_coordinator::serve(farm.coordinator.clone(), listener, shutdown_signal()).await?;
     tracing::info!("shutting down: finishing tasks in hand");
     farm.stop().await;
+    Ok(())
+}
+
+/// Serves `GET /metrics` on `metrics.listen` for the life of the process, when it is set.
+async fn start_metrics(settings: &Settings) -> Result<()> {
+    let listen = &settings.metrics.listen;
+    if listen.is_empty() {
+        return Ok(());
+    }
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding metrics.listen {listen}"))?;
+    tracing::info!(local = %listener.local_addr()?, "metrics at /metrics");
+    tokio::spawn(async move {
+        if let Err(error) = vidfarm_telemetry::metrics::serve(listener).await {
+            tracing::error!(%error, "the metrics endpoint stopped");
+        }
+    });
     Ok(())
 }
 

@@ -17,6 +17,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub s3: S3Settings,
     pub redis: RedisSettings,
+    pub metrics: MetricsSettings,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -82,6 +83,12 @@ impl S3Settings {
             },
         }
     }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    pub listen: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]

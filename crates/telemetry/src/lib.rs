@@ -1,5 +1,10 @@
-//! Telemetry set-up shared by every vidfarm process: structured logs on stderr, filtered by
-//! `RUST_LOG` (default `info` for vidfarm, `warn` elsewhere), as text or JSON lines.
+//! Telemetry shared by every vidfarm process: structured logs on stderr, filtered by
+//! `RUST_LOG` (default `info` for vidfarm, `warn` elsewhere), as text or JSON lines; and
+//! Prometheus metrics ([`metrics`]).
+
+pub mod metrics;
+
+pub use metrics::metrics;
 
 use tracing_subscriber::EnvFilter;
 

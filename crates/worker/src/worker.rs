@@ -4,7 +4,7 @@ use crate::render::{Directive, Prompts, chunk_start, decode_clip, denoise_chunk,
 use burn::tensor::backend::Backend;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::Instrument;
 use vidfarm_model::pipeline::Pipeline;
@@ -186,6 +186,7 @@ where
             self.queue.ack(&lease).await?;
             return Ok(());
         };
+        let started = Instant::now();
         let result = match record.state {
             s if s.is_final() => Ok(Outcome::Abandoned),
             JobState::Paused => Ok(Outcome::Later),
@@ -195,6 +196,18 @@ where
                 TaskKind::Assemble => self.assemble(&lease, &record).await,
             },
         };
+        let outcome = match &result {
+            Ok(Outcome::Done) => "done",
+            Ok(Outcome::Abandoned) => "abandoned",
+            Ok(Outcome::Later) => "later",
+            Err(_) => "failed",
+        };
+        let kind = match lease.task.kind {
+            TaskKind::Denoise { .. } => "denoise",
+            TaskKind::SyncStep { .. } => "sync_step",
+            TaskKind::Assemble => "assemble",
+        };
+        vidfarm_telemetry::metrics().task_finished(kind, outcome, started.elapsed().as_secs_f64());
         match result {
             Ok(Outcome::Done | Outcome::Abandoned) => {
                 self.queue.ack(&lease).await?;
@@ -411,6 +424,7 @@ where
             seam_ratio,
         };
         tracing::info!(job_id = %record.id, bytes = clip.size_bytes, frames, seam_ratio, "clip stored");
+        vidfarm_telemetry::metrics().clip_assembled(record.spec.stitch_mode.name(), seam_ratio);
         self.book.update(&record.id, JobChange::Succeeded(clip)).await?;
         if !record.spec.keep_intermediates {
             // The job is final, so no task reads its chunks again; a failure here only leaves

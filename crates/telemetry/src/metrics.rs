@@ -1,0 +1,131 @@
+//! The process's metrics, in the OpenMetrics text format at `GET /metrics` when
+//! `metrics.listen` is set: Prometheus scrapes it, and so does an OpenTelemetry collector's
+//! `prometheus` receiver. One registry per process ([`metrics`]), so the code that observes
+//! something records it where it happens, with no handle passed down.
+
+use std::sync::OnceLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// A finished task: what it was and how it ended (`done`, `abandoned`, `later`, `failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    pub kind: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskKindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StitchLabels {
+    pub stitch_mode: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    tasks: Family<TaskLabels, Counter>,
+    task_seconds: Family<TaskKindLabels, Histogram>,
+    clips: Family<StitchLabels, Counter>,
+    seam_ratio: Family<StitchLabels, Histogram>,
+}
+
+/// Seconds a task took: a denoising step on a CPU takes a fraction of a second, a chunk on a
+/// large model minutes.
+const SECONDS_BUCKETS: [f64; 12] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1200.0];
+/// Seam ratios: 1.0 is an invisible seam; the long-video targets sit at 1.15.
+const SEAM_BUCKETS: [f64; 11] = [0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.25, 1.5, 2.0, 3.0];
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("vidfarm");
+        let tasks = Family::default();
+        registry.register("tasks", "Tasks a worker finished, by kind and outcome", tasks.clone());
+        let task_seconds = Family::<_, _, fn() -> Histogram>::new_with_constructor(|| Histogram::new(SECONDS_BUCKETS));
+        registry.register("task_seconds", "Time a worker spent on a task that it completed", task_seconds.clone());
+        let clips = Family::default();
+        registry.register("clips_assembled", "Clips stitched, decoded and stored, by stitch mode", clips.clone());
+        let seam_ratio = Family::<_, _, fn() -> Histogram>::new_with_constructor(|| Histogram::new(SEAM_BUCKETS));
+        registry.register(
+            "clip_seam_ratio",
+            "Seam ratio of each assembled clip of two or more chunks (1.0: seams as smooth as the rest)",
+            seam_ratio.clone(),
+        );
+        Self { registry, tasks, task_seconds, clips, seam_ratio }
+    }
+
+    /// A task ended; `seconds` is recorded for completed (`done`) tasks only.
+    pub fn task_finished(&self, kind: &'static str, outcome: &'static str, seconds: f64) {
+        self.tasks.get_or_create(&TaskLabels { kind, outcome }).inc();
+        if outcome == "done" {
+            self.task_seconds.get_or_create(&TaskKindLabels { kind }).observe(seconds);
+        }
+    }
+
+    /// A clip was stored; a single-chunk clip has no seam ratio.
+    pub fn clip_assembled(&self, stitch_mode: &'static str, seam_ratio: Option<f64>) {
+        let labels = StitchLabels { stitch_mode };
+        self.clips.get_or_create(&labels).inc();
+        if let Some(ratio) = seam_ratio {
+            self.seam_ratio.get_or_create(&labels).observe(ratio);
+        }
+    }
+
+    /// Everything recorded so far, in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// This process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves `GET /metrics` on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(|| async { ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], metrics().encode()) }));
+    axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_tasks_and_seams_appear_in_the_text() {
+        let m = Metrics::new();
+        m.task_finished("denoise", "done", 0.3);
+        m.task_finished("denoise", "failed", 9.0);
+        m.clip_assembled("sync", Some(1.02));
+        m.clip_assembled("sync", None);
+        let text = m.encode();
+        for line in [
+            r#"vidfarm_tasks_total{kind="denoise",outcome="done"} 1"#,
+            r#"vidfarm_tasks_total{kind="denoise",outcome="failed"} 1"#,
+            r#"vidfarm_task_seconds_count{kind="denoise"} 1"#,
+            r#"vidfarm_task_seconds_bucket{le="0.5",kind="denoise"} 1"#,
+            r#"vidfarm_clips_assembled_total{stitch_mode="sync"} 2"#,
+            r#"vidfarm_clip_seam_ratio_sum{stitch_mode="sync"} 1.02"#,
+            r#"vidfarm_clip_seam_ratio_count{stitch_mode="sync"} 1"#,
+            r#"vidfarm_clip_seam_ratio_bucket{le="1.05",stitch_mode="sync"} 1"#,
+            r#"vidfarm_clip_seam_ratio_bucket{le="1.0",stitch_mode="sync"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
