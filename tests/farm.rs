@@ -490,18 +490,17 @@ async fn two_hundred_jobs_submitted_at_once_to_three_workers_all_finish_once() {
 }
 
 #[tokio::test]
-async fn a_long_job_gives_the_same_clip_with_one_or_four_workers_as_on_the_embedded_farm() {
+async fn a_long_job_gives_the_same_clip_with_one_two_or_four_workers_as_on_the_embedded_farm() {
     let _turn = ONE_AT_A_TIME.lock().await;
     // 12 s at 8 fps: 97 frames, 25 latent frames, six overlapping chunks finishing in any order
-    // (in sync mode, their steps).
-    for stitch in ["blend", "sync"] {
-        let mode = if stitch == "sync" { pb::StitchMode::Sync } else { pb::StitchMode::Blend };
+    // (in sync mode, their steps; in chain mode one after another, on whichever worker).
+    for (stitch, mode) in [("blend", pb::StitchMode::Blend), ("sync", pb::StitchMode::Sync), ("chain", pb::StitchMode::Chain)] {
         let long = pb::JobSpec { seed: Some(21), keep_intermediates: true, stitch_mode: mode as i32, ..spec(12.0, 2, pb::Priority::Normal) };
         let reference = tempfile::tempdir().unwrap();
         let (latents, mp4) = render_on_the_embedded_farm(reference.path(), 12, 21, 2, stitch);
         assert_eq!(latents.len(), 6);
 
-        for workers in [1, 4] {
+        for workers in [1, 2, 4] {
             let farm = Farm::new();
             let coordinator = farm.coordinator();
             let _workers: Vec<Process> = (0..workers).map(|i| farm.worker(&format!("w{i}"), 15)).collect();
