@@ -18,6 +18,17 @@ pub enum TaskKind {
     Assemble,
 }
 
+impl TaskKind {
+    /// The kind's name, without its chunk and step (a metric label).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Denoise { .. } => "denoise",
+            Self::SyncStep { .. } => "sync_step",
+            Self::Assemble => "assemble",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
     pub job_id: String,

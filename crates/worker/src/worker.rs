@@ -202,12 +202,7 @@ where
             Ok(Outcome::Later) => "later",
             Err(_) => "failed",
         };
-        let kind = match lease.task.kind {
-            TaskKind::Denoise { .. } => "denoise",
-            TaskKind::SyncStep { .. } => "sync_step",
-            TaskKind::Assemble => "assemble",
-        };
-        vidfarm_telemetry::metrics().task_finished(kind, outcome, started.elapsed().as_secs_f64());
+        vidfarm_telemetry::metrics().task_finished(lease.task.kind.name(), outcome, started.elapsed().as_secs_f64());
         match result {
             Ok(Outcome::Done | Outcome::Abandoned) => {
                 self.queue.ack(&lease).await?;
