@@ -18,7 +18,7 @@ use crate::checkpoint::{io_error, read_config, unsupported, write_config};
 use crate::error::ModelError;
 use crate::text_encoder::{UMT5Config, UMT5EncoderModel};
 use crate::tokenizer::Tokenizer;
-use crate::transformer::{WanTransformer3DModel, WanTransformerConfig};
+use crate::transformer::{ClipSpan, WanTransformer3DModel, WanTransformerConfig};
 use crate::vae::{AutoencoderKLWan, AutoencoderKLWanConfig};
 
 pub use crate::sampling::{CleanPrefix, SamplerKind, SamplingOptions, StepControl, StepProgress};
@@ -349,18 +349,20 @@ impl<B: Backend> Pipeline<B> {
         Ok((self.text_encoder.forward(ids, mask)? * keep, unknown))
     }
 
-    /// Denoises `noise` (`[1, latent_channels, frames, h, w]`, unit Gaussian) into normalised
-    /// latents. Returns `Err(ModelError::Cancelled)` when `on_step` answers Stop.
+    /// Denoises `noise` (`[1, latent_channels, frames, h, w]`, unit Gaussian, at `span` of its
+    /// clip) into normalised latents. Returns `Err(ModelError::Cancelled)` when `on_step` answers Stop.
+    #[allow(clippy::too_many_arguments)]
     pub fn denoise(
         &self,
         noise: Tensor<B, 5>,
         cond: &PromptEmbedding<B>,
         uncond: &PromptEmbedding<B>,
         prefix: Option<&CleanPrefix<B>>,
+        span: ClipSpan,
         opts: &SamplingOptions,
         on_step: &mut dyn FnMut(StepProgress) -> StepControl,
     ) -> Result<Tensor<B, 5>, ModelError> {
-        crate::sampling::denoise(&self.transformer, noise, cond.hidden.clone(), uncond.hidden.clone(), prefix, opts, on_step)
+        crate::sampling::denoise(&self.transformer, noise, cond.hidden.clone(), uncond.hidden.clone(), prefix, span, opts, on_step)
     }
 
     /// One Euler step of a stepwise run (sync mode): see [`crate::sampling::euler_step`].
@@ -370,9 +372,10 @@ impl<B: Backend> Pipeline<B> {
         step: usize,
         cond: &PromptEmbedding<B>,
         uncond: &PromptEmbedding<B>,
+        span: ClipSpan,
         opts: &SamplingOptions,
     ) -> Result<Tensor<B, 5>, ModelError> {
-        crate::sampling::euler_step(&self.transformer, latents, step, cond.hidden.clone(), uncond.hidden.clone(), opts)
+        crate::sampling::euler_step(&self.transformer, latents, step, cond.hidden.clone(), uncond.hidden.clone(), span, opts)
     }
 
     /// Un-normalises latents with the VAE's `latents_mean`/`latents_std` (as `WanPipeline` does) and
@@ -462,13 +465,13 @@ mod tests {
         let opts = SamplingOptions { sampler: SamplerKind::UniPc, steps: 2, guidance_scale: 3.0, flow_shift: 3.0 };
         let mut steps = Vec::new();
         let latents = loaded
-            .denoise(noise.clone(), &cond, &uncond, None, &opts, &mut |p| {
+            .denoise(noise.clone(), &cond, &uncond, None, ClipSpan::whole(2), &opts, &mut |p| {
                 steps.push(p.step);
                 StepControl::Continue
             })
             .expect("denoise");
         assert_eq!(steps, vec![1, 2]);
-        let reference = pipeline.denoise(noise, &cond, &uncond, None, &opts, &mut |_| StepControl::Continue).expect("denoise");
+        let reference = pipeline.denoise(noise, &cond, &uncond, None, ClipSpan::whole(2), &opts, &mut |_| StepControl::Continue).expect("denoise");
         assert!(max_abs_diff(latents.clone(), reference) < 1e-5);
 
         let video = loaded.decode(latents).expect("decode");
@@ -518,8 +521,9 @@ mod tests {
         let uncond_err = max_abs_diff(uncond.hidden.clone(), read3("negative_prompt_embeds"));
 
         let opts = SamplingOptions { sampler: SamplerKind::UniPc, steps: 4, guidance_scale: 4.0, flow_shift: 3.0 };
-        let latents =
-            pipeline.denoise(read5("noise"), &cond, &uncond, None, &opts, &mut |_| StepControl::Continue).expect("denoise");
+        let noise = read5("noise");
+        let span = ClipSpan::whole(noise.dims()[2]);
+        let latents = pipeline.denoise(noise, &cond, &uncond, None, span, &opts, &mut |_| StepControl::Continue).expect("denoise");
         let latents_err = max_abs_diff(latents.clone(), read5("latents"));
         let video_err = max_abs_diff(pipeline.decode(latents).expect("decode"), read5("video"));
         println!("pipeline max abs errors: prompt {cond_err:e}, negative {uncond_err:e}, latents {latents_err:e}, video {video_err:e}");

@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 
 use crate::error::ModelError;
 use crate::scheduler::FlowSampler;
-use crate::transformer::WanTransformer3DModel;
+use crate::transformer::{ClipSpan, WanTransformer3DModel};
 
 /// Which flow-matching sampler to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -116,7 +116,8 @@ pub enum StepControl {
 
 /// The classifier-free-guided flow prediction at timestep `t` (one sampler step's model work):
 /// `uncond + scale * (cond - uncond)`, or just the conditional prediction when `guidance_scale`
-/// is at most 1. Both passes run as one batch when the embeddings have the same shape.
+/// is at most 1. Both passes run as one batch when the embeddings have the same shape. Every item
+/// sits at `span` of its clip.
 pub fn guided_flow<B: Backend>(
     transformer: &WanTransformer3DModel<B>,
     latents: Tensor<B, 5>,
@@ -124,23 +125,25 @@ pub fn guided_flow<B: Backend>(
     cond: Tensor<B, 3>,
     uncond: Tensor<B, 3>,
     guidance_scale: f32,
+    span: ClipSpan,
 ) -> Result<Tensor<B, 5>, ModelError> {
     let batch = latents.dims()[0];
     if guidance_scale <= 1.0 {
-        return transformer.forward(latents, &vec![t as f32; batch], cond);
+        return transformer.forward_in(latents, &vec![t as f32; batch], cond, &vec![span; batch]);
     }
     let (cond_flow, uncond_flow) = if cond.dims() == uncond.dims() {
-        let both = transformer.forward(
+        let both = transformer.forward_in(
             Tensor::cat(vec![latents.clone(), latents], 0),
             &vec![t as f32; 2 * batch],
             Tensor::cat(vec![cond, uncond], 0),
+            &vec![span; 2 * batch],
         )?;
         (both.clone().narrow(0, 0, batch), both.narrow(0, batch, batch))
     } else {
         let timesteps = vec![t as f32; batch];
         (
-            transformer.forward(latents.clone(), &timesteps, cond)?,
-            transformer.forward(latents, &timesteps, uncond)?,
+            transformer.forward_in(latents.clone(), &timesteps, cond, &vec![span; batch])?,
+            transformer.forward_in(latents, &timesteps, uncond, &vec![span; batch])?,
         )
     };
     Ok(uncond_flow.clone() + (cond_flow - uncond_flow) * guidance_scale)
@@ -168,15 +171,16 @@ impl<B: Backend> CleanPrefix<B> {
 
 /// Runs the sampler from `noise` (`[batch, channels, frames, height, width]`, sigma 1) to sigma 0,
 /// guiding the flow prediction with `cond`/`uncond` text embeddings (`[batch, tokens, text_dim]`).
-/// With a `prefix`, its frames are held (see [`CleanPrefix`]).
-#[allow(clippy::too_many_arguments)]
+/// With a `prefix`, its frames are held (see [`CleanPrefix`]). The sample is `span` of its clip.
 /// Returns `Err(ModelError::Cancelled)` as soon as `on_step` answers [`StepControl::Stop`].
+#[allow(clippy::too_many_arguments)]
 pub fn denoise<B: Backend>(
     transformer: &WanTransformer3DModel<B>,
     noise: Tensor<B, 5>,
     cond: Tensor<B, 3>,
     uncond: Tensor<B, 3>,
     prefix: Option<&CleanPrefix<B>>,
+    span: ClipSpan,
     opts: &SamplingOptions,
     on_step: &mut dyn FnMut(StepProgress) -> StepControl,
 ) -> Result<Tensor<B, 5>, ModelError> {
@@ -196,7 +200,7 @@ pub fn denoise<B: Backend>(
         if let Some(prefix) = prefix {
             latents = prefix.hold(latents, sigma);
         }
-        let flow = guided_flow(transformer, latents.clone(), t, cond.clone(), uncond.clone(), opts.guidance_scale)?;
+        let flow = guided_flow(transformer, latents.clone(), t, cond.clone(), uncond.clone(), opts.guidance_scale, span)?;
         latents = sampler.step(flow, latents);
         if on_step(StepProgress { step, total }) == StepControl::Stop {
             return Err(ModelError::Cancelled);
@@ -217,6 +221,7 @@ pub fn euler_step<B: Backend>(
     step: usize,
     cond: Tensor<B, 3>,
     uncond: Tensor<B, 3>,
+    span: ClipSpan,
     opts: &SamplingOptions,
 ) -> Result<Tensor<B, 5>, ModelError> {
     opts.validate()?;
@@ -227,7 +232,7 @@ pub fn euler_step<B: Backend>(
     let Some(t) = sampler.next_timestep() else {
         return Err(ModelError::InvalidInput(format!("step {step} is past the last of {} steps", opts.steps)));
     };
-    let flow = guided_flow(transformer, latents.clone(), t, cond, uncond, opts.guidance_scale)?;
+    let flow = guided_flow(transformer, latents.clone(), t, cond, uncond, opts.guidance_scale, span)?;
     Ok(sampler.step(flow, latents))
 }
 
@@ -275,7 +280,7 @@ mod tests {
             let opts = SamplingOptions { sampler, steps: 3, guidance_scale: 4.0, flow_shift: 3.0 };
             let (noise, cond, uncond) = inputs();
             let mut seen = Vec::new();
-            let out = denoise(&model, noise.clone(), cond.clone(), uncond.clone(), None, &opts, &mut |p| {
+            let out = denoise(&model, noise.clone(), cond.clone(), uncond.clone(), None, ClipSpan::whole(2), &opts, &mut |p| {
                 seen.push(p);
                 StepControl::Continue
             })
@@ -285,7 +290,7 @@ mod tests {
             assert_eq!(seen, (1..=total).map(|step| StepProgress { step, total }).collect::<Vec<_>>());
 
             let mut calls = 0;
-            let stopped = denoise(&model, noise, cond, uncond, None, &opts, &mut |_| {
+            let stopped = denoise(&model, noise, cond, uncond, None, ClipSpan::whole(2), &opts, &mut |_| {
                 calls += 1;
                 if calls == 2 { StepControl::Stop } else { StepControl::Continue }
             });
@@ -299,8 +304,8 @@ mod tests {
         let model = tiny_transformer();
         let opts = SamplingOptions { sampler: SamplerKind::Euler, steps: 2, guidance_scale: 1.0, flow_shift: 1.0 };
         let (noise, cond, uncond) = inputs();
-        let a = denoise(&model, noise.clone(), cond.clone(), uncond, None, &opts, &mut |_| StepControl::Continue).expect("a");
-        let b = denoise(&model, noise, cond.clone(), cond.zeros_like(), None, &opts, &mut |_| StepControl::Continue).expect("b");
+        let a = denoise(&model, noise.clone(), cond.clone(), uncond, None, ClipSpan::whole(2), &opts, &mut |_| StepControl::Continue).expect("a");
+        let b = denoise(&model, noise, cond.clone(), cond.zeros_like(), None, ClipSpan::whole(2), &opts, &mut |_| StepControl::Continue).expect("b");
         assert_eq!(max_abs_diff(a, b), 0.0);
     }
 
@@ -317,7 +322,7 @@ mod tests {
         };
         for sampler in SamplerKind::ALL {
             let opts = SamplingOptions { sampler, steps: 3, guidance_scale: 4.0, flow_shift: 3.0 };
-            let run = |prefix| denoise(&model, noise.clone(), cond.clone(), uncond.clone(), prefix, &opts, &mut |_| StepControl::Continue);
+            let run = |prefix| denoise(&model, noise.clone(), cond.clone(), uncond.clone(), prefix, ClipSpan::whole(f), &opts, &mut |_| StepControl::Continue);
             let (free, held_run) = (run(None).expect("free"), run(Some(&prefix)).expect("held"));
             assert_eq!(max_abs_diff(held_run.clone().narrow(2, 0, held), prefix.latents.clone()), 0.0, "{sampler}");
             let rest = |x: Tensor<B, 5>| x.narrow(2, held, f - held);
@@ -326,7 +331,7 @@ mod tests {
         let longer = Tensor::random([b, c, f + 1, h, w], Distribution::Normal(0.0, 1.0), &device);
         let misfit = CleanPrefix { latents: longer.clone(), noise: longer };
         let opts = SamplingOptions { sampler: SamplerKind::Euler, steps: 2, guidance_scale: 1.0, flow_shift: 1.0 };
-        let result = denoise(&model, noise, cond, uncond, Some(&misfit), &opts, &mut |_| StepControl::Continue);
+        let result = denoise(&model, noise, cond, uncond, Some(&misfit), ClipSpan::whole(f), &opts, &mut |_| StepControl::Continue);
         assert!(matches!(result, Err(ModelError::InvalidInput(m)) if m.contains("prefix")));
     }
 
@@ -335,15 +340,15 @@ mod tests {
         let model = tiny_transformer();
         let opts = SamplingOptions { sampler: SamplerKind::Euler, steps: 4, guidance_scale: 3.0, flow_shift: 3.0 };
         let (noise, cond, uncond) = inputs();
-        let whole = denoise(&model, noise.clone(), cond.clone(), uncond.clone(), None, &opts, &mut |_| StepControl::Continue).expect("whole");
+        let whole = denoise(&model, noise.clone(), cond.clone(), uncond.clone(), None, ClipSpan::whole(2), &opts, &mut |_| StepControl::Continue).expect("whole");
         let mut latents = noise;
         for step in 0..opts.steps {
-            latents = euler_step(&model, latents, step, cond.clone(), uncond.clone(), &opts).expect("step");
+            latents = euler_step(&model, latents, step, cond.clone(), uncond.clone(), ClipSpan::whole(2), &opts).expect("step");
         }
         assert_eq!(max_abs_diff(latents.clone(), whole), 0.0);
-        assert!(euler_step(&model, latents.clone(), 4, cond.clone(), uncond.clone(), &opts).is_err(), "past the end");
+        assert!(euler_step(&model, latents.clone(), 4, cond.clone(), uncond.clone(), ClipSpan::whole(2), &opts).is_err(), "past the end");
         let unipc = SamplingOptions { sampler: SamplerKind::UniPc, ..opts };
-        assert!(matches!(euler_step(&model, latents, 0, cond, uncond, &unipc), Err(ModelError::InvalidInput(m)) if m.contains("euler")));
+        assert!(matches!(euler_step(&model, latents, 0, cond, uncond, ClipSpan::whole(2), &unipc), Err(ModelError::InvalidInput(m)) if m.contains("euler")));
     }
 
     #[test]
@@ -351,7 +356,7 @@ mod tests {
         let model = tiny_transformer();
         let (noise, cond, uncond) = inputs();
         let opts = SamplingOptions { sampler: SamplerKind::Euler, steps: 0, guidance_scale: 1.0, flow_shift: 1.0 };
-        let result = denoise(&model, noise, cond, uncond, None, &opts, &mut |_| StepControl::Continue);
+        let result = denoise(&model, noise, cond, uncond, None, ClipSpan::whole(2), &opts, &mut |_| StepControl::Continue);
         assert!(matches!(result, Err(ModelError::InvalidInput(_))));
     }
 
@@ -359,7 +364,7 @@ mod tests {
     fn batched_guidance_matches_separate_passes() {
         let model = tiny_transformer();
         let (noise, cond, uncond) = inputs();
-        let batched = guided_flow(&model, noise.clone(), 700.0, cond.clone(), uncond.clone(), 5.0).expect("batched");
+        let batched = guided_flow(&model, noise.clone(), 700.0, cond.clone(), uncond.clone(), 5.0, ClipSpan::whole(2)).expect("batched");
         let timesteps = [700.0f32];
         let c = model.forward(noise.clone(), &timesteps, cond).expect("cond");
         let u = model.forward(noise, &timesteps, uncond).expect("uncond");

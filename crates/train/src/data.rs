@@ -151,6 +151,9 @@ pub struct FlowBatch {
     /// Shifted sigmas in `(0, 1)`, one per item; the DiT's timestep is `1000 * sigma`.
     pub sigmas: Vec<f32>,
     pub captions: Vec<String>,
+    /// Each item's first latent frame in its clip, of `clip_frames`.
+    pub starts: Vec<usize>,
+    pub clip_frames: usize,
 }
 
 /// Flow-matching examples: each item a random `window`-latent slice of a random clip, a sigma
@@ -170,11 +173,12 @@ pub fn flow_batch(
     let [count, channels, frames, height, width] = clips.latents.shape;
     let clip_len = channels * frames * height * width;
     let mut latents = Vec::with_capacity(batch * channels * window * height * width);
-    let (mut noise, mut sigmas, mut captions) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut noise, mut sigmas, mut captions, mut starts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for item in 0..batch {
         let mut rng = Rng::for_item(seed, Purpose::DitExample, step, item);
         let clip = rng.below(count);
         let start = rng.below(frames - window + 1);
+        starts.push(start);
         let values = &clips.latents.values[clip * clip_len..(clip + 1) * clip_len];
         let slice = crop(values, [channels, frames, height, width], [start, 0, 0], [window, height, width]);
         noise.extend(rng.normals(slice.len()));
@@ -187,7 +191,14 @@ pub fn flow_batch(
         let dropped = rng.unit() < caption_dropout;
         captions.push(if dropped { String::new() } else { clips.captions[clip].clone() });
     }
-    FlowBatch { latents: Batch5 { values: latents, shape: [batch, channels, window, height, width] }, noise, sigmas, captions }
+    FlowBatch {
+        latents: Batch5 { values: latents, shape: [batch, channels, window, height, width] },
+        noise,
+        sigmas,
+        captions,
+        starts,
+        clip_frames: frames,
+    }
 }
 
 /// Per-channel mean and standard deviation of `[batch, channels, ...]` values.
@@ -263,6 +274,12 @@ mod tests {
             assert_eq!(item[8] - item[0], 16.0, "channel 1 of the same clip and frame");
         }
         assert!(batch.sigmas.iter().all(|&s| s > 0.0 && s < 1.0));
+        // Each item's start is where its values come from (frame f starts at 4 f).
+        for (item, &start) in batch.latents.values.chunks_exact(16).zip(&batch.starts) {
+            assert_eq!(item[0] % 16.0, 4.0 * start as f32, "{item:?} from {start}");
+        }
+        assert_eq!(batch.clip_frames, 4);
+        assert!(batch.starts.contains(&0) && batch.starts.contains(&1));
         // shift 3 moves the median sigma from 0.5 to 0.75.
         let above = batch.sigmas.iter().filter(|&&s| s > 0.75).count();
         assert!((150..250).contains(&above), "{above} of 400 above 0.75");

@@ -14,7 +14,7 @@ use burn::tensor::{ElementConversion, Tensor, TensorData};
 use vidfarm_model::Pipeline;
 use vidfarm_model::checkpoint::{TensorSource, TensorWriter};
 use vidfarm_model::text_encoder::UMT5EncoderModel;
-use vidfarm_model::transformer::WanTransformer3DModel;
+use vidfarm_model::transformer::{ClipSpan, WanTransformer3DModel};
 use vidfarm_model::vae::AutoencoderKLWan;
 
 use crate::data::{Batch5, ClipShape, FlowBatch, LatentClips, Purpose, Rng, flow_batch, training_clip, training_scene};
@@ -43,7 +43,8 @@ pub fn flow_matching_loss<B: Backend>(pipeline: &Pipeline<B>, batch: &FlowBatch)
     let captions: Vec<&str> = batch.captions.iter().map(String::as_str).collect();
     let (text, _) = pipeline.encode_prompts(&captions)?;
     let timesteps: Vec<f32> = batch.sigmas.iter().map(|s| s * 1000.0).collect();
-    let flow = pipeline.transformer.forward(x, &timesteps, text)?;
+    let spans: Vec<ClipSpan> = batch.starts.iter().map(|&start| ClipSpan { start, clip_frames: batch.clip_frames }).collect();
+    let flow = pipeline.transformer.forward_in(x, &timesteps, text, &spans)?;
     Ok((flow - (noise - x0)).powi_scalar(2).mean())
 }
 

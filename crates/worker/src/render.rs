@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 use vidfarm_api::{RenderSpec, Sampler};
 use vidfarm_model::ModelError;
+use vidfarm_model::transformer::ClipSpan;
 use vidfarm_model::pipeline::{CleanPrefix, Pipeline, PromptEmbedding, SamplerKind, SamplingOptions, StepControl, StepProgress};
 use vidfarm_plan::{ChunkPlan, FrameSpan, Latents, fuse_chunk, noise};
 use vidfarm_video::RgbFrames;
@@ -117,7 +118,8 @@ pub fn denoise_chunk<B: Backend>(
         None => None,
     };
     let Prompts { cond, uncond } = Prompts::encode(pipeline, spec)?;
-    let latents = pipeline.denoise(noise, &cond, &uncond, prefix.as_ref(), &sampling_options(spec), &mut |progress| {
+    let span = clip_span(spec, chunk);
+    let latents = pipeline.denoise(noise, &cond, &uncond, prefix.as_ref(), span, &sampling_options(spec), &mut |progress| {
         on_step(progress);
         loop {
             match Directive::load(directive) {
@@ -130,16 +132,23 @@ pub fn denoise_chunk<B: Backend>(
     to_latents(latents)
 }
 
-/// Sync mode: denoising step `step` (0-based) of a chunk from `latents`, its fused latents after
+/// Where a chunk sits in its clip, for models that see it (`position_frequencies`).
+fn clip_span(spec: &RenderSpec, chunk: &ChunkPlan) -> ClipSpan {
+    ClipSpan { start: chunk.start as usize, clip_frames: spec.latent_frames() as usize }
+}
+
+/// Sync mode: denoising step `step` (0-based) of `chunk` from `latents`, its fused latents after
 /// the step before (its starting noise before step 0).
 pub fn denoise_step<B: Backend>(
     pipeline: &Pipeline<B>,
     spec: &RenderSpec,
     prompts: &Prompts<B>,
+    chunk: &ChunkPlan,
     latents: Latents,
     step: u32,
 ) -> Result<Latents, ModelError> {
-    let next = pipeline.euler_step(to_tensor(pipeline, latents), step as usize, &prompts.cond, &prompts.uncond, &sampling_options(spec))?;
+    let opts = sampling_options(spec);
+    let next = pipeline.euler_step(to_tensor(pipeline, latents), step as usize, &prompts.cond, &prompts.uncond, clip_span(spec, chunk), &opts)?;
     to_latents(next)
 }
 
@@ -161,7 +170,11 @@ pub fn denoise_synced<B: Backend>(pipeline: &Pipeline<B>, spec: &RenderSpec, pla
                 .collect::<Result<_, _>>()
                 .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
         }
-        chunks = chunks.into_iter().map(|latents| denoise_step(pipeline, spec, &prompts, latents, step)).collect::<Result<_, _>>()?;
+        chunks = plan
+            .iter()
+            .zip(chunks)
+            .map(|(chunk, latents)| denoise_step(pipeline, spec, &prompts, chunk, latents, step))
+            .collect::<Result<_, _>>()?;
     }
     Ok(chunks)
 }

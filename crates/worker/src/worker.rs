@@ -325,8 +325,10 @@ where
                 };
                 let directive = Arc::new(AtomicU8::new(Directive::Run as u8));
                 let work = {
-                    let (pipeline, spec) = (self.pipeline.clone(), record.spec.clone());
-                    tokio::task::spawn_blocking(move || denoise_step(&pipeline, &spec, &Prompts::encode(&pipeline, &spec)?, latents, step))
+                    let (pipeline, spec, chunk_plan) = (self.pipeline.clone(), record.spec.clone(), plan[chunk as usize]);
+                    tokio::task::spawn_blocking(move || {
+                        denoise_step(&pipeline, &spec, &Prompts::encode(&pipeline, &spec)?, &chunk_plan, latents, step)
+                    })
                 };
                 // One step reports no progress of its own.
                 let (_, mut no_progress) = mpsc::unbounded_channel();

@@ -2,6 +2,9 @@
 //! optional factorized attention layout (spatial attention per frame, then temporal attention per
 //! position; vidfarm's extension, weights under `blocks.N.attn_temporal` / `blocks.N.norm_temporal`).
 //!
+//! With `position_frequencies` set (vidfarm's extension, weights `position_embedding.*`), each
+//! token also gets its place in the frame and in the clip: see [`position`].
+//!
 //! Flow: Conv3d patch embedding (patch `(1, 2, 2)`) -> blocks with 6-way adaLN modulation from the
 //! timestep, 3D rotary self-attention and cross-attention to the projected text -> modulated output
 //! norm -> `proj_out` -> unpatchify back to `[batch, channels, frames, height, width]`.
@@ -9,18 +12,20 @@
 mod attention;
 mod block;
 mod embeddings;
+mod position;
 mod rope;
 
 pub use attention::{AttentionScope, WanAttention, scaled_dot_product};
 pub use block::{BlockDims, FeedForward, WanTransformerBlock};
 pub use embeddings::{ConditionEmbedder, timestep_features};
+pub use position::{ClipSpan, feature_count, position_features};
 pub use rope::{RopeTables, apply_rope, rope_tables};
 
 use std::path::Path;
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{TensorSource, TensorWriter, read_config, save_component, unsupported};
@@ -70,6 +75,13 @@ fn default_class_name() -> String {
     CONFIG_CLASS_NAME.to_string()
 }
 
+fn is_zero(value: &usize) -> bool {
+    *value == 0
+}
+
+/// More would overflow the frequencies' powers of two and resolve nothing a patch grid holds.
+const MAX_POSITION_FREQUENCIES: usize = 16;
+
 const QK_NORM_ACROSS_HEADS: &str = "rms_norm_across_heads";
 
 /// diffusers' `transformer/config.json` for `WanTransformer3DModel`, plus `attention_layout`.
@@ -104,6 +116,10 @@ pub struct WanTransformerConfig {
     /// vidfarm extension: `"full"` (Wan) or `"factorized"`.
     #[serde(default = "default_layout")]
     pub attention_layout: String,
+    /// vidfarm extension: Fourier frequencies per axis of the absolute position features (0: none,
+    /// as Wan).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub position_frequencies: usize,
 }
 
 impl WanTransformerConfig {
@@ -165,6 +181,9 @@ impl WanTransformerConfig {
         if self.attention_head_dim % 2 == 1 {
             return Err(unsupported(path, "attention_head_dim", self.attention_head_dim, "rotary embedding needs an even head dim"));
         }
+        if self.position_frequencies > MAX_POSITION_FREQUENCIES {
+            return Err(unsupported(path, "position_frequencies", self.position_frequencies, "at most 16"));
+        }
         if self.patch_size.contains(&0) {
             return Err(unsupported(path, "patch_size", self.patch_size, "must be positive"));
         }
@@ -190,6 +209,8 @@ pub struct WanTransformer3DModel<B: Backend> {
     pub blocks: Vec<WanTransformerBlock<B>>,
     pub norm_out: LayerNorm<B>,
     pub proj_out: Linear<B>,
+    /// Present when `position_frequencies` is set.
+    pub position_embedding: Option<Linear<B>>,
     /// `[1, 2, dim]`: shift and scale of the output norm.
     pub scale_shift_table: Param<Tensor<B, 3>>,
     #[module(skip)]
@@ -219,6 +240,10 @@ impl<B: Backend> WanTransformer3DModel<B> {
             blocks,
             norm_out: LayerNorm::without_affine(config.eps),
             proj_out: Linear::load(src, "proj_out", dim, config.out_channels() * patch.iter().product::<usize>(), true, device)?,
+            position_embedding: match config.position_frequencies {
+                0 => None,
+                n => Some(Linear::load(src, "position_embedding", feature_count(n), dim, true, device)?),
+            },
             scale_shift_table: Param::from_tensor(src.tensor("scale_shift_table", [1, 2, dim], device)?),
             config,
         })
@@ -237,6 +262,10 @@ impl<B: Backend> WanTransformer3DModel<B> {
             blocks: (0..config.num_layers).map(|_| WanTransformerBlock::random(config.block_dims(layout), device)).collect(),
             norm_out: LayerNorm::without_affine(config.eps),
             proj_out: Linear::random(dim, config.out_channels() * patch.iter().product::<usize>(), true, device),
+            position_embedding: match config.position_frequencies {
+                0 => None,
+                n => Some(Linear::random(feature_count(n), dim, true, device)),
+            },
             scale_shift_table: Param::from_tensor(Tensor::random(
                 [1, 2, dim],
                 Distribution::Normal(0.0, 1.0 / (dim as f64).sqrt()),
@@ -258,6 +287,9 @@ impl<B: Backend> WanTransformer3DModel<B> {
             block.save(out, &format!("blocks.{i}"))?;
         }
         self.proj_out.save(out, "proj_out")?;
+        if let Some(position) = &self.position_embedding {
+            position.save(out, "position_embedding")?;
+        }
         out.put("scale_shift_table", &self.scale_shift_table.val())
     }
 
@@ -269,8 +301,14 @@ impl<B: Backend> WanTransformer3DModel<B> {
     }
 
     /// Predicts the flow for `latents: [batch, channels, frames, height, width]` at `timesteps`
-    /// (one per batch item) given `text: [batch, text_tokens, text_dim]`.
+    /// (one per batch item) given `text: [batch, text_tokens, text_dim]`, each item a whole clip.
     pub fn forward(&self, latents: Tensor<B, 5>, timesteps: &[f32], text: Tensor<B, 3>) -> Result<Tensor<B, 5>, ModelError> {
+        let [batch, _, frames, _, _] = latents.dims();
+        self.forward_in(latents, timesteps, text, &vec![ClipSpan::whole(frames); batch])
+    }
+
+    /// [`Self::forward`] for items that are parts of longer clips, at `spans` (one per item).
+    pub fn forward_in(&self, latents: Tensor<B, 5>, timesteps: &[f32], text: Tensor<B, 3>, spans: &[ClipSpan]) -> Result<Tensor<B, 5>, ModelError> {
         let config = self.config();
         let [batch, channels, frames, height, width] = latents.dims();
         let [p_t, p_h, p_w] = config.patch_size;
@@ -294,11 +332,12 @@ impl<B: Backend> WanTransformer3DModel<B> {
             )));
         }
         let [text_batch, _, text_dim] = text.dims();
-        if text_batch != batch || text_dim != config.text_dim || timesteps.len() != batch {
+        if text_batch != batch || text_dim != config.text_dim || timesteps.len() != batch || spans.len() != batch {
             return Err(ModelError::InvalidInput(format!(
-                "text is {:?} and {} timesteps for a batch of {batch}; expected [{batch}, _, {}] and {batch}",
+                "text is {:?}, {} timesteps and {} clip spans for a batch of {batch}; expected [{batch}, _, {}] and {batch} of each",
                 text.dims(),
                 timesteps.len(),
+                spans.len(),
                 config.text_dim
             )));
         }
@@ -309,6 +348,11 @@ impl<B: Backend> WanTransformer3DModel<B> {
         let dim = config.inner_dim();
         let tokens = grid.iter().product::<usize>();
         let mut x = patches.reshape([batch, dim, tokens]).swap_dims(1, 2);
+        if let Some(position) = &self.position_embedding {
+            let features = position_features(spans, grid, p_t, config.position_frequencies);
+            let count = feature_count(config.position_frequencies);
+            x = x + position.forward(Tensor::<B, 3>::from_data(TensorData::new(features, [batch, tokens, count]), &device));
+        }
 
         let cond = self.condition_embedder.forward(timesteps, text);
         for block in &self.blocks {
@@ -431,6 +475,32 @@ mod config_tests {
             assert_eq!(a.dims(), [1, 3, 3, 4, 6]);
             assert!(max_abs_diff(a, b) < 1e-6, "{layout}");
         }
+    }
+
+    #[test]
+    fn position_features_place_a_chunk_in_its_clip_and_round_trip() {
+        let device = Default::default();
+        <B as Backend>::seed(&device, 5);
+        let mut config = tiny_config("full");
+        config.position_frequencies = 2;
+        let model = WanTransformer3DModel::<B>::random(config, &device).expect("random");
+        let dir = tempfile::tempdir().expect("tempdir");
+        model.save(dir.path()).expect("save");
+        let loaded = WanTransformer3DModel::<B>::load(dir.path(), &device).expect("load");
+        let (latents, text) = inputs::<B>(3, &device);
+        let whole = model.forward(latents.clone(), &[500.0], text.clone()).expect("forward");
+        let again = loaded.forward_in(latents.clone(), &[500.0], text.clone(), &[ClipSpan::whole(3)]).expect("forward");
+        assert!(max_abs_diff(whole.clone(), again) < 1e-6, "forward is forward_in over the whole clip");
+        let tail = model.forward_in(latents.clone(), &[500.0], text.clone(), &[ClipSpan { start: 4, clip_frames: 7 }]).expect("tail");
+        assert!(max_abs_diff(whole, tail) > 1e-4, "the same latents later in a clip predict differently");
+        let err = model.forward_in(latents, &[500.0], text, &[]).expect_err("no span");
+        assert!(err.to_string().contains("clip spans"), "{err}");
+        // A checkpoint without the weights its config asks for names them.
+        let mut plain = TensorWriter::new();
+        WanTransformer3DModel::<B>::random(tiny_config("full"), &device).expect("random").save_tensors(&mut plain).expect("save");
+        plain.write(&dir.path().join("diffusion_pytorch_model.safetensors")).expect("write");
+        let err = WanTransformer3DModel::<B>::load(dir.path(), &device).expect_err("missing weights");
+        assert!(err.to_string().contains("position_embedding"), "{err}");
     }
 
     #[test]
