@@ -43,7 +43,8 @@ def main():
     toml_path = args.new / "vidfarm.toml"
     toml = toml_path.read_text()
     factor = int(re.search(r"^spatial_factor = (\d+)$", toml, re.M).group(1))
-    toml_path.write_text(re.sub(r"^spatial_factor = \d+$", f"spatial_factor = {factor // 2}", toml, flags=re.M))
+    toml = re.sub(r"^spatial_factor = \d+$", f"spatial_factor = {factor // 2}", toml, flags=re.M)
+    toml_path.write_text(toml.replace("times patch 4", "times patch 2"))
 
     weights_path = args.new / "transformer" / "diffusion_pytorch_model.safetensors"
     weights = load_file(weights_path)
