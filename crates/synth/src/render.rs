@@ -86,7 +86,7 @@ impl Path {
     /// little jitter from `rng`: a translation crosses nearly the whole box through its middle, a
     /// bounce hops in the middle. So a caption names one clip, nearly: what a model of a few
     /// hundred thousand parameters can learn on two CPU cores (with objects placed anywhere, the
-    /// shipped DiT never learnt to start one from noise).
+    /// DiT shipped before session 14 never learnt to start one from noise).
     fn plan(object: &ObjectSpec, (x0, y0, w, h): (f32, f32, f32, f32), rng: &mut Rng) -> Self {
         let side = w.min(h);
         let radius = side * rng.range(0.18, 0.2);

@@ -18,7 +18,8 @@ mod rope;
 pub use attention::{AttentionScope, WanAttention, scaled_dot_product};
 pub use block::{BlockDims, FeedForward, WanTransformerBlock};
 pub use embeddings::{ConditionEmbedder, timestep_features};
-pub use position::{ClipSpan, feature_count, position_features};
+pub use position::ClipSpan;
+use position::{feature_count, position_features};
 pub use rope::{RopeTables, apply_rope, rope_tables};
 
 use std::path::Path;
