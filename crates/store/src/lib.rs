@@ -436,7 +436,9 @@ mod tests {
         async fn presigned_urls_fetch_the_clip_until_they_expire() {
             let Some(server) = S3TestServer::start("clips") else { return };
             let mut options = server.options();
-            options.s3.presign_expiry = Duration::from_secs(1);
+            // The signature's date has whole seconds, so a URL can lapse up to a second early: 3 s of
+            // validity leaves room for the first fetch, and the second comes after it surely lapsed.
+            options.s3.presign_expiry = Duration::from_secs(3);
             let store = open(&server, "", &options).await;
             let dir = tempfile::tempdir().unwrap();
             let file = dir.path().join("clip.mp4");
@@ -447,7 +449,7 @@ mod tests {
             let response = reqwest::get(&url).await.unwrap();
             assert_eq!(response.status(), 200);
             assert_eq!(response.bytes().await.unwrap().as_ref(), b"not really an mp4");
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::time::sleep(Duration::from_secs(4)).await;
             let expired = reqwest::get(&url).await.unwrap();
             assert_eq!(expired.status(), 403, "{}", expired.text().await.unwrap_or_default());
         }
