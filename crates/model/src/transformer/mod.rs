@@ -19,7 +19,7 @@ pub use attention::{AttentionScope, WanAttention, scaled_dot_product};
 pub use block::{BlockDims, FeedForward, WanTransformerBlock};
 pub use embeddings::{ConditionEmbedder, timestep_features};
 pub use position::ClipSpan;
-use position::{feature_count, position_features};
+use position::PositionFeatures;
 pub use rope::{RopeTables, apply_rope, rope_tables};
 
 use std::path::Path;
@@ -80,6 +80,10 @@ fn is_zero(value: &usize) -> bool {
     *value == 0
 }
 
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
 /// More would overflow the frequencies' powers of two and resolve nothing a patch grid holds.
 const MAX_POSITION_FREQUENCIES: usize = 16;
 
@@ -121,6 +125,10 @@ pub struct WanTransformerConfig {
     /// as Wan).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub position_frequencies: usize,
+    /// vidfarm extension: position features also of `column -+ time` and `row -+ time` (needs
+    /// `position_frequencies`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub position_oblique: bool,
 }
 
 impl WanTransformerConfig {
@@ -185,10 +193,18 @@ impl WanTransformerConfig {
         if self.position_frequencies > MAX_POSITION_FREQUENCIES {
             return Err(unsupported(path, "position_frequencies", self.position_frequencies, "at most 16"));
         }
+        if self.position_oblique && self.position_frequencies == 0 {
+            return Err(unsupported(path, "position_oblique", true, "needs position_frequencies"));
+        }
         if self.patch_size.contains(&0) {
             return Err(unsupported(path, "patch_size", self.patch_size, "must be positive"));
         }
         Ok(())
+    }
+
+    /// The absolute position features this config asks for, if any.
+    fn position_features(&self) -> Option<PositionFeatures> {
+        (self.position_frequencies > 0).then_some(PositionFeatures { frequencies: self.position_frequencies, oblique: self.position_oblique })
     }
 
     fn block_dims(&self, layout: AttentionLayout) -> BlockDims {
@@ -241,9 +257,9 @@ impl<B: Backend> WanTransformer3DModel<B> {
             blocks,
             norm_out: LayerNorm::without_affine(config.eps),
             proj_out: Linear::load(src, "proj_out", dim, config.out_channels() * patch.iter().product::<usize>(), true, device)?,
-            position_embedding: match config.position_frequencies {
-                0 => None,
-                n => Some(Linear::load(src, "position_embedding", feature_count(n), dim, true, device)?),
+            position_embedding: match config.position_features() {
+                None => None,
+                Some(features) => Some(Linear::load(src, "position_embedding", features.count(), dim, true, device)?),
             },
             scale_shift_table: Param::from_tensor(src.tensor("scale_shift_table", [1, 2, dim], device)?),
             config,
@@ -263,10 +279,7 @@ impl<B: Backend> WanTransformer3DModel<B> {
             blocks: (0..config.num_layers).map(|_| WanTransformerBlock::random(config.block_dims(layout), device)).collect(),
             norm_out: LayerNorm::without_affine(config.eps),
             proj_out: Linear::random(dim, config.out_channels() * patch.iter().product::<usize>(), true, device),
-            position_embedding: match config.position_frequencies {
-                0 => None,
-                n => Some(Linear::random(feature_count(n), dim, true, device)),
-            },
+            position_embedding: config.position_features().map(|features| Linear::random(features.count(), dim, true, device)),
             scale_shift_table: Param::from_tensor(Tensor::random(
                 [1, 2, dim],
                 Distribution::Normal(0.0, 1.0 / (dim as f64).sqrt()),
@@ -349,10 +362,9 @@ impl<B: Backend> WanTransformer3DModel<B> {
         let dim = config.inner_dim();
         let tokens = grid.iter().product::<usize>();
         let mut x = patches.reshape([batch, dim, tokens]).swap_dims(1, 2);
-        if let Some(position) = &self.position_embedding {
-            let features = position_features(spans, grid, p_t, config.position_frequencies);
-            let count = feature_count(config.position_frequencies);
-            x = x + position.forward(Tensor::<B, 3>::from_data(TensorData::new(features, [batch, tokens, count]), &device));
+        if let (Some(position), Some(features)) = (&self.position_embedding, config.position_features()) {
+            let values = features.values(spans, grid, p_t);
+            x = x + position.forward(Tensor::<B, 3>::from_data(TensorData::new(values, [batch, tokens, features.count()]), &device));
         }
 
         let cond = self.condition_embedder.forward(timesteps, text);
@@ -482,18 +494,23 @@ mod config_tests {
     fn position_features_place_a_chunk_in_its_clip_and_round_trip() {
         let device = Default::default();
         <B as Backend>::seed(&device, 5);
-        let mut config = tiny_config("full");
-        config.position_frequencies = 2;
-        let model = WanTransformer3DModel::<B>::random(config, &device).expect("random");
         let dir = tempfile::tempdir().expect("tempdir");
-        model.save(dir.path()).expect("save");
-        let loaded = WanTransformer3DModel::<B>::load(dir.path(), &device).expect("load");
         let (latents, text) = inputs::<B>(3, &device);
-        let whole = model.forward(latents.clone(), &[500.0], text.clone()).expect("forward");
-        let again = loaded.forward_in(latents.clone(), &[500.0], text.clone(), &[ClipSpan::whole(3)]).expect("forward");
-        assert!(max_abs_diff(whole.clone(), again) < 1e-6, "forward is forward_in over the whole clip");
-        let tail = model.forward_in(latents.clone(), &[500.0], text.clone(), &[ClipSpan { start: 4, clip_frames: 7 }]).expect("tail");
-        assert!(max_abs_diff(whole, tail) > 1e-4, "the same latents later in a clip predict differently");
+        for oblique in [false, true] {
+            let mut config = tiny_config("full");
+            config.position_frequencies = 2;
+            config.position_oblique = oblique;
+            let model = WanTransformer3DModel::<B>::random(config, &device).expect("random");
+            model.save(dir.path()).expect("save");
+            let loaded = WanTransformer3DModel::<B>::load(dir.path(), &device).expect("load");
+            assert_eq!(loaded.config.position_oblique, oblique);
+            let whole = model.forward(latents.clone(), &[500.0], text.clone()).expect("forward");
+            let again = loaded.forward_in(latents.clone(), &[500.0], text.clone(), &[ClipSpan::whole(3)]).expect("forward");
+            assert!(max_abs_diff(whole.clone(), again) < 1e-6, "forward is forward_in over the whole clip");
+            let tail = model.forward_in(latents.clone(), &[500.0], text.clone(), &[ClipSpan { start: 4, clip_frames: 7 }]).expect("tail");
+            assert!(max_abs_diff(whole, tail) > 1e-4, "the same latents later in a clip predict differently");
+        }
+        let model = WanTransformer3DModel::<B>::random(tiny_config("full"), &device).expect("random");
         let err = model.forward_in(latents, &[500.0], text, &[]).expect_err("no span");
         assert!(err.to_string().contains("clip spans"), "{err}");
         // A checkpoint without the weights its config asks for names them.
