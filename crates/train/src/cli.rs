@@ -81,6 +81,10 @@ pub struct TrainArgs {
     /// `uniform`, or `logit-normal` (sigmoid of a standard normal).
     #[arg(long, value_enum, default_value_t = SigmaArg::Shifted)]
     pub sigmas: SigmaArg,
+    /// dit: extra weight of the squared error on latent values that show an object (the
+    /// renderer's mask): 4 makes an object value count 5 times a background one.
+    #[arg(long, default_value_t = 0.0)]
+    pub object_weight: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -127,6 +131,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 window: args.window.unwrap_or(defaults.chunk_latent_frames as usize),
                 caption_dropout: args.caption_dropout,
                 sigmas: args.sigmas.into(),
+                object_weight: args.object_weight,
             }),
             8,
         ),

@@ -87,6 +87,28 @@ pub fn training_scene(rng: &mut Rng) -> (u64, SceneSpec) {
     (scene_seed, SceneSpec::sample(scene_seed, Split::Train))
 }
 
+/// Where a training clip's objects are on the latent grid: `[frames, height, width]` of 1 where
+/// any pixel the latent value encodes shows an object (not the background), else 0. Latent frame 0
+/// encodes pixel frame 0, latent frame k > 0 frames `time (k - 1) + 1 ..= time k`; a latent pixel
+/// a `space x space` block.
+pub fn object_mask(rng: &mut Rng, shape: ClipShape, time: usize, space: usize) -> Result<Vec<f32>, TrainError> {
+    let (scene_seed, scene) = training_scene(rng);
+    let clip = render_clip(&scene, &shape.settings(), scene_seed)?;
+    let background = scene.background.rgb();
+    let (frames, height, width) = (1 + (shape.frames - 1) / time, shape.height / space, shape.width / space);
+    let mut mask = vec![0.0; frames * height * width];
+    for (f, frame) in clip.frames.iter().enumerate() {
+        let latent_frame = f.div_ceil(time);
+        for (p, rgb) in frame.chunks_exact(3).enumerate() {
+            let (y, x) = (p / shape.width / space, p % shape.width / space);
+            if rgb != &background[..] && y < height && x < width {
+                mask[(latent_frame * height + y) * width + x] = 1.0;
+            }
+        }
+    }
+    Ok(mask)
+}
+
 /// A training-split scene and its clip in `[-1, 1]`, laid out `[3, frames, height, width]`.
 pub fn training_clip(rng: &mut Rng, shape: ClipShape) -> Result<(SceneSpec, Vec<f32>), TrainError> {
     let (scene_seed, scene) = training_scene(rng);
@@ -140,6 +162,8 @@ pub struct LatentClips {
     /// `[clips, channels, frames, height, width]`.
     pub latents: Batch5,
     pub captions: Vec<String>,
+    /// `[clips, frames, height, width]` [`object_mask`]s, when the loss weights objects.
+    pub object_masks: Option<Vec<f32>>,
 }
 
 /// A DiT step's input, before the model: latent windows, their noise, shifted noise levels and
@@ -154,12 +178,16 @@ pub struct FlowBatch {
     /// Each item's first latent frame in its clip, of `clip_frames`.
     pub starts: Vec<usize>,
     pub clip_frames: usize,
+    /// Per latent value of `[batch, 1, window, height, width]`, the weight of its squared error:
+    /// `1 + object_weight` on objects, 1 elsewhere (present when the clips have object masks).
+    pub loss_weights: Option<Vec<f32>>,
 }
 
 /// Flow-matching examples: each item a random `window`-latent slice of a random clip, a sigma
 /// drawn as `sampling` says (`flow_shift` is the model's, for [`SigmaSampling::Shifted`]), and the
 /// caption replaced by "" with probability `caption_dropout` (the sampler's unconditional branch
-/// is the empty negative prompt).
+/// is the empty negative prompt). With object masks, the loss weights of the windows too.
+#[allow(clippy::too_many_arguments)]
 pub fn flow_batch(
     clips: &LatentClips,
     seed: u64,
@@ -169,11 +197,13 @@ pub fn flow_batch(
     sampling: SigmaSampling,
     flow_shift: f64,
     caption_dropout: f64,
+    object_weight: f64,
 ) -> FlowBatch {
     let [count, channels, frames, height, width] = clips.latents.shape;
     let clip_len = channels * frames * height * width;
     let mut latents = Vec::with_capacity(batch * channels * window * height * width);
     let (mut noise, mut sigmas, mut captions, mut starts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut loss_weights = clips.object_masks.as_ref().map(|_| Vec::with_capacity(batch * window * height * width));
     for item in 0..batch {
         let mut rng = Rng::for_item(seed, Purpose::DitExample, step, item);
         let clip = rng.below(count);
@@ -181,6 +211,11 @@ pub fn flow_batch(
         starts.push(start);
         let values = &clips.latents.values[clip * clip_len..(clip + 1) * clip_len];
         let slice = crop(values, [channels, frames, height, width], [start, 0, 0], [window, height, width]);
+        if let (Some(weights), Some(masks)) = (&mut loss_weights, &clips.object_masks) {
+            let mask = &masks[clip * frames * height * width..(clip + 1) * frames * height * width];
+            let window_mask = crop(mask, [1, frames, height, width], [start, 0, 0], [window, height, width]);
+            weights.extend(window_mask.iter().map(|&m| 1.0 + object_weight as f32 * m));
+        }
         noise.extend(rng.normals(slice.len()));
         latents.extend(slice);
         sigmas.push(match sampling {
@@ -198,6 +233,7 @@ pub fn flow_batch(
         captions,
         starts,
         clip_frames: frames,
+        loss_weights,
     }
 }
 
@@ -259,13 +295,13 @@ mod tests {
     fn latent_clips() -> LatentClips {
         let shape = [3, 2, 4, 2, 2];
         let values = (0..shape.iter().product::<usize>()).map(|v| v as f32).collect();
-        LatentClips { latents: Batch5 { values, shape }, captions: vec!["a".into(), "b".into(), "c".into()] }
+        LatentClips { latents: Batch5 { values, shape }, captions: vec!["a".into(), "b".into(), "c".into()], object_masks: None }
     }
 
     #[test]
     fn flow_batches_slice_windows_shift_sigmas_and_drop_captions() {
         let clips = latent_clips();
-        let batch = flow_batch(&clips, 1, 0, 400, 2, SigmaSampling::Shifted, 3.0, 0.1);
+        let batch = flow_batch(&clips, 1, 0, 400, 2, SigmaSampling::Shifted, 3.0, 0.1, 0.0);
         assert_eq!(batch.latents.shape, [400, 2, 2, 2, 2]);
         assert_eq!(batch.noise.len(), batch.latents.values.len());
         // Each item is two consecutive latent frames of one clip: values count up by 4 per frame.
@@ -285,10 +321,42 @@ mod tests {
         assert!((150..250).contains(&above), "{above} of 400 above 0.75");
         let dropped = batch.captions.iter().filter(|c| c.is_empty()).count();
         assert!((20..65).contains(&dropped), "{dropped} of 400 captions dropped");
-        assert_eq!(batch, flow_batch(&clips, 1, 0, 400, 2, SigmaSampling::Shifted, 3.0, 0.1), "a function of seed and step");
+        assert_eq!(batch, flow_batch(&clips, 1, 0, 400, 2, SigmaSampling::Shifted, 3.0, 0.1, 0.0), "a function of seed and step");
         let mean = batch.noise.iter().map(|&v| f64::from(v)).sum::<f64>() / batch.noise.len() as f64;
         let variance = batch.noise.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / batch.noise.len() as f64;
         assert!(mean.abs() < 0.05 && (variance - 1.0).abs() < 0.05, "noise mean {mean}, variance {variance}");
+    }
+
+    #[test]
+    fn object_masks_cover_the_objects_on_the_latent_grid_and_weight_their_windows() {
+        let shape = ClipShape { frames: 9, width: 32, height: 32, fps: 8 };
+        let mask = object_mask(&mut Rng::for_item(3, Purpose::DitClip, 0, 0), shape, 4, 4).expect("mask");
+        assert_eq!(mask.len(), 3 * 8 * 8);
+        // An object takes a few percent to a third of each latent frame, and it moves or changes size.
+        let frames: Vec<&[f32]> = mask.chunks_exact(64).collect();
+        for frame in &frames {
+            let covered = frame.iter().sum::<f32>();
+            assert!((2.0..=24.0).contains(&covered), "{covered} of 64 latent pixels");
+        }
+        assert_ne!(frames[0], frames[2]);
+        assert!(mask.iter().all(|&m| m == 0.0 || m == 1.0));
+
+        let mut clips = latent_clips();
+        let masks: Vec<f32> = (0..3 * 4 * 2 * 2).map(|i| (i % 3 == 0) as u8 as f32).collect();
+        clips.object_masks = Some(masks.clone());
+        let batch = flow_batch(&clips, 1, 0, 40, 2, SigmaSampling::Shifted, 3.0, 0.1, 4.0);
+        let weights = batch.loss_weights.expect("weights with masks");
+        assert_eq!(weights.len(), 40 * 2 * 2 * 2);
+        for ((item, &start), latents) in weights.chunks_exact(8).zip(&batch.starts).zip(batch.latents.values.chunks_exact(16)) {
+            // A clip holds 32 values (2 channels of 4 frames of 4) and 16 mask values.
+            let clip = latents[0] as usize / 32;
+            assert_eq!(latents[0] as usize % 32, 4 * start);
+            for (k, &w) in item.iter().enumerate() {
+                let expected = 1.0 + 4.0 * masks[clip * 16 + 4 * start + k];
+                assert_eq!(w, expected, "clip {clip} start {start} value {k}");
+            }
+        }
+        assert_eq!(flow_batch(&clips, 1, 0, 40, 2, SigmaSampling::Shifted, 3.0, 0.1, 0.0).loss_weights.map(|w| w.iter().all(|&x| x == 1.0)), Some(true));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use vidfarm_model::text_encoder::UMT5EncoderModel;
 use vidfarm_model::transformer::{ClipSpan, WanTransformer3DModel};
 use vidfarm_model::vae::AutoencoderKLWan;
 
-use crate::data::{Batch5, ClipShape, FlowBatch, LatentClips, Purpose, Rng, flow_batch, training_clip, training_scene};
+use crate::data::{Batch5, ClipShape, FlowBatch, LatentClips, Purpose, Rng, flow_batch, object_mask, training_clip, training_scene};
 use crate::error::{TrainError, io_error, tensor_values};
 use crate::run::{self, DitRecipe, TrainOptions, TrainState};
 use crate::vae::latent_shape;
@@ -45,7 +45,17 @@ pub fn flow_matching_loss<B: Backend>(pipeline: &Pipeline<B>, batch: &FlowBatch)
     let timesteps: Vec<f32> = batch.sigmas.iter().map(|s| s * 1000.0).collect();
     let spans: Vec<ClipSpan> = batch.starts.iter().map(|&start| ClipSpan { start, clip_frames: batch.clip_frames }).collect();
     let flow = pipeline.transformer.forward_in(x, &timesteps, text, &spans)?;
-    Ok((flow - (noise - x0)).powi_scalar(2).mean())
+    let squared = (flow - (noise - x0)).powi_scalar(2);
+    Ok(match &batch.loss_weights {
+        None => squared.mean(),
+        Some(weights) => {
+            let [items, channels, frames, height, width] = shape;
+            let weights = Tensor::<B, 5>::from_data(TensorData::new(weights.clone(), [items, 1, frames, height, width]), device);
+            // Divided by the mean weight, so the loss keeps the scale of a plain MSE.
+            let mean_weight = weights.clone().mean().into_scalar().elem::<f32>();
+            (squared * weights.repeat_dim(1, channels)).mean() / mean_weight
+        }
+    })
 }
 
 pub struct DitTrainer<B: AutodiffBackend> {
@@ -115,12 +125,38 @@ pub fn encode_clips<B: Backend>(
         values.extend(tensor_values(vae.encode(video)?)?);
         progress(Progress::EncodingClips { done: first + group, total: count });
     }
-    Ok(LatentClips { latents: Batch5 { values, shape: [count, channels, frames, height, width] }, captions })
+    Ok(LatentClips { latents: Batch5 { values, shape: [count, channels, frames, height, width] }, captions, object_masks: None })
+}
+
+/// The [`object_mask`]s of the `count` clips [`encode_clips`] encodes (rendering is cheap, so
+/// they are not cached).
+fn object_masks<B: Backend>(vae: &AutoencoderKLWan<B>, seed: u64, clip: ClipShape, count: usize) -> Result<Vec<f32>, TrainError> {
+    let (time, space) = (vae.temporal_factor(), vae.spatial_factor());
+    let mut masks = Vec::new();
+    for index in 0..count {
+        masks.extend(object_mask(&mut clip_rng(seed, index), clip, time, space)?);
+    }
+    Ok(masks)
 }
 
 /// The run's encoded clips: read from its cache, or encoded and cached. A new run encodes afresh
 /// (the cache may come from another model's VAE).
 fn latent_clips<B: Backend>(
+    vae: &AutoencoderKLWan<B>,
+    options: &TrainOptions,
+    recipe: &DitRecipe,
+    resumed: bool,
+    device: &B::Device,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<LatentClips, TrainError> {
+    let mut clips = encoded_clips(vae, options, recipe, resumed, device, progress)?;
+    if recipe.object_weight > 0.0 {
+        clips.object_masks = Some(object_masks(vae, options.recipe.seed, options.recipe.clip, recipe.clips)?);
+    }
+    Ok(clips)
+}
+
+fn encoded_clips<B: Backend>(
     vae: &AutoencoderKLWan<B>,
     options: &TrainOptions,
     recipe: &DitRecipe,
@@ -136,7 +172,7 @@ fn latent_clips<B: Backend>(
         let shape = latents.dims();
         if shape[..3] == [recipe.clips, channels, frames] {
             let captions = (0..recipe.clips).map(|index| training_scene(&mut clip_rng(seed, index)).1.caption()).collect();
-            return Ok(LatentClips { latents: Batch5 { values: tensor_values(latents)?, shape }, captions });
+            return Ok(LatentClips { latents: Batch5 { values: tensor_values(latents)?, shape }, captions, object_masks: None });
         }
     }
     let clips = encode_clips(vae, seed, options.recipe.clip, recipe.clips, device, progress)?;
@@ -159,8 +195,17 @@ impl<B: AutodiffBackend> Stage for DitStage<'_, B> {
     fn step(&mut self, step: usize) -> Result<f32, TrainError> {
         let recipe = &self.options.recipe;
         let flow_shift = self.trainer.pipeline.scheduler.flow_shift;
-        let batch =
-            flow_batch(&self.clips, recipe.seed, step, recipe.batch, self.recipe.window, self.recipe.sigmas, flow_shift, self.recipe.caption_dropout);
+        let batch = flow_batch(
+            &self.clips,
+            recipe.seed,
+            step,
+            recipe.batch,
+            self.recipe.window,
+            self.recipe.sigmas,
+            flow_shift,
+            self.recipe.caption_dropout,
+            self.recipe.object_weight,
+        );
         self.trainer.step(&batch, recipe.lr_schedule.lr(recipe.lr, step))
     }
 
@@ -237,7 +282,15 @@ mod tests {
         let vae = trainer.pipeline.vae.valid();
         let clips = encode_clips(&vae, 0, CLIP, 2, &device, &mut |_| {}).expect("encode");
         assert_eq!(clips.latents.shape, [2, 4, 3, 4, 4]);
-        let batch = flow_batch(&clips, 0, 0, 2, 2, SigmaSampling::Shifted, 3.0, 0.0);
+        let batch = flow_batch(&clips, 0, 0, 2, 2, SigmaSampling::Shifted, 3.0, 0.0, 0.0);
+        // Weights of 1 everywhere are the plain MSE; weights on some values change it.
+        let plain = flow_matching_loss(&trainer.pipeline, &batch).expect("loss").into_scalar().elem::<f32>();
+        let ones = FlowBatch { loss_weights: Some(vec![1.0; 2 * 2 * 4 * 4]), ..batch.clone() };
+        let same = flow_matching_loss(&trainer.pipeline, &ones).expect("loss").into_scalar().elem::<f32>();
+        assert!((plain - same).abs() < 1e-5 * plain, "{plain} vs {same}");
+        let weights = (0..2 * 2 * 4 * 4).map(|i| if i % 5 == 0 { 5.0 } else { 1.0 }).collect();
+        let weighted = flow_matching_loss(&trainer.pipeline, &FlowBatch { loss_weights: Some(weights), ..batch.clone() }).expect("loss");
+        assert!((weighted.into_scalar().elem::<f32>() - plain).abs() > 1e-4 * plain);
         let text_before = parameter_values(&trainer.pipeline.text_encoder);
         let losses: Vec<f32> = (0..12).map(|_| trainer.step(&batch, 1e-2).expect("step")).collect();
         println!("dit losses: {losses:?}");

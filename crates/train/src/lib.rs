@@ -115,8 +115,15 @@ mod tests {
         }
     }
 
+    /// With the object-weighted loss, so resuming rebuilds the masks too.
     fn dit() -> StageRecipe {
-        StageRecipe::Dit(DitRecipe { clips: 3, window: 2, caption_dropout: 0.1, sigmas: SigmaSampling::LogitNormal { mean: 0.0, std: 1.0 } })
+        StageRecipe::Dit(DitRecipe {
+            clips: 3,
+            window: 2,
+            caption_dropout: 0.1,
+            sigmas: SigmaSampling::LogitNormal { mean: 0.0, std: 1.0 },
+            object_weight: 2.0,
+        })
     }
 
     fn train_quietly(options: &TrainOptions) -> (TrainState, Vec<Progress>) {

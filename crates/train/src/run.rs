@@ -102,6 +102,9 @@ pub struct DitRecipe {
     pub caption_dropout: f64,
     #[serde(default)]
     pub sigmas: SigmaSampling,
+    /// Extra weight of the squared error where the clip shows an object (0: plain MSE).
+    #[serde(default)]
+    pub object_weight: f64,
 }
 
 /// How a DiT step draws its noise levels.
