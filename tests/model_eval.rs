@@ -51,14 +51,15 @@ fn eval_names_the_metrics_when_a_floor_names_none_of_them() {
 
 /// The shipped model, at its default length and steps, on held-out captions (colour and shape
 /// pairs training never showed together), read back through H.264 and scored by the detector.
-/// On these 8 prompts it measured background 1.00, colour 4 of 11 objects and VAE PSNR 23.1 dB
-/// (on 24: models/vidfarm-tiny/README.md). A model with random weights measured background 0.12
-/// and 6.6 dB; the model shipped before drew no objects (colour 1 of 11, the detector's noise).
+/// On these 8 prompts it measured background 0.75 (6 of 8), colour 6 of 11 objects and VAE PSNR
+/// 22.5 dB (on 24: models/vidfarm-tiny/README.md). A model with random weights measured
+/// background 0.12 and 6.6 dB; the two models shipped before drew colour for 4 and 1 of 11
+/// objects.
 /// No object moves the prompted way yet (adherence 0), so the floors hold what it has learnt.
 #[test]
 fn the_shipped_model_paints_the_prompted_background_and_objects_and_reconstructs_clips() {
     let output = Command::new(BIN)
-        .args(["model", "eval", "--limit", "8", "--floor", "background_accuracy=0.75", "--floor", "colour_accuracy=0.25"])
+        .args(["model", "eval", "--limit", "8", "--floor", "background_accuracy=0.75", "--floor", "colour_accuracy=0.5"])
         .args(["--floor", "vae_psnr_db=21"])
         .output()
         .unwrap();
