@@ -140,23 +140,8 @@ fn object_masks<B: Backend>(vae: &AutoencoderKLWan<B>, seed: u64, clip: ClipShap
 }
 
 /// The run's encoded clips: read from its cache, or encoded and cached. A new run encodes afresh
-/// (the cache may come from another model's VAE).
+/// (the cache may come from another model's VAE). Object masks are added by the caller.
 fn latent_clips<B: Backend>(
-    vae: &AutoencoderKLWan<B>,
-    options: &TrainOptions,
-    recipe: &DitRecipe,
-    resumed: bool,
-    device: &B::Device,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<LatentClips, TrainError> {
-    let mut clips = encoded_clips(vae, options, recipe, resumed, device, progress)?;
-    if recipe.object_weight > 0.0 {
-        clips.object_masks = Some(object_masks(vae, options.recipe.seed, options.recipe.clip, recipe.clips)?);
-    }
-    Ok(clips)
-}
-
-fn encoded_clips<B: Backend>(
     vae: &AutoencoderKLWan<B>,
     options: &TrainOptions,
     recipe: &DitRecipe,
@@ -225,7 +210,11 @@ pub fn train_dit<B: AutodiffBackend>(
     let start = run::start(options)?;
     let pipeline = Pipeline::<B>::load(&start.weights, device)?;
     std::fs::create_dir_all(&options.out).map_err(|e| io_error(&options.out, e))?;
-    let clips = latent_clips(&pipeline.vae.valid(), options, recipe, start.resumed, device, progress)?;
+    let vae = pipeline.vae.valid();
+    let mut clips = latent_clips(&vae, options, recipe, start.resumed, device, progress)?;
+    if recipe.object_weight > 0.0 {
+        clips.object_masks = Some(object_masks(&vae, options.recipe.seed, options.recipe.clip, recipe.clips)?);
+    }
     let mut trainer = DitTrainer::new(pipeline);
     if start.resumed {
         trainer.optim = trainer.optim.load_record(run::load_optimizer::<_, B>(&options.out, device)?);
