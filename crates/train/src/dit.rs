@@ -50,9 +50,9 @@ pub fn flow_matching_loss<B: Backend>(pipeline: &Pipeline<B>, batch: &FlowBatch)
         None => squared.mean(),
         Some(weights) => {
             let [items, channels, frames, height, width] = shape;
-            let weights = Tensor::<B, 5>::from_data(TensorData::new(weights.clone(), [items, 1, frames, height, width]), device);
             // Divided by the mean weight, so the loss keeps the scale of a plain MSE.
-            let mean_weight = weights.clone().mean().into_scalar().elem::<f32>();
+            let mean_weight = weights.iter().sum::<f32>() / weights.len() as f32;
+            let weights = Tensor::<B, 5>::from_data(TensorData::new(weights.clone(), [items, 1, frames, height, width]), device);
             (squared * weights.repeat_dim(1, channels)).mean() / mean_weight
         }
     })

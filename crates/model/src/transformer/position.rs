@@ -53,40 +53,36 @@ impl PositionFeatures {
     /// `[spans.len() * tokens, count]` values, tokens in the transformer's order (frame, row,
     /// column) over the patch `grid`; `patch_frames` latent frames per temporal patch.
     pub fn values(&self, spans: &[ClipSpan], grid: [usize; 3], patch_frames: usize) -> Vec<f32> {
-        position_features(spans, grid, patch_frames, *self)
-    }
-}
-
-fn position_features(spans: &[ClipSpan], grid: [usize; 3], patch_frames: usize, features: PositionFeatures) -> Vec<f32> {
-    let [frames, rows, columns] = grid;
-    let mut values = Vec::with_capacity(spans.len() * frames * rows * columns * features.count());
-    let encode = |values: &mut Vec<f32>, coordinate: f64| {
-        for k in 0..features.frequencies {
-            let angle = std::f64::consts::PI * f64::from(1u32 << k) * coordinate;
-            values.push(angle.sin() as f32);
-            values.push(angle.cos() as f32);
-        }
-    };
-    for span in spans {
-        for f in 0..frames {
-            let time = span.time((f * patch_frames) as f64 + (patch_frames as f64 - 1.0) / 2.0);
-            for r in 0..rows {
-                let row = (r as f64 + 0.5) / rows as f64;
-                for c in 0..columns {
-                    let column = (c as f64 + 0.5) / columns as f64;
-                    encode(&mut values, time);
-                    encode(&mut values, row);
-                    encode(&mut values, column);
-                    if features.oblique {
-                        for coordinate in [column - time, column + time, row - time, row + time] {
-                            encode(&mut values, coordinate);
+        let [frames, rows, columns] = grid;
+        let mut values = Vec::with_capacity(spans.len() * frames * rows * columns * self.count());
+        let encode = |values: &mut Vec<f32>, coordinate: f64| {
+            for k in 0..self.frequencies {
+                let angle = std::f64::consts::PI * f64::from(1u32 << k) * coordinate;
+                values.push(angle.sin() as f32);
+                values.push(angle.cos() as f32);
+            }
+        };
+        for span in spans {
+            for f in 0..frames {
+                let time = span.time((f * patch_frames) as f64 + (patch_frames as f64 - 1.0) / 2.0);
+                for r in 0..rows {
+                    let row = (r as f64 + 0.5) / rows as f64;
+                    for c in 0..columns {
+                        let column = (c as f64 + 0.5) / columns as f64;
+                        encode(&mut values, time);
+                        encode(&mut values, row);
+                        encode(&mut values, column);
+                        if self.oblique {
+                            for coordinate in [column - time, column + time, row - time, row + time] {
+                                encode(&mut values, coordinate);
+                            }
                         }
                     }
                 }
             }
         }
+        values
     }
-    values
 }
 
 #[cfg(test)]
