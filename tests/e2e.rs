@@ -264,8 +264,15 @@ async fn cli_client_commands_speak_json() {
     let got = json(&server.cli(&["get", &job_id, "--json"]));
     assert_eq!(got["job_id"], job_id.as_str());
     assert_eq!(got["clip"]["frames"], 9);
-    let waited = json(&server.cli(&["submit", PROMPT, "--frames", "5", "--steps", "2", "--priority", "high", "--wait", "--json"]));
+    assert_eq!((got["spec"]["stitch_mode"].as_str(), got["spec"]["blend_curve"].as_str()), (Some("blend"), Some("linear")));
+    let waited = json(&server.cli(&[
+        "submit", PROMPT, "--frames", "5", "--steps", "2", "--priority", "high", "--stitch", "sync", "--blend-curve", "cosine",
+        "--keep-intermediates", "--wait", "--json",
+    ]));
     assert_eq!(waited["state"], "succeeded");
+    let spec = &waited["spec"];
+    assert_eq!((spec["stitch_mode"].as_str(), spec["blend_curve"].as_str()), (Some("sync"), Some("cosine")), "{spec}");
+    assert_eq!((spec["priority"].as_str(), spec["keep_intermediates"].as_bool()), (Some("high"), Some(true)), "{spec}");
     let listed = json(&server.cli(&["list", "--state", "succeeded", "--page-size", "1", "--json"]));
     assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);
     let token = listed["next_page_token"].as_str().unwrap();

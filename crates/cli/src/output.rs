@@ -43,7 +43,10 @@ pub fn job_json(job: &pb::Job) -> Value {
             "width": spec.width, "height": spec.height, "seed": spec.seed, "sampler": spec.sampler, "steps": spec.steps,
             "guidance_scale": spec.guidance_scale, "flow_shift": spec.flow_shift,
             "chunk_latent_frames": spec.chunk_latent_frames, "overlap_latent_frames": spec.overlap_latent_frames,
-            "model": spec.model,
+            "stitch_mode": wire_name(pb::StitchMode::try_from(spec.stitch_mode).map(|m| m.as_str_name()), "STITCH_MODE_"),
+            "blend_curve": wire_name(pb::BlendCurve::try_from(spec.blend_curve).map(|c| c.as_str_name()), "BLEND_CURVE_"),
+            "priority": wire_name(pb::Priority::try_from(spec.priority).map(|p| p.as_str_name()), "PRIORITY_"),
+            "keep_intermediates": spec.keep_intermediates, "model": spec.model,
         },
         "progress": {
             "stage": progress.stage, "fraction": progress.fraction, "chunks_done": progress.chunks_done,
@@ -58,6 +61,11 @@ pub fn job_json(job: &pb::Job) -> Value {
         "created_at_ms": job.created_at_ms,
         "updated_at_ms": job.updated_at_ms,
     })
+}
+
+/// A wire enum as the CLI's flags spell it: `STITCH_MODE_SYNC` -> `sync`.
+fn wire_name<E>(name: Result<&str, E>, prefix: &str) -> String {
+    name.map_or_else(|_| "unknown".into(), |name| name.trim_start_matches(prefix).to_lowercase())
 }
 
 pub fn job_line(job: &pb::Job) -> String {
