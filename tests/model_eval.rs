@@ -23,8 +23,10 @@ fn eval_writes_a_report_and_fails_under_its_floor() {
     let results = report["results"].as_array().unwrap();
     assert_eq!(results.len(), 2);
     assert!(results.iter().all(|r| r["prompt"].as_str().is_some_and(|p| p.ends_with("background"))));
+    assert!(results.iter().all(|r| r["split"] == "held_out" && r["vae_all_correct"].is_boolean()), "{report}");
+    assert_eq!(report["split"], "held_out");
     let summary = &report["summary"];
-    for key in ["adherence", "colour_accuracy", "shape_accuracy", "motion_accuracy"] {
+    for key in ["adherence", "colour_accuracy", "shape_accuracy", "motion_accuracy", "vae_adherence"] {
         assert!(summary[key].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)), "{key}: {summary}");
     }
     assert!(summary["mean_abs_frame_difference"].as_f64().is_some());
@@ -37,6 +39,29 @@ fn eval_writes_a_report_and_fails_under_its_floor() {
         assert!(String::from_utf8_lossy(&failed.stderr).contains(&format!("adherence {adherence:.3} is under the floor")), "{failed:?}");
     }
     assert!(eval(&["--limit", "2", "--floor", &format!("adherence={adherence}")]).status.success());
+}
+
+/// `--prompt` scores the captions given instead of a split's set, and names one it cannot read.
+#[test]
+fn eval_scores_given_captions_and_names_an_unreadable_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("eval.json");
+    let caption = "a red square moving to the right on a white background";
+    let output = eval(&["--prompt", caption, "--prompt", "A green square growing on a BLACK background", "--out", out.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert!(report["split"].is_null(), "{report}");
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!((results[0]["prompt"].as_str(), results[0]["split"].as_str()), (Some(caption), Some("train")));
+    // A green square is a pair training never shows.
+    assert_eq!(results[1]["split"], "held_out");
+
+    let output = eval(&["--prompt", "a red blob on a white background"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--prompt \"a red blob on a white background\"") && stderr.contains("COLOUR SHAPE MOTION"), "{stderr}");
+    assert!(!eval(&["--prompt", caption, "--limit", "3"]).status.success(), "--prompt replaces the split's set");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! `vidfarm model`: inspect a model folder, run one component on given tensors (to check a
 //! checkpoint against the reference, or time it), fill a folder of configs with random weights,
-//! evaluate a model on held-out prompts, and train it on synthetic clips.
+//! evaluate a model on held-out, training or given prompts, and train it on synthetic clips.
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -12,6 +12,13 @@ use vidfarm_model::transformer::WanTransformerConfig;
 use vidfarm_model::vae::AutoencoderKLWanConfig;
 
 mod eval;
+
+/// `--split` of `vidfarm model eval`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum SplitArg {
+    HeldOut,
+    Train,
+}
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
@@ -48,9 +55,16 @@ pub enum ModelCommand {
     Eval {
         #[arg(long, default_value = "models/vidfarm-tiny")]
         model: PathBuf,
-        /// How many held-out prompts (a fixed list; fewer are its first ones).
+        /// How many prompts of the split (a fixed list; fewer are its first ones).
         #[arg(long, default_value_t = 24)]
         limit: usize,
+        /// The prompt set: captions training never showed together (held-out) or training's.
+        #[arg(long, value_enum, default_value_t = SplitArg::HeldOut)]
+        split: SplitArg,
+        /// Score this caption instead of a split's prompt set (repeatable), written as the
+        /// synthetic data writes captions: "a red square moving to the right on a white background".
+        #[arg(long = "prompt", value_name = "CAPTION", conflicts_with_all = ["limit", "split"])]
+        prompts: Vec<String>,
         /// Seed of the first prompt's render; the next prompts take the following seeds.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -114,8 +128,17 @@ fn run_blocking(command: ModelCommand) -> Result<()> {
             pipeline.save(&dir)?;
             crate::output::emit(format!("wrote random weights (seed {seed}) into {}", dir.display()));
         }
-        ModelCommand::Eval { model, limit, seed, seconds, steps, stitch, overlap, out, floors } => {
-            eval::run(eval::EvalArgs { model, limit, seed, seconds, steps, stitch, overlap, out, floors })?;
+        ModelCommand::Eval { model, limit, split, prompts, seed, seconds, steps, stitch, overlap, out, floors } => {
+            let prompts = if prompts.is_empty() {
+                let split = match split {
+                    SplitArg::HeldOut => vidfarm_synth::Split::HeldOut,
+                    SplitArg::Train => vidfarm_synth::Split::Train,
+                };
+                eval::Prompts::Split { split, limit }
+            } else {
+                eval::Prompts::Given(prompts)
+            };
+            eval::run(eval::EvalArgs { model, prompts, seed, seconds, steps, stitch, overlap, out, floors })?;
         }
         ModelCommand::Train(args) => vidfarm_train::cli::run(args)?,
     }

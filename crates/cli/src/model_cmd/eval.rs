@@ -1,8 +1,9 @@
 //! `vidfarm model eval`: renders held-out captions (attribute combinations training never
-//! showed together) with a model, chunked as the farm renders them, encodes each clip to MP4
+//! showed together), training ones or captions given on the command line with a model, chunked as the farm renders them, encodes each clip to MP4
 //! and decodes it back (what a user downloads), and scores it with the synthetic-video
 //! detector: colour, shape and motion adherence, smoothness, seam ratio. It also measures the
-//! VAE alone: the PSNR of each prompt's synthetic clip after an encode and decode round trip.
+//! VAE alone: the PSNR of each prompt's synthetic clip after an encode and decode round trip,
+//! and the detector's adherence on that round trip (the most a DiT could reach through this VAE).
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -15,12 +16,12 @@ use burn::tensor::{Tensor, TensorData};
 use vidfarm_synth::{
     Adherence, Clip, ClipSettings, DetectorConfig, SceneSpec, Split, detect, mean_abs_frame_difference, render_clip, score, seam_ratio,
 };
-use vidfarm_video::{decode_mp4, encode_mp4};
+use vidfarm_video::{RgbFrames, decode_mp4, encode_mp4};
 use vidfarm_worker::render::{Directive, decode_clip, denoise_chunk, denoise_synced};
 
 pub struct EvalArgs {
     pub model: PathBuf,
-    pub limit: usize,
+    pub prompts: Prompts,
     pub seed: u64,
     pub seconds: Option<f64>,
     pub steps: Option<u32>,
@@ -28,6 +29,24 @@ pub struct EvalArgs {
     pub overlap: Option<u32>,
     pub out: Option<PathBuf>,
     pub floors: Vec<Floor>,
+}
+
+/// Which captions an evaluation renders.
+pub enum Prompts {
+    /// The first `limit` of the split's fixed prompt set.
+    Split { split: Split, limit: usize },
+    /// Captions in the form the synthetic data writes them (`--prompt`).
+    Given(Vec<String>),
+}
+
+impl Prompts {
+    fn scenes(&self) -> Result<Vec<SceneSpec>> {
+        match self {
+            Self::Split { limit: 0, .. } => bail!("--limit must be at least 1"),
+            Self::Split { split, limit } => Ok(SceneSpec::prompt_set(*split, *limit)),
+            Self::Given(captions) => captions.iter().map(|c| SceneSpec::parse(c).with_context(|| format!("--prompt {c:?}"))).collect(),
+        }
+    }
 }
 
 /// `--floor NAME=VALUE`: the command fails when the summary's metric NAME is under VALUE.
@@ -73,6 +92,8 @@ fn floors_missed(summary: &Summary, floors: &[Floor]) -> Result<Vec<String>> {
 #[derive(Serialize)]
 struct PromptResult {
     prompt: String,
+    /// Whether training showed the prompt's colour and shape pairs.
+    split: Split,
     #[serde(flatten)]
     adherence: Adherence,
     all_correct: bool,
@@ -82,6 +103,8 @@ struct PromptResult {
     seam_ratio: Option<f64>,
     /// PSNR in dB of the prompt's synthetic clip (the seed's) through the VAE and back.
     vae_psnr_db: f64,
+    /// Whether the detector finds every attribute in that round trip.
+    vae_all_correct: bool,
     render_s: f64,
 }
 
@@ -96,12 +119,15 @@ struct Summary {
     mean_abs_frame_difference: Option<f64>,
     seam_ratio: Option<f64>,
     vae_psnr_db: Option<f64>,
+    /// Adherence of the synthetic clips after the VAE round trip: the ceiling the VAE sets.
+    vae_adherence: f64,
 }
 
 #[derive(Serialize)]
 struct Report<'a> {
     model: String,
-    split: Split,
+    /// The prompt set's split; none for captions given with `--prompt`.
+    split: Option<Split>,
     frames: u32,
     width: u32,
     height: u32,
@@ -144,8 +170,8 @@ fn render(pipeline: &Pipeline<DefaultBackend>, spec: &RenderSpec, chunks: &[Chun
     Ok(Clip::new(frames.width as usize, frames.height as usize, frames.fps, frames.frames)?)
 }
 
-/// PSNR (peak 255) of `scene`'s clip rendered from `seed` after the VAE's encode and decode.
-fn vae_psnr(pipeline: &Pipeline<DefaultBackend>, scene: &SceneSpec, settings: &ClipSettings, seed: u64) -> Result<f64> {
+/// `scene`'s clip rendered from `seed` after the VAE's encode and decode, and its PSNR (peak 255).
+fn vae_round_trip(pipeline: &Pipeline<DefaultBackend>, scene: &SceneSpec, settings: &ClipSettings, seed: u64) -> Result<(Clip, f64)> {
     let clip = render_clip(scene, settings, seed)?;
     let shape = [1, 3, settings.frames, settings.height, settings.width];
     let original = clip.to_planar_signed();
@@ -155,7 +181,9 @@ fn vae_psnr(pipeline: &Pipeline<DefaultBackend>, scene: &SceneSpec, settings: &C
     let squared: f64 = original.iter().zip(&decoded).map(|(a, b)| f64::from(a - b).powi(2)).sum();
     // Values span [-1, 1], so the peak-to-peak range is 2.
     let mse = squared / original.len() as f64;
-    Ok(10.0 * (4.0 / mse.max(1e-12)).log10())
+    let psnr = 10.0 * (4.0 / mse.max(1e-12)).log10();
+    let frames = RgbFrames::from_planar_signed(&decoded, settings.frames, settings.height, settings.width, settings.fps)?;
+    Ok((Clip::new(settings.width, settings.height, settings.fps, frames.frames)?, psnr))
 }
 
 fn describe(detection: &vidfarm_synth::Detection) -> String {
@@ -173,10 +201,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let dir = crate::farm::resolve_model_dir(&args.model);
     let profile = ModelProfile::load(&dir)?;
     let pipeline = Pipeline::<DefaultBackend>::load(&dir, &Default::default()).with_context(|| format!("loading model {}", dir.display()))?;
-    let scenes = SceneSpec::prompt_set(Split::HeldOut, args.limit);
-    if scenes.is_empty() {
-        bail!("--limit must be at least 1");
-    }
+    let scenes = args.prompts.scenes()?;
     let mut results = Vec::with_capacity(scenes.len());
     let mut first_spec = None;
     for (index, scene) in scenes.iter().enumerate() {
@@ -196,9 +221,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let mp4 = std::env::temp_dir().join(format!("vidfarm-eval-{}-{index}.mp4", std::process::id()));
         let clip = render(&pipeline, &spec, &chunks, &mp4).with_context(|| format!("rendering {prompt:?}"))?;
         let settings = ClipSettings { frames: spec.frames as usize, width: spec.width as usize, height: spec.height as usize, fps: spec.fps };
-        let vae_psnr_db = vae_psnr(&pipeline, scene, &settings, spec.seed).with_context(|| format!("VAE round trip of {prompt:?}"))?;
+        let (round_trip, vae_psnr_db) = vae_round_trip(&pipeline, scene, &settings, spec.seed).with_context(|| format!("VAE round trip of {prompt:?}"))?;
         let detection = detect(&clip, &DetectorConfig::default());
         let adherence = score(&detection, scene);
+        let vae_all_correct = score(&detect(&round_trip, &DetectorConfig::default()), scene).all_correct();
         let result = PromptResult {
             all_correct: adherence.all_correct(),
             detected: describe(&detection),
@@ -206,8 +232,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
             mean_abs_frame_difference: mean_abs_frame_difference(&clip),
             seam_ratio: seam_ratio(&clip, &seam_frames(&chunks, spec.temporal_factor), spec.temporal_factor as usize),
             vae_psnr_db,
+            vae_all_correct,
             render_s: started.elapsed().as_secs_f64(),
             prompt,
+            split: scene.split(),
         };
         eprintln!("[{}/{}] {} {}", index + 1, scenes.len(), if result.all_correct { "ok  " } else { "miss" }, result.prompt);
         results.push(result);
@@ -227,12 +255,16 @@ pub fn run(args: EvalArgs) -> Result<()> {
         mean_abs_frame_difference: mean(results.iter().filter_map(|r| r.mean_abs_frame_difference)),
         seam_ratio: mean(results.iter().filter_map(|r| r.seam_ratio)),
         vae_psnr_db: mean(results.iter().map(|r| r.vae_psnr_db)),
+        vae_adherence: fraction(results.iter().filter(|r| r.vae_all_correct).count(), results.len()),
     };
     print_table(&results, &summary);
     if let Some(out) = &args.out {
         let report = Report {
             model: dir.display().to_string(),
-            split: Split::HeldOut,
+            split: match args.prompts {
+                Prompts::Split { split, .. } => Some(split),
+                Prompts::Given(_) => None,
+            },
             frames: spec.frames,
             width: spec.width,
             height: spec.height,
@@ -260,13 +292,13 @@ fn write_json(path: &Path, report: &Report) -> Result<()> {
 fn print_table(results: &[PromptResult], summary: &Summary) {
     let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     crate::output::emit(format!(
-        "{:<4} {:>6} {:>5} {:>6} {:>6} {:>6} {:>6}  {:<70} detected",
-        "ok", "colour", "shape", "motion", "diff", "seam", "psnr", "prompt"
+        "{:<4} {:>6} {:>5} {:>6} {:>6} {:>6} {:>6} {:>6}  {:<70} detected",
+        "ok", "colour", "shape", "motion", "diff", "seam", "psnr", "vae ok", "prompt"
     ));
     for r in results {
         let a = &r.adherence;
         crate::output::emit(format!(
-            "{:<4} {:>6} {:>5} {:>6} {:>6} {:>6} {:>6.1}  {:<70} {}",
+            "{:<4} {:>6} {:>5} {:>6} {:>6} {:>6} {:>6.1} {:>6}  {:<70} {}",
             if r.all_correct { "yes" } else { "no" },
             format!("{}/{}", a.colour_correct, a.objects),
             format!("{}/{}", a.shape_correct, a.objects),
@@ -274,12 +306,13 @@ fn print_table(results: &[PromptResult], summary: &Summary) {
             cell(r.mean_abs_frame_difference),
             cell(r.seam_ratio),
             r.vae_psnr_db,
+            if r.vae_all_correct { "yes" } else { "no" },
             r.prompt,
             r.detected
         ));
     }
     crate::output::emit(format!(
-        "{} prompts: adherence {:.3}, colour {:.3}, shape {:.3}, motion {:.3}, background {:.3}, mean frame difference {}, seam ratio {}, VAE PSNR {} dB",
+        "{} prompts: adherence {:.3}, colour {:.3}, shape {:.3}, motion {:.3}, background {:.3}, mean frame difference {}, seam ratio {}, VAE PSNR {} dB, VAE adherence {:.3}",
         summary.prompts,
         summary.adherence,
         summary.colour_accuracy,
@@ -288,6 +321,7 @@ fn print_table(results: &[PromptResult], summary: &Summary) {
         summary.background_accuracy,
         cell(summary.mean_abs_frame_difference),
         cell(summary.seam_ratio),
-        cell(summary.vae_psnr_db)
+        cell(summary.vae_psnr_db),
+        summary.vae_adherence
     ));
 }
