@@ -103,8 +103,9 @@ struct PromptResult {
     seam_ratio: Option<f64>,
     /// PSNR in dB of the prompt's synthetic clip (the seed's) through the VAE and back.
     vae_psnr_db: f64,
-    /// Whether the detector finds every attribute in that round trip.
+    /// Whether the detector finds every attribute in that round trip, and what it saw there.
     vae_all_correct: bool,
+    vae_detected: String,
     render_s: f64,
 }
 
@@ -224,7 +225,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let (round_trip, vae_psnr_db) = vae_round_trip(&pipeline, scene, &settings, spec.seed).with_context(|| format!("VAE round trip of {prompt:?}"))?;
         let detection = detect(&clip, &DetectorConfig::default());
         let adherence = score(&detection, scene);
-        let vae_all_correct = score(&detect(&round_trip, &DetectorConfig::default()), scene).all_correct();
+        let round_trip = detect(&round_trip, &DetectorConfig::default());
         let result = PromptResult {
             all_correct: adherence.all_correct(),
             detected: describe(&detection),
@@ -232,7 +233,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
             mean_abs_frame_difference: mean_abs_frame_difference(&clip),
             seam_ratio: seam_ratio(&clip, &seam_frames(&chunks, spec.temporal_factor), spec.temporal_factor as usize),
             vae_psnr_db,
-            vae_all_correct,
+            vae_all_correct: score(&round_trip, scene).all_correct(),
+            vae_detected: describe(&round_trip),
             render_s: started.elapsed().as_secs_f64(),
             prompt,
             split: scene.split(),
