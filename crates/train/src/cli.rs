@@ -81,8 +81,8 @@ pub struct TrainArgs {
     /// `uniform`, or `logit-normal` (sigmoid of a standard normal).
     #[arg(long, value_enum, default_value_t = SigmaArg::Shifted)]
     pub sigmas: SigmaArg,
-    /// dit: extra weight of the squared error on latent values that show an object (the
-    /// renderer's mask): 4 makes an object value count 5 times a background one.
+    /// Extra weight of the squared error where the clip shows an object (the renderer's mask):
+    /// dit on the latent values, vae on the pixels; 4 makes an object count 5 times the background.
     #[arg(long, default_value_t = 0.0)]
     pub object_weight: f64,
 }
@@ -122,6 +122,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 kl_weight: args.kl_weight,
                 statistics_clips: args.statistics_clips,
                 decoder_only: args.decoder_only,
+                object_weight: args.object_weight,
             }),
             1,
         ),

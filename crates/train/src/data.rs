@@ -87,33 +87,41 @@ pub fn training_scene(rng: &mut Rng) -> (u64, SceneSpec) {
     (scene_seed, SceneSpec::sample(scene_seed, Split::Train))
 }
 
+/// A training-split scene, its clip `[3, frames, height, width]` in [-1, 1], and where its
+/// objects are, `[frames, height, width]`: 1 on pixels that are not the background, else 0.
+#[derive(Clone, Debug)]
+pub struct TrainingClip {
+    pub scene: SceneSpec,
+    pub pixels: Vec<f32>,
+    pub objects: Vec<f32>,
+}
+
+pub fn training_clip(rng: &mut Rng, shape: ClipShape) -> Result<TrainingClip, TrainError> {
+    let (scene_seed, scene) = training_scene(rng);
+    let clip = render_clip(&scene, &shape.settings(), scene_seed)?;
+    let background = scene.background.rgb();
+    let objects = clip.frames.iter().flat_map(|frame| frame.chunks_exact(3).map(|rgb| f32::from(u8::from(rgb != &background[..])))).collect();
+    Ok(TrainingClip { pixels: clip.to_planar_signed(), objects, scene })
+}
+
 /// Where a training clip's objects are on the latent grid: `[frames, height, width]` of 1 where
 /// any pixel the latent value encodes shows an object (not the background), else 0. Latent frame 0
 /// encodes pixel frame 0, latent frame k > 0 frames `time (k - 1) + 1 ..= time k`; a latent pixel
 /// a `space x space` block.
 pub fn object_mask(rng: &mut Rng, shape: ClipShape, time: usize, space: usize) -> Result<Vec<f32>, TrainError> {
-    let (scene_seed, scene) = training_scene(rng);
-    let clip = render_clip(&scene, &shape.settings(), scene_seed)?;
-    let background = scene.background.rgb();
+    let objects = training_clip(rng, shape)?.objects;
     let (frames, height, width) = (1 + (shape.frames - 1) / time, shape.height / space, shape.width / space);
     let mut mask = vec![0.0; frames * height * width];
-    for (f, frame) in clip.frames.iter().enumerate() {
+    for (f, frame) in objects.chunks_exact(shape.height * shape.width).enumerate() {
         let latent_frame = f.div_ceil(time);
-        for (p, rgb) in frame.chunks_exact(3).enumerate() {
+        for (p, &object) in frame.iter().enumerate() {
             let (y, x) = (p / shape.width / space, p % shape.width / space);
-            if rgb != &background[..] && y < height && x < width {
+            if object > 0.0 && y < height && x < width {
                 mask[(latent_frame * height + y) * width + x] = 1.0;
             }
         }
     }
     Ok(mask)
-}
-
-/// A training-split scene and its clip in `[-1, 1]`, laid out `[3, frames, height, width]`.
-pub fn training_clip(rng: &mut Rng, shape: ClipShape) -> Result<(SceneSpec, Vec<f32>), TrainError> {
-    let (scene_seed, scene) = training_scene(rng);
-    let clip = render_clip(&scene, &shape.settings(), scene_seed)?;
-    Ok((scene, clip.to_planar_signed()))
 }
 
 /// The box `[start, start + size)` of a `[channels, frames, height, width]` array, same layout.
@@ -139,21 +147,37 @@ pub struct Batch5 {
     pub shape: [usize; 5],
 }
 
-/// A VAE step's input: random `frames`-long windows of training clips, randomly cropped to
-/// `crop x crop` (the VAE is convolutional and causal, so short crops teach it the whole clip).
-pub fn vae_batch(seed: u64, step: usize, batch: usize, clip: ClipShape, frames: usize, crop_side: usize) -> Result<Batch5, TrainError> {
+/// A VAE step's input: `video` `[batch, 3, frames, crop, crop]` and its `objects`
+/// `[batch, frames, crop, crop]` (see [`TrainingClip`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct VaeBatch {
+    pub video: Batch5,
+    pub objects: Vec<f32>,
+}
+
+/// Random `frames`-long windows of training clips, randomly cropped to `crop x crop` (the VAE is
+/// convolutional and causal, so short crops teach it the whole clip).
+pub fn vae_batch(seed: u64, step: usize, batch: usize, clip: ClipShape, frames: usize, crop_side: usize) -> Result<VaeBatch, TrainError> {
     let mut values = Vec::with_capacity(batch * 3 * frames * crop_side * crop_side);
+    let mut objects = Vec::with_capacity(batch * frames * crop_side * crop_side);
     for item in 0..batch {
         let mut rng = Rng::for_item(seed, Purpose::VaeClip, step, item);
-        let (_, pixels) = training_clip(&mut rng, clip)?;
+        let training = training_clip(&mut rng, clip)?;
         let start = [
             rng.below(clip.frames - frames + 1),
             rng.below(clip.height - crop_side + 1),
             rng.below(clip.width - crop_side + 1),
         ];
-        values.extend(crop(&pixels, [3, clip.frames, clip.height, clip.width], start, [frames, crop_side, crop_side]));
+        let size = [frames, crop_side, crop_side];
+        values.extend(crop(&training.pixels, [3, clip.frames, clip.height, clip.width], start, size));
+        objects.extend(crop(&training.objects, [1, clip.frames, clip.height, clip.width], start, size));
     }
-    Ok(Batch5 { values, shape: [batch, 3, frames, crop_side, crop_side] })
+    Ok(VaeBatch { video: Batch5 { values, shape: [batch, 3, frames, crop_side, crop_side] }, objects })
+}
+
+/// Loss weights of `1 + object_weight` on objects (a mask of 1s) and 1 elsewhere.
+pub fn object_weights(objects: &[f32], object_weight: f64) -> Vec<f32> {
+    objects.iter().map(|&m| 1.0 + object_weight as f32 * m).collect()
 }
 
 /// Raw (not normalised) VAE latents of the clips the DiT trains on, with their captions.
@@ -214,7 +238,7 @@ pub fn flow_batch(
         if let (Some(weights), Some(masks)) = (&mut loss_weights, &clips.object_masks) {
             let mask = &masks[clip * frames * height * width..(clip + 1) * frames * height * width];
             let window_mask = crop(mask, [1, frames, height, width], [start, 0, 0], [window, height, width]);
-            weights.extend(window_mask.iter().map(|&m| 1.0 + object_weight as f32 * m));
+            weights.extend(object_weights(&window_mask, object_weight));
         }
         noise.extend(rng.normals(slice.len()));
         latents.extend(slice);
@@ -284,9 +308,20 @@ mod tests {
     #[test]
     fn vae_batches_are_a_function_of_seed_and_step() {
         let a = vae_batch(7, 3, 2, CLIP, 5, 16).expect("batch");
-        assert_eq!(a.shape, [2, 3, 5, 16, 16]);
-        assert_eq!(a.values.len(), 2 * 3 * 5 * 16 * 16);
-        assert!(a.values.iter().all(|v| (-1.0..=1.0).contains(v)));
+        assert_eq!(a.video.shape, [2, 3, 5, 16, 16]);
+        assert_eq!(a.video.values.len(), 2 * 3 * 5 * 16 * 16);
+        assert!(a.video.values.iter().all(|v| (-1.0..=1.0).contains(v)));
+        // The objects mask the same crop: every pixel outside them is the one background colour.
+        let per_item = 5 * 16 * 16;
+        assert_eq!(a.objects.len(), 2 * per_item);
+        assert!(a.objects.iter().all(|&m| m == 0.0 || m == 1.0));
+        for (item, objects) in a.objects.chunks_exact(per_item).enumerate() {
+            let rgb = |p: usize| [0, 1, 2].map(|c| a.video.values[(item * 3 + c) * per_item + p]);
+            let Some(background) = objects.iter().position(|&m| m == 0.0).map(rgb) else { continue };
+            for (p, &m) in objects.iter().enumerate() {
+                assert_eq!(m == 0.0, rgb(p) == background, "item {item} pixel {p}");
+            }
+        }
         assert_eq!(a, vae_batch(7, 3, 2, CLIP, 5, 16).expect("again"));
         assert_ne!(a, vae_batch(7, 4, 2, CLIP, 5, 16).expect("next step"));
         assert_ne!(a, vae_batch(8, 3, 2, CLIP, 5, 16).expect("other seed"));

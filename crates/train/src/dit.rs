@@ -21,7 +21,7 @@ use crate::data::{Batch5, ClipShape, FlowBatch, LatentClips, Purpose, Rng, flow_
 use crate::error::{TrainError, io_error, tensor_values};
 use crate::run::{self, DitRecipe, TrainOptions, TrainState};
 use crate::vae::latent_shape;
-use crate::{Progress, Stage, optimizer_config, run_steps};
+use crate::{Progress, Stage, optimizer_config, run_steps, weighted_mean};
 
 const LATENTS_TENSOR: &str = "latents";
 
@@ -45,17 +45,7 @@ pub fn flow_matching_loss<B: Backend>(pipeline: &Pipeline<B>, batch: &FlowBatch)
     let timesteps: Vec<f32> = batch.sigmas.iter().map(|s| s * 1000.0).collect();
     let spans: Vec<ClipSpan> = batch.starts.iter().map(|&start| ClipSpan { start, clip_frames: batch.clip_frames }).collect();
     let flow = pipeline.transformer.forward_in(x, &timesteps, text, &spans)?;
-    let squared = (flow - (noise - x0)).powi_scalar(2);
-    Ok(match &batch.loss_weights {
-        None => squared.mean(),
-        Some(weights) => {
-            let [items, channels, frames, height, width] = shape;
-            // Divided by the mean weight, so the loss keeps the scale of a plain MSE.
-            let mean_weight = weights.iter().sum::<f32>() / weights.len() as f32;
-            let weights = Tensor::<B, 5>::from_data(TensorData::new(weights.clone(), [items, 1, frames, height, width]), device);
-            (squared * weights.repeat_dim(1, channels)).mean() / mean_weight
-        }
-    })
+    Ok(weighted_mean((flow - (noise - x0)).powi_scalar(2), batch.loss_weights.as_deref()))
 }
 
 pub struct DitTrainer<B: AutodiffBackend> {
@@ -116,9 +106,9 @@ pub fn encode_clips<B: Backend>(
         let group = ENCODE_BATCH.min(count - first);
         let mut pixels = Vec::with_capacity(group * clip_shape.iter().product::<usize>());
         for index in first..first + group {
-            let (scene, clip_pixels) = training_clip(&mut clip_rng(seed, index), clip)?;
-            pixels.extend(clip_pixels);
-            captions.push(scene.caption());
+            let training = training_clip(&mut clip_rng(seed, index), clip)?;
+            pixels.extend(training.pixels);
+            captions.push(training.scene.caption());
         }
         let [c, f, h, w] = clip_shape;
         let video = Tensor::<B, 5>::from_data(TensorData::new(pixels, [group, c, f, h, w]), device);
@@ -246,11 +236,11 @@ mod tests {
         let together = encode_clips(&pipeline.vae, 4, CLIP, 3, &device, &mut |_| {}).expect("encode");
         let per_clip = together.latents.values.len() / 3;
         for index in 0..3 {
-            let (scene, pixels) = training_clip(&mut clip_rng(4, index), CLIP).expect("clip");
-            let video = Tensor::from_data(TensorData::new(pixels, [1, 3, CLIP.frames, CLIP.height, CLIP.width]), &device);
+            let training = training_clip(&mut clip_rng(4, index), CLIP).expect("clip");
+            let video = Tensor::from_data(TensorData::new(training.pixels, [1, 3, CLIP.frames, CLIP.height, CLIP.width]), &device);
             let alone = tensor_values(pipeline.vae.encode(video).expect("encode")).expect("values");
             assert_close(&together.latents.values[index * per_clip..(index + 1) * per_clip], &alone, &format!("clip {index}"));
-            assert_eq!(together.captions[index], scene.caption());
+            assert_eq!(together.captions[index], training.scene.caption());
         }
         let prompts = ["a red circle moving up", "", "a blue square on a white background"];
         let (hidden, _) = pipeline.encode_prompts(&prompts).expect("prompts");

@@ -22,7 +22,8 @@ pub mod vae;
 #[cfg(test)]
 mod test_model;
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
 
 pub use error::TrainError;
 pub use run::{DitRecipe, LrSchedule, Recipe, SigmaSampling, StageRecipe, TrainOptions, TrainState, VaeRecipe};
@@ -86,6 +87,17 @@ fn run_steps(
     Ok(state)
 }
 
+/// The mean of `squared` `[items, channels, frames, height, width]` with each value weighted by
+/// `weights` `[items, frames, height, width]` (shared by the channels), divided by the mean
+/// weight so that a weighted loss keeps the scale of a plain mean squared error.
+fn weighted_mean<B: Backend>(squared: Tensor<B, 5>, weights: Option<&[f32]>) -> Tensor<B, 1> {
+    let Some(weights) = weights else { return squared.mean() };
+    let [items, channels, frames, height, width] = squared.dims();
+    let mean_weight = weights.iter().sum::<f32>() / weights.len() as f32;
+    let weights = Tensor::<B, 5>::from_data(TensorData::new(weights.to_vec(), [items, 1, frames, height, width]), &squared.device());
+    (squared * weights.repeat_dim(1, channels)).mean() / mean_weight
+}
+
 /// Adam with per-parameter gradient-norm clipping at 1 (a bad batch cannot throw the weights far).
 fn optimizer_config() -> burn::optim::AdamConfig {
     burn::optim::AdamConfig::new().with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(1.0)))
@@ -133,11 +145,11 @@ mod tests {
     }
 
     fn vae() -> StageRecipe {
-        StageRecipe::Vae(VaeRecipe { frames: 5, crop: 16, kl_weight: 1e-4, statistics_clips: 2, decoder_only: false })
+        StageRecipe::Vae(VaeRecipe { frames: 5, crop: 16, kl_weight: 1e-4, statistics_clips: 2, decoder_only: false, object_weight: 0.0 })
     }
 
     fn vae_decoder() -> StageRecipe {
-        StageRecipe::Vae(VaeRecipe { frames: 5, crop: 16, kl_weight: 0.0, statistics_clips: 2, decoder_only: true })
+        StageRecipe::Vae(VaeRecipe { frames: 5, crop: 16, kl_weight: 0.0, statistics_clips: 2, decoder_only: true, object_weight: 2.0 })
     }
 
     /// Stopping after 2 steps and running the same command for 4 gives the run that never stopped:

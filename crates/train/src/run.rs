@@ -90,6 +90,9 @@ pub struct VaeRecipe {
     /// DiT trained on them, stay valid.
     #[serde(default)]
     pub decoder_only: bool,
+    /// Extra weight of the squared error on pixels that show an object (0: plain MSE).
+    #[serde(default)]
+    pub object_weight: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -3,7 +3,8 @@
 //! VAE config's `latents_mean` / `latents_std` from the trained encoder, since the pipeline
 //! normalises latents for the DiT with them. A decoder-only run ([`VaeRecipe::decoder_only`])
 //! decodes the encoder's posterior means and trains the decoder alone, so the latents a DiT was
-//! trained on stay as they were.
+//! trained on stay as they were. With [`VaeRecipe::object_weight`] the squared error weighs more
+//! on the objects' pixels.
 
 use std::path::Path;
 
@@ -15,10 +16,10 @@ use burn::tensor::{ElementConversion, Tensor, TensorData};
 use vidfarm_model::Pipeline;
 use vidfarm_model::vae::AutoencoderKLWan;
 
-use crate::data::{Batch5, ClipShape, Purpose, Rng, channel_statistics, training_clip, vae_batch};
+use crate::data::{Batch5, ClipShape, Purpose, Rng, VaeBatch, channel_statistics, object_weights, training_clip, vae_batch};
 use crate::error::{TrainError, tensor_values};
 use crate::run::{self, TrainOptions, TrainState, VaeRecipe};
-use crate::{Progress, Stage, optimizer_config, run_steps};
+use crate::{Progress, Stage, optimizer_config, run_steps, weighted_mean};
 
 /// Smallest `latents_std` written: a channel the encoder leaves unused must not blow up when
 /// the pipeline divides by it.
@@ -39,27 +40,33 @@ pub struct VaeLossTerms<B: Backend> {
     pub kl: Tensor<B, 1>,
 }
 
-/// The loss of one batch: `video` `[batch, 3, frames, H, W]`, `noise` shaped like its latents.
+/// The loss of one batch: `video` `[batch, 3, frames, H, W]`, `noise` shaped like its latents,
+/// `weights` (when given) `[batch, frames, H, W]` those of the pixels' squared errors.
 pub fn vae_loss<B: Backend>(
     vae: &AutoencoderKLWan<B>,
     video: Tensor<B, 5>,
     noise: Tensor<B, 5>,
     kl_weight: f64,
+    weights: Option<&[f32]>,
 ) -> Result<VaeLossTerms<B>, TrainError> {
     let (mean, logvar) = vae.encode_posterior(video.clone())?;
     let z = mean.clone() + (logvar.clone() * 0.5).exp() * noise;
-    let reconstruction = (vae.decode_unclamped(z)? - video).powi_scalar(2).mean();
+    let reconstruction = weighted_mean((vae.decode_unclamped(z)? - video).powi_scalar(2), weights);
     let kl = ((mean.powi_scalar(2) + logvar.clone().exp() - logvar - 1.0) * 0.5).mean();
     Ok(VaeLossTerms { total: reconstruction.clone() + kl.clone() * kl_weight, reconstruction, kl })
 }
 
 /// The decoder-only loss: the reconstruction error of the encoder's posterior means, with no
 /// gradient reaching the encoder.
-pub fn decoder_loss<B: AutodiffBackend>(vae: &AutoencoderKLWan<B>, video: Tensor<B, 5>) -> Result<VaeLossTerms<B>, TrainError> {
+pub fn decoder_loss<B: AutodiffBackend>(
+    vae: &AutoencoderKLWan<B>,
+    video: Tensor<B, 5>,
+    weights: Option<&[f32]>,
+) -> Result<VaeLossTerms<B>, TrainError> {
     // The encoder runs outside autodiff: a detached graph would still be recorded, and kept
     // (memory and step time grew with every step).
     let z = Tensor::from_inner(vae.valid().encode(video.clone().inner())?);
-    let reconstruction = (vae.decode_unclamped(z)? - video).powi_scalar(2).mean();
+    let reconstruction = weighted_mean((vae.decode_unclamped(z)? - video).powi_scalar(2), weights);
     let kl = reconstruction.zeros_like();
     Ok(VaeLossTerms { total: reconstruction.clone(), reconstruction, kl })
 }
@@ -75,27 +82,29 @@ pub struct VaeTrainer<B: AutodiffBackend> {
     /// The whole pipeline, so checkpoints are complete model folders; only its VAE trains.
     pub pipeline: Pipeline<B>,
     optim: OptimizerAdaptor<Adam, AutoencoderKLWan<B>, B>,
-    kl_weight: f64,
-    decoder_only: bool,
+    /// The loss's settings: `kl_weight`, `decoder_only`, `object_weight`.
+    recipe: VaeRecipe,
 }
 
 impl<B: AutodiffBackend> VaeTrainer<B> {
-    pub fn new(mut pipeline: Pipeline<B>, kl_weight: f64, decoder_only: bool) -> Self {
+    pub fn new(mut pipeline: Pipeline<B>, recipe: VaeRecipe) -> Self {
         pipeline.vae = run::canonical_params(pipeline.vae);
-        Self { pipeline, optim: optimizer_config().init(), kl_weight, decoder_only }
+        Self { pipeline, optim: optimizer_config().init(), recipe }
     }
 
-    /// One optimizer step at learning rate `lr` on `video`, with the posterior sampled through
+    /// One optimizer step at learning rate `lr` on `batch`, with the posterior sampled through
     /// `noise` (unused when decoder-only).
-    pub fn step(&mut self, video: &Batch5, noise: &[f32], lr: f64) -> Result<VaeLoss, TrainError> {
+    pub fn step(&mut self, batch: &VaeBatch, noise: &[f32], lr: f64) -> Result<VaeLoss, TrainError> {
         let device = self.pipeline.device().clone();
+        let video = &batch.video;
         let latent_shape = latent_shape(&self.pipeline.vae, video.shape);
         let video = Tensor::<B, 5>::from_data(TensorData::new(video.values.clone(), video.shape), &device);
         let noise = Tensor::<B, 5>::from_data(TensorData::new(noise.to_vec(), latent_shape), &device);
-        let terms = if self.decoder_only {
-            decoder_loss(&self.pipeline.vae, video)?
+        let weights = (self.recipe.object_weight > 0.0).then(|| object_weights(&batch.objects, self.recipe.object_weight));
+        let terms = if self.recipe.decoder_only {
+            decoder_loss(&self.pipeline.vae, video, weights.as_deref())?
         } else {
-            vae_loss(&self.pipeline.vae, video, noise, self.kl_weight)?
+            vae_loss(&self.pipeline.vae, video, noise, self.recipe.kl_weight, weights.as_deref())?
         };
         let loss = VaeLoss {
             total: terms.total.clone().into_scalar().elem(),
@@ -121,7 +130,7 @@ pub fn latent_statistics<B: Backend>(
     let latent_shape = latent_shape(vae, shape);
     let mut values = Vec::with_capacity(count * latent_shape.iter().product::<usize>());
     for index in 0..count {
-        let (_, pixels) = training_clip(&mut Rng::for_item(seed, Purpose::StatisticsClip, 0, index), clip)?;
+        let pixels = training_clip(&mut Rng::for_item(seed, Purpose::StatisticsClip, 0, index), clip)?.pixels;
         let video = Tensor::<B, 5>::from_data(TensorData::new(pixels, shape), device);
         values.extend(tensor_values(vae.encode(video)?)?);
     }
@@ -138,10 +147,10 @@ struct VaeStage<'a, B: AutodiffBackend> {
 impl<B: AutodiffBackend> Stage for VaeStage<'_, B> {
     fn step(&mut self, step: usize) -> Result<f32, TrainError> {
         let recipe = &self.options.recipe;
-        let video = vae_batch(recipe.seed, step, recipe.batch, recipe.clip, self.recipe.frames, self.recipe.crop)?;
-        let noise_len = latent_shape(&self.trainer.pipeline.vae, video.shape).iter().product();
+        let batch = vae_batch(recipe.seed, step, recipe.batch, recipe.clip, self.recipe.frames, self.recipe.crop)?;
+        let noise_len = latent_shape(&self.trainer.pipeline.vae, batch.video.shape).iter().product();
         let noise = Rng::for_item(recipe.seed, Purpose::VaeNoise, step, 0).normals(noise_len);
-        Ok(self.trainer.step(&video, &noise, recipe.lr_schedule.lr(recipe.lr, step))?.total)
+        Ok(self.trainer.step(&batch, &noise, recipe.lr_schedule.lr(recipe.lr, step))?.total)
     }
 
     fn checkpoint(&mut self, options: &TrainOptions, state: &TrainState) -> Result<(), TrainError> {
@@ -165,7 +174,7 @@ pub fn train_vae<B: AutodiffBackend>(
 ) -> Result<TrainState, TrainError> {
     let start = run::start(options)?;
     let pipeline = Pipeline::<B>::load(&start.weights, device)?;
-    let mut trainer = VaeTrainer::new(pipeline, recipe.kl_weight, recipe.decoder_only);
+    let mut trainer = VaeTrainer::new(pipeline, recipe.clone());
     if start.resumed {
         trainer.optim = trainer.optim.load_record(run::load_optimizer::<_, B>(&options.out, device)?);
     }
@@ -183,13 +192,29 @@ mod tests {
     fn steps_on_a_fixed_batch_lower_the_loss() {
         let dir = tempfile::tempdir().expect("tempdir");
         write_tiny_model(dir.path());
-        let mut trainer = VaeTrainer::new(load::<TestBackend>(dir.path()), 1e-4, false);
-        let video = vae_batch(0, 0, 2, CLIP, 5, 16).expect("batch");
-        let noise = Rng::for_item(0, Purpose::VaeNoise, 0, 0).normals(latent_shape(&trainer.pipeline.vae, video.shape).iter().product());
-        let losses: Vec<VaeLoss> = (0..12).map(|_| trainer.step(&video, &noise, 1e-2).expect("step")).collect();
+        let recipe = VaeRecipe { frames: 5, crop: 16, kl_weight: 1e-4, statistics_clips: 2, decoder_only: false, object_weight: 0.0 };
+        let mut trainer = VaeTrainer::new(load::<TestBackend>(dir.path()), recipe);
+        let batch = vae_batch(0, 0, 2, CLIP, 5, 16).expect("batch");
+        let noise = Rng::for_item(0, Purpose::VaeNoise, 0, 0).normals(latent_shape(&trainer.pipeline.vae, batch.video.shape).iter().product());
+        let losses: Vec<VaeLoss> = (0..12).map(|_| trainer.step(&batch, &noise, 1e-2).expect("step")).collect();
         let (first, last) = (losses[0], losses[losses.len() - 1]);
         println!("vae losses: {:?}", losses.iter().map(|l| l.total).collect::<Vec<_>>());
         assert!(first.kl >= 0.0 && last.kl >= 0.0 && first.reconstruction > 0.0);
         assert!(last.total < 0.5 * first.total, "loss {} -> {}", first.total, last.total);
+    }
+
+    /// Weights of 1 everywhere are the plain error; weight on the objects changes it.
+    #[test]
+    fn object_weights_change_the_reconstruction_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_tiny_model(dir.path());
+        let vae = load::<TestBackend>(dir.path()).vae;
+        let batch = vae_batch(0, 0, 2, CLIP, 5, 16).expect("batch");
+        assert!(batch.objects.contains(&1.0) && batch.objects.contains(&0.0), "the crops show objects and background");
+        let video = || Tensor::<TestBackend, 5>::from_data(TensorData::new(batch.video.values.clone(), batch.video.shape), &Default::default());
+        let error = |weights: Option<Vec<f32>>| -> f32 { decoder_loss(&vae, video(), weights.as_deref()).expect("loss").total.into_scalar().elem() };
+        let plain = error(None);
+        assert!((error(Some(object_weights(&batch.objects, 0.0))) - plain).abs() <= 1e-6 * plain);
+        assert!((error(Some(object_weights(&batch.objects, 4.0))) - plain).abs() > 1e-3 * plain);
     }
 }
