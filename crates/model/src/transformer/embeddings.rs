@@ -1,5 +1,12 @@
 //! `condition_embedder`: sinusoidal timestep features -> `time_embedder` -> 6-way `time_proj`
 //! modulation, and the text projection `text_embedder` (diffusers `WanTimeTextImageEmbedding`).
+//!
+//! With `pooled_text_embedder` (vidfarm's extension, as SD3 and Flux add their pooled text vector
+//! to the timestep embedding), the mean of the prompt's token embeddings joins the timestep
+//! embedding, so every block's adaLN scale and shift depend on the whole caption. Why: a scale
+//! multiplies each token's features, position features included, so "the object is where column
+//! minus time is c, when the caption says right" is one product away; cross-attention only adds
+//! the caption to a token, and the products it needs are left to the feed-forward layers.
 
 use burn::module::Module;
 use burn::tensor::activation::{gelu_approximate, silu};
@@ -57,6 +64,9 @@ pub struct ConditionEmbedder<B: Backend> {
     pub time_embedder: TwoLayerMlp<B>,
     pub time_proj: Linear<B>,
     pub text_embedder: TwoLayerMlp<B>,
+    /// `text_dim -> dim`, added to the timestep embedding; present when the config's
+    /// `pooled_text_modulation` is set.
+    pub pooled_text_embedder: Option<Linear<B>>,
     pub freq_dim: usize,
 }
 
@@ -70,21 +80,37 @@ pub struct Conditioning<B: Backend> {
     pub text: Tensor<B, 3>,
 }
 
+/// The widths of a condition embedder, and whether it pools the text into the modulation.
+#[derive(Clone, Copy, Debug)]
+pub struct ConditionDims {
+    pub dim: usize,
+    pub freq_dim: usize,
+    pub text_dim: usize,
+    pub pooled_text: bool,
+}
+
 impl<B: Backend> ConditionEmbedder<B> {
-    pub fn load(src: &TensorSource, prefix: &str, dim: usize, freq_dim: usize, text_dim: usize, device: &B::Device) -> Result<Self, ModelError> {
+    pub fn load(src: &TensorSource, prefix: &str, dims: ConditionDims, device: &B::Device) -> Result<Self, ModelError> {
+        let ConditionDims { dim, freq_dim, text_dim, pooled_text } = dims;
         Ok(Self {
             time_embedder: TwoLayerMlp::load(src, &join(prefix, "time_embedder"), freq_dim, dim, device)?,
             time_proj: Linear::load(src, &join(prefix, "time_proj"), dim, 6 * dim, true, device)?,
             text_embedder: TwoLayerMlp::load(src, &join(prefix, "text_embedder"), text_dim, dim, device)?,
+            pooled_text_embedder: match pooled_text {
+                true => Some(Linear::load(src, &join(prefix, "pooled_text_embedder"), text_dim, dim, true, device)?),
+                false => None,
+            },
             freq_dim,
         })
     }
 
-    pub fn random(dim: usize, freq_dim: usize, text_dim: usize, device: &B::Device) -> Self {
+    pub fn random(dims: ConditionDims, device: &B::Device) -> Self {
+        let ConditionDims { dim, freq_dim, text_dim, pooled_text } = dims;
         Self {
             time_embedder: TwoLayerMlp::random(freq_dim, dim, device),
             time_proj: Linear::random(dim, 6 * dim, true, device),
             text_embedder: TwoLayerMlp::random(text_dim, dim, device),
+            pooled_text_embedder: pooled_text.then(|| Linear::random(text_dim, dim, true, device)),
             freq_dim,
         }
     }
@@ -92,15 +118,46 @@ impl<B: Backend> ConditionEmbedder<B> {
     pub fn save(&self, out: &mut TensorWriter, prefix: &str) -> Result<(), ModelError> {
         self.time_embedder.save(out, &join(prefix, "time_embedder"))?;
         self.time_proj.save(out, &join(prefix, "time_proj"))?;
+        if let Some(pooled) = &self.pooled_text_embedder {
+            pooled.save(out, &join(prefix, "pooled_text_embedder"))?;
+        }
         self.text_embedder.save(out, &join(prefix, "text_embedder"))
     }
 
     pub fn forward(&self, timesteps: &[f32], text: Tensor<B, 3>) -> Conditioning<B> {
         let features = timestep_features::<B>(timesteps, self.freq_dim, &text.device());
-        let temb = self.time_embedder.linear_2.forward(silu(self.time_embedder.linear_1.forward(features)));
+        let mut temb = self.time_embedder.linear_2.forward(silu(self.time_embedder.linear_1.forward(features)));
+        if let Some(pooled) = &self.pooled_text_embedder {
+            temb = temb + pooled.forward(mean_of_tokens(text.clone()));
+        }
         let [batch, dim] = temb.dims();
         let timestep_proj = self.time_proj.forward(silu(temb.clone())).reshape([batch, 6, dim]);
         let text = self.text_embedder.linear_2.forward(gelu_approximate(self.text_embedder.linear_1.forward(text)));
         Conditioning { temb, timestep_proj, text }
+    }
+}
+
+/// `[batch, tokens, width]` -> `[batch, width]`: the mean over the tokens that are not padding
+/// (the pipeline zeroes padded tokens; an all-zero prompt pools to zero).
+fn mean_of_tokens<B: Backend>(text: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [batch, _, width] = text.dims();
+    let present = text.clone().abs().sum_dim(2).greater_elem(0.0).float();
+    let count = present.sum_dim(1).clamp_min(1.0);
+    (text.sum_dim(1) / count).reshape([batch, width])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::TestBackend;
+
+    #[test]
+    fn the_pooled_text_is_the_mean_of_the_tokens_that_are_not_padding() {
+        let device = Default::default();
+        // Two prompts: two tokens then padding, and one token.
+        let values = vec![1.0, 2.0, 3.0, 6.0, 0.0, 0.0, /* */ -4.0, 8.0, 0.0, 0.0, 0.0, 0.0];
+        let text = Tensor::<TestBackend, 3>::from_data(TensorData::new(values, [2, 3, 2]), &device);
+        let pooled = mean_of_tokens(text).into_data().convert::<f32>().into_vec::<f32>().expect("values");
+        assert_eq!(pooled, vec![2.0, 4.0, -4.0, 8.0]);
     }
 }

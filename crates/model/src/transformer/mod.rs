@@ -3,7 +3,10 @@
 //! position; vidfarm's extension, weights under `blocks.N.attn_temporal` / `blocks.N.norm_temporal`).
 //!
 //! With `position_frequencies` set (vidfarm's extension, weights `position_embedding.*`), each
-//! token also gets its place in the frame and in the clip: see [`position`].
+//! token also gets its place in the frame and in the clip: see [`position`]. With
+//! `pooled_text_modulation` the caption's mean token joins the timestep embedding (see
+//! [`embeddings`]); with `input_skip` the predicted flow adds the noisy input through a gate of
+//! the timestep (see `WanTransformer3DModel::input_skip`).
 //!
 //! Flow: Conv3d patch embedding (patch `(1, 2, 2)`) -> blocks with 6-way adaLN modulation from the
 //! timestep, 3D rotary self-attention and cross-attention to the projected text -> modulated output
@@ -17,7 +20,7 @@ mod rope;
 
 pub use attention::{AttentionScope, WanAttention, scaled_dot_product};
 pub use block::{BlockDims, FeedForward, WanTransformerBlock};
-pub use embeddings::{ConditionEmbedder, timestep_features};
+pub use embeddings::{ConditionDims, ConditionEmbedder, timestep_features};
 pub use position::ClipSpan;
 use position::PositionFeatures;
 pub use rope::{RopeTables, apply_rope, rope_tables};
@@ -25,6 +28,7 @@ pub use rope::{RopeTables, apply_rope, rope_tables};
 use std::path::Path;
 
 use burn::module::{Module, Param};
+use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -129,6 +133,14 @@ pub struct WanTransformerConfig {
     /// `position_frequencies`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub position_oblique: bool,
+    /// vidfarm extension: the mean of the prompt's token embeddings joins the timestep embedding
+    /// (weights `condition_embedder.pooled_text_embedder.*`), so the caption scales every block.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pooled_text_modulation: bool,
+    /// vidfarm extension: the predicted flow adds the noisy input, scaled per channel by a gate
+    /// of the timestep embedding (weights `input_skip.*`; needs `out_channels == in_channels`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub input_skip: bool,
 }
 
 impl WanTransformerConfig {
@@ -196,6 +208,9 @@ impl WanTransformerConfig {
         if self.position_oblique && self.position_frequencies == 0 {
             return Err(unsupported(path, "position_oblique", true, "needs position_frequencies"));
         }
+        if self.input_skip && self.out_channels() != self.in_channels {
+            return Err(unsupported(path, "input_skip", true, "needs out_channels equal to in_channels"));
+        }
         if self.patch_size.contains(&0) {
             return Err(unsupported(path, "patch_size", self.patch_size, "must be positive"));
         }
@@ -205,6 +220,10 @@ impl WanTransformerConfig {
     /// The absolute position features this config asks for, if any.
     fn position_features(&self) -> Option<PositionFeatures> {
         (self.position_frequencies > 0).then_some(PositionFeatures { frequencies: self.position_frequencies, oblique: self.position_oblique })
+    }
+
+    fn condition_dims(&self) -> ConditionDims {
+        ConditionDims { dim: self.inner_dim(), freq_dim: self.freq_dim, text_dim: self.text_dim, pooled_text: self.pooled_text_modulation }
     }
 
     fn block_dims(&self, layout: AttentionLayout) -> BlockDims {
@@ -228,6 +247,11 @@ pub struct WanTransformer3DModel<B: Backend> {
     pub proj_out: Linear<B>,
     /// Present when `position_frequencies` is set.
     pub position_embedding: Option<Linear<B>>,
+    /// `dim -> out_channels`, present when `input_skip` is set. Why: at sigma 1 the flow is the
+    /// input noise minus the clean latents, so the network must carry its input through; when its
+    /// width is the patch's (vidfarm-tiny: 64 = 16 channels x 2 x 2) that leaves no room for what
+    /// the caption says. The gate carries the noise instead.
+    pub input_skip: Option<Linear<B>>,
     /// `[1, 2, dim]`: shift and scale of the output norm.
     pub scale_shift_table: Param<Tensor<B, 3>>,
     #[module(skip)]
@@ -253,13 +277,17 @@ impl<B: Backend> WanTransformer3DModel<B> {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             patch_embedding: Conv3d::load(src, "patch_embedding", config.in_channels, dim, patch, patch, [0; 3], device)?,
-            condition_embedder: ConditionEmbedder::load(src, "condition_embedder", dim, config.freq_dim, config.text_dim, device)?,
+            condition_embedder: ConditionEmbedder::load(src, "condition_embedder", config.condition_dims(), device)?,
             blocks,
             norm_out: LayerNorm::without_affine(config.eps),
             proj_out: Linear::load(src, "proj_out", dim, config.out_channels() * patch.iter().product::<usize>(), true, device)?,
             position_embedding: match config.position_features() {
                 None => None,
                 Some(features) => Some(Linear::load(src, "position_embedding", features.count(), dim, true, device)?),
+            },
+            input_skip: match config.input_skip {
+                true => Some(Linear::load(src, "input_skip", dim, config.out_channels(), true, device)?),
+                false => None,
             },
             scale_shift_table: Param::from_tensor(src.tensor("scale_shift_table", [1, 2, dim], device)?),
             config,
@@ -275,11 +303,12 @@ impl<B: Backend> WanTransformer3DModel<B> {
         let patch = config.patch_size;
         Ok(Self {
             patch_embedding: Conv3d::random(config.in_channels, dim, patch, patch, [0; 3], device),
-            condition_embedder: ConditionEmbedder::random(dim, config.freq_dim, config.text_dim, device),
+            condition_embedder: ConditionEmbedder::random(config.condition_dims(), device),
             blocks: (0..config.num_layers).map(|_| WanTransformerBlock::random(config.block_dims(layout), device)).collect(),
             norm_out: LayerNorm::without_affine(config.eps),
             proj_out: Linear::random(dim, config.out_channels() * patch.iter().product::<usize>(), true, device),
             position_embedding: config.position_features().map(|features| Linear::random(features.count(), dim, true, device)),
+            input_skip: config.input_skip.then(|| Linear::random(dim, config.out_channels(), true, device)),
             scale_shift_table: Param::from_tensor(Tensor::random(
                 [1, 2, dim],
                 Distribution::Normal(0.0, 1.0 / (dim as f64).sqrt()),
@@ -303,6 +332,9 @@ impl<B: Backend> WanTransformer3DModel<B> {
         self.proj_out.save(out, "proj_out")?;
         if let Some(position) = &self.position_embedding {
             position.save(out, "position_embedding")?;
+        }
+        if let Some(skip) = &self.input_skip {
+            skip.save(out, "input_skip")?;
         }
         out.put("scale_shift_table", &self.scale_shift_table.val())
     }
@@ -358,6 +390,7 @@ impl<B: Backend> WanTransformer3DModel<B> {
 
         let device = latents.device();
         let rope = rope_tables::<B>(config.attention_head_dim, grid, ROPE_THETA, &device);
+        let skipped = self.input_skip.as_ref().map(|skip| (skip, latents.clone()));
         let patches = self.patch_embedding.forward(latents);
         let dim = config.inner_dim();
         let tokens = grid.iter().product::<usize>();
@@ -372,7 +405,7 @@ impl<B: Backend> WanTransformer3DModel<B> {
             x = block.forward(x, cond.text.clone(), cond.timestep_proj.clone(), &rope, grid[0]);
         }
 
-        let modulation = self.scale_shift_table.val() + cond.temb.unsqueeze_dim(1);
+        let modulation = self.scale_shift_table.val() + cond.temb.clone().unsqueeze_dim(1);
         let shift = modulation.clone().narrow(1, 0, 1);
         let scale = modulation.narrow(1, 1, 1);
         let x = self.norm_out.forward(x) * (scale + 1.0) + shift;
@@ -382,7 +415,14 @@ impl<B: Backend> WanTransformer3DModel<B> {
         // [b, f, h, w, pt, ph, pw, c] -> [b, c, f, pt, h, ph, w, pw]
         let x: Tensor<B, 8> = x.reshape([batch, grid[0], grid[1], grid[2], p_t, p_h, p_w, out_channels]);
         let x = x.permute([0, 7, 1, 4, 2, 5, 3, 6]);
-        Ok(x.reshape([batch, out_channels, frames, height, width]))
+        let flow = x.reshape([batch, out_channels, frames, height, width]);
+        Ok(match skipped {
+            Some((skip, latents)) => {
+                let gate = skip.forward(silu(cond.temb)).reshape([batch, out_channels, 1, 1, 1]);
+                flow + latents * gate
+            }
+            None => flow,
+        })
     }
 }
 
@@ -519,6 +559,40 @@ mod config_tests {
         plain.write(&dir.path().join("diffusion_pytorch_model.safetensors")).expect("write");
         let err = WanTransformer3DModel::<B>::load(dir.path(), &device).expect_err("missing weights");
         assert!(err.to_string().contains("position_embedding"), "{err}");
+    }
+
+    /// `pooled_text_modulation` and `input_skip`: weights that round trip, change the
+    /// prediction, and are named when the checkpoint lacks them.
+    #[test]
+    fn optional_conditioning_weights_round_trip_and_are_required() {
+        let device = Default::default();
+        <B as Backend>::seed(&device, 6);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (latents, text) = inputs::<B>(3, &device);
+        type Remove = fn(&mut WanTransformer3DModel<B>);
+        let extensions: [(&str, fn(&mut WanTransformerConfig), Remove); 2] = [
+            ("pooled_text_embedder", |c| c.pooled_text_modulation = true, |m| m.condition_embedder.pooled_text_embedder = None),
+            ("input_skip", |c| c.input_skip = true, |m| m.input_skip = None),
+        ];
+        for (weights, enable, remove) in extensions {
+            let mut config = tiny_config("full");
+            enable(&mut config);
+            let model = WanTransformer3DModel::<B>::random(config, &device).expect("random");
+            model.save(dir.path()).expect("save");
+            let loaded = WanTransformer3DModel::<B>::load(dir.path(), &device).expect("load");
+            assert_eq!(loaded.config, model.config);
+            let a = model.forward(latents.clone(), &[500.0], text.clone()).expect("forward");
+            let b = loaded.forward(latents.clone(), &[500.0], text.clone()).expect("forward");
+            assert!(max_abs_diff(a.clone(), b) < 1e-6, "{weights}");
+            let mut without = loaded;
+            remove(&mut without);
+            assert!(max_abs_diff(a, without.forward(latents.clone(), &[500.0], text.clone()).expect("forward")) > 1e-4, "{weights} changes nothing");
+            let mut plain = TensorWriter::new();
+            without.save_tensors(&mut plain).expect("save");
+            plain.write(&dir.path().join("diffusion_pytorch_model.safetensors")).expect("write");
+            let err = WanTransformer3DModel::<B>::load(dir.path(), &device).expect_err("missing weights");
+            assert!(err.to_string().contains(weights), "{err}");
+        }
     }
 
     #[test]
