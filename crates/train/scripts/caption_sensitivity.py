@@ -1,7 +1,8 @@
 """How much each part of the caption steers the DiT where sampling starts: the clean latents it
 predicts from pure noise (sigma 1: x0 = noise - flow) for captions that differ in one attribute
 only (the object's colour, its shape, its motion, the background), as the RMS difference between
-those predictions, averaged over attribute pairs, base captions and noise draws. A DiT that has
+those predictions (around one base caption, a red circle moving right on white), averaged over
+attribute pairs and noise draws. A DiT that has
 learnt an attribute moves the object (or repaints it) when the word changes, so its row is of
 the order of the colour row; a row near zero is an attribute the DiT ignores, whatever sampling
 does afterwards. Cheap (no sampling, no VAE): a progress signal for training runs.
