@@ -6,7 +6,9 @@
 //! token also gets its place in the frame and in the clip: see [`position`]. With
 //! `pooled_text_modulation` the caption's mean token joins the timestep embedding (see
 //! [`embeddings`]); with `input_skip` the predicted flow adds the noisy input through a gate of
-//! the timestep (see `WanTransformer3DModel::input_skip`).
+//! the timestep (see `WanTransformer3DModel::input_skip`); with `input_gate` the timestep scales
+//! the patch tokens (`WanTransformer3DModel::patch_gate`); with `prediction_type` "sample" the
+//! network predicts the clean latents and `forward` turns them into the flow ([`Prediction`]).
 //!
 //! Flow: Conv3d patch embedding (patch `(1, 2, 2)`) -> blocks with 6-way adaLN modulation from the
 //! timestep, 3D rotary self-attention and cross-attention to the projected text -> modulated output
@@ -36,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{TensorSource, TensorWriter, read_config, save_component, unsupported};
 use crate::error::ModelError;
 use crate::layers::{Conv3d, LayerNorm, Linear};
+use crate::scheduler::NUM_TRAIN_TIMESTEPS;
 
 pub const CONFIG_CLASS_NAME: &str = "WanTransformer3DModel";
 const ROPE_THETA: f64 = 10000.0;
@@ -141,7 +144,33 @@ pub struct WanTransformerConfig {
     /// of the timestep embedding (weights `input_skip.*`; needs `out_channels == in_channels`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub input_skip: bool,
+    /// vidfarm extension, named as diffusers' schedulers name theirs: what the network's output
+    /// is. Absent or `"flow_prediction"`: the flow (Wan). `"sample"`: the clean latents, turned
+    /// into the flow `(x_t - x0) / sigma` before `forward` returns, so samplers and guidance see a
+    /// flow either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction_type: Option<String>,
+    /// vidfarm extension: the patch tokens are scaled per channel by `1 + gate(timestep
+    /// embedding)` before the position features join them (weights `patch_gate.*`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub input_gate: bool,
 }
+
+/// What the network's last layer outputs (see `WanTransformerConfig::prediction_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prediction {
+    Flow,
+    /// Why: at sigma 1 the flow is the input noise minus the clean latents, so a flow-predicting
+    /// network must carry its whole input to its output; one as wide as its patch (vidfarm-tiny:
+    /// 64 = 16 channels x 2 x 2) then has no room left for what the caption says. A clean-latent
+    /// prediction does not depend on the noise at sigma 1 (Li & He 2025, "Back to Basics: Let
+    /// Denoising Generative Models Denoise").
+    Sample,
+}
+
+/// The smallest sigma a sample prediction is divided by: below it the flow would amplify the
+/// network's error without bound (the samplers' last step before 0 is far above it).
+const SAMPLE_SIGMA_FLOOR: f32 = 0.05;
 
 impl WanTransformerConfig {
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
@@ -211,10 +240,25 @@ impl WanTransformerConfig {
         if self.input_skip && self.out_channels() != self.in_channels {
             return Err(unsupported(path, "input_skip", true, "needs out_channels equal to in_channels"));
         }
+        if self.prediction(path)? == Prediction::Sample && self.out_channels() != self.in_channels {
+            return Err(unsupported(path, "prediction_type", "sample", "needs out_channels equal to in_channels"));
+        }
+        if self.prediction(path)? == Prediction::Sample && self.input_skip {
+            return Err(unsupported(path, "input_skip", true, "a sample prediction needs no input skip"));
+        }
         if self.patch_size.contains(&0) {
             return Err(unsupported(path, "patch_size", self.patch_size, "must be positive"));
         }
         Ok(())
+    }
+
+    /// The parsed `prediction_type`; `path` names the config in the error.
+    pub fn prediction(&self, path: &Path) -> Result<Prediction, ModelError> {
+        match self.prediction_type.as_deref() {
+            None | Some("flow_prediction") => Ok(Prediction::Flow),
+            Some("sample") => Ok(Prediction::Sample),
+            Some(other) => Err(unsupported(path, "prediction_type", other, "expected \"flow_prediction\" or \"sample\"")),
+        }
     }
 
     /// The absolute position features this config asks for, if any.
@@ -252,10 +296,18 @@ pub struct WanTransformer3DModel<B: Backend> {
     /// width is the patch's (vidfarm-tiny: 64 = 16 channels x 2 x 2) that leaves no room for what
     /// the caption says. The gate carries the noise instead.
     pub input_skip: Option<Linear<B>>,
+    /// `dim -> dim`, present when `input_gate` is set. Why: the patch embedding of a model as
+    /// wide as its patch fills the whole residual stream with the input; at sigma 1 that input is
+    /// pure noise and drowns the position features, which are all a caption can place an object
+    /// by. The gate lets the timestep shut the noise out (`1 + gate = 0`) and let it in as it
+    /// turns into signal.
+    pub patch_gate: Option<Linear<B>>,
     /// `[1, 2, dim]`: shift and scale of the output norm.
     pub scale_shift_table: Param<Tensor<B, 3>>,
     #[module(skip)]
     pub config: WanTransformerConfig,
+    #[module(skip)]
+    pub prediction: Prediction,
 }
 
 impl<B: Backend> WanTransformer3DModel<B> {
@@ -270,6 +322,7 @@ impl<B: Backend> WanTransformer3DModel<B> {
     pub fn load_from(src: &TensorSource, config: WanTransformerConfig, config_path: &Path, device: &B::Device) -> Result<Self, ModelError> {
         config.validate(config_path)?;
         let layout = config.layout(config_path)?;
+        let prediction = config.prediction(config_path)?;
         let dim = config.inner_dim();
         let patch = config.patch_size;
         let blocks = (0..config.num_layers)
@@ -289,8 +342,13 @@ impl<B: Backend> WanTransformer3DModel<B> {
                 true => Some(Linear::load(src, "input_skip", dim, config.out_channels(), true, device)?),
                 false => None,
             },
+            patch_gate: match config.input_gate {
+                true => Some(Linear::load(src, "patch_gate", dim, dim, true, device)?),
+                false => None,
+            },
             scale_shift_table: Param::from_tensor(src.tensor("scale_shift_table", [1, 2, dim], device)?),
             config,
+            prediction,
         })
     }
 
@@ -299,6 +357,7 @@ impl<B: Backend> WanTransformer3DModel<B> {
         let config_path = Path::new("<random transformer config>");
         config.validate(config_path)?;
         let layout = config.layout(config_path)?;
+        let prediction = config.prediction(config_path)?;
         let dim = config.inner_dim();
         let patch = config.patch_size;
         Ok(Self {
@@ -309,12 +368,14 @@ impl<B: Backend> WanTransformer3DModel<B> {
             proj_out: Linear::random(dim, config.out_channels() * patch.iter().product::<usize>(), true, device),
             position_embedding: config.position_features().map(|features| Linear::random(features.count(), dim, true, device)),
             input_skip: config.input_skip.then(|| Linear::random(dim, config.out_channels(), true, device)),
+            patch_gate: config.input_gate.then(|| Linear::random(dim, dim, true, device)),
             scale_shift_table: Param::from_tensor(Tensor::random(
                 [1, 2, dim],
                 Distribution::Normal(0.0, 1.0 / (dim as f64).sqrt()),
                 device,
             )),
             config,
+            prediction,
         })
     }
 
@@ -335,6 +396,9 @@ impl<B: Backend> WanTransformer3DModel<B> {
         }
         if let Some(skip) = &self.input_skip {
             skip.save(out, "input_skip")?;
+        }
+        if let Some(gate) = &self.patch_gate {
+            gate.save(out, "patch_gate")?;
         }
         out.put("scale_shift_table", &self.scale_shift_table.val())
     }
@@ -390,17 +454,20 @@ impl<B: Backend> WanTransformer3DModel<B> {
 
         let device = latents.device();
         let rope = rope_tables::<B>(config.attention_head_dim, grid, ROPE_THETA, &device);
-        let skipped = self.input_skip.as_ref().map(|skip| (skip, latents.clone()));
+        let input = latents.clone();
         let patches = self.patch_embedding.forward(latents);
         let dim = config.inner_dim();
         let tokens = grid.iter().product::<usize>();
         let mut x = patches.reshape([batch, dim, tokens]).swap_dims(1, 2);
+        let cond = self.condition_embedder.forward(timesteps, text);
+        if let Some(gate) = &self.patch_gate {
+            x = x * (gate.forward(silu(cond.temb.clone())).unsqueeze_dim::<3>(1) + 1.0);
+        }
         if let (Some(position), Some(features)) = (&self.position_embedding, config.position_features()) {
             let values = features.values(spans, grid, p_t);
             x = x + position.forward(Tensor::<B, 3>::from_data(TensorData::new(values, [batch, tokens, features.count()]), &device));
         }
 
-        let cond = self.condition_embedder.forward(timesteps, text);
         for block in &self.blocks {
             x = block.forward(x, cond.text.clone(), cond.timestep_proj.clone(), &rope, grid[0]);
         }
@@ -415,13 +482,18 @@ impl<B: Backend> WanTransformer3DModel<B> {
         // [b, f, h, w, pt, ph, pw, c] -> [b, c, f, pt, h, ph, w, pw]
         let x: Tensor<B, 8> = x.reshape([batch, grid[0], grid[1], grid[2], p_t, p_h, p_w, out_channels]);
         let x = x.permute([0, 7, 1, 4, 2, 5, 3, 6]);
-        let flow = x.reshape([batch, out_channels, frames, height, width]);
-        Ok(match skipped {
-            Some((skip, latents)) => {
-                let gate = skip.forward(silu(cond.temb)).reshape([batch, out_channels, 1, 1, 1]);
-                flow + latents * gate
+        let out = x.reshape([batch, out_channels, frames, height, width]);
+        Ok(match (self.prediction, &self.input_skip) {
+            (Prediction::Sample, _) => {
+                let sigmas = timesteps.iter().map(|t| (t / NUM_TRAIN_TIMESTEPS as f32).max(SAMPLE_SIGMA_FLOOR)).collect::<Vec<f32>>();
+                let sigmas = Tensor::<B, 5>::from_data(TensorData::new(sigmas, [batch, 1, 1, 1, 1]), &device);
+                (input - out) / sigmas
             }
-            None => flow,
+            (Prediction::Flow, Some(skip)) => {
+                let gate = skip.forward(silu(cond.temb)).reshape([batch, out_channels, 1, 1, 1]);
+                out + input * gate
+            }
+            (Prediction::Flow, None) => out,
         })
     }
 }
@@ -561,18 +633,20 @@ mod config_tests {
         assert!(err.to_string().contains("position_embedding"), "{err}");
     }
 
-    /// `pooled_text_modulation` and `input_skip`: weights that round trip, change the
-    /// prediction, and are named when the checkpoint lacks them.
+    /// `pooled_text_modulation`, `input_skip` and `input_gate`: weights that round trip, change
+    /// the prediction, and are named when the checkpoint lacks them.
     #[test]
     fn optional_conditioning_weights_round_trip_and_are_required() {
         let device = Default::default();
         <B as Backend>::seed(&device, 6);
         let dir = tempfile::tempdir().expect("tempdir");
         let (latents, text) = inputs::<B>(3, &device);
+        type Enable = fn(&mut WanTransformerConfig);
         type Remove = fn(&mut WanTransformer3DModel<B>);
-        let extensions: [(&str, fn(&mut WanTransformerConfig), Remove); 2] = [
+        let extensions: [(&str, Enable, Remove); 3] = [
             ("pooled_text_embedder", |c| c.pooled_text_modulation = true, |m| m.condition_embedder.pooled_text_embedder = None),
             ("input_skip", |c| c.input_skip = true, |m| m.input_skip = None),
+            ("patch_gate", |c| c.input_gate = true, |m| m.patch_gate = None),
         ];
         for (weights, enable, remove) in extensions {
             let mut config = tiny_config("full");
@@ -593,6 +667,41 @@ mod config_tests {
             let err = WanTransformer3DModel::<B>::load(dir.path(), &device).expect_err("missing weights");
             assert!(err.to_string().contains(weights), "{err}");
         }
+    }
+
+    /// A `"sample"` model's flow is `(x_t - output) / sigma` of what the same weights output
+    /// raw, with sigma held at its floor; the key round-trips and a wrong value is named.
+    #[test]
+    fn sample_prediction_is_turned_into_the_flow() {
+        let device = Default::default();
+        <B as Backend>::seed(&device, 8);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (latents, text) = inputs::<B>(3, &device);
+        let mut config = tiny_config("full");
+        config.prediction_type = Some("sample".into());
+        let model = WanTransformer3DModel::<B>::random(config, &device).expect("random");
+        model.save(dir.path()).expect("save");
+        let loaded = WanTransformer3DModel::<B>::load(dir.path(), &device).expect("load");
+        assert_eq!(loaded.prediction, Prediction::Sample);
+        let mut raw = loaded.clone();
+        raw.prediction = Prediction::Flow;
+        for (timestep, sigma) in [(500.0, 0.5), (1000.0, 1.0), (10.0, SAMPLE_SIGMA_FLOOR)] {
+            let flow = loaded.forward(latents.clone(), &[timestep], text.clone()).expect("forward");
+            let sample = raw.forward(latents.clone(), &[timestep], text.clone()).expect("forward");
+            let expected = (latents.clone() - sample) / sigma;
+            assert!(max_abs_diff(flow, expected) < 1e-4, "timestep {timestep}");
+        }
+        let path = dir.path().join("config.json");
+        let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+        json["prediction_type"] = "epsilon".into();
+        std::fs::write(&path, json.to_string()).expect("write");
+        let text = WanTransformerConfig::from_file(&path).expect_err("epsilon").to_string();
+        assert!(text.contains("prediction_type") && text.contains("epsilon"), "{text}");
+        json["prediction_type"] = "sample".into();
+        json["input_skip"] = true.into();
+        std::fs::write(&path, json.to_string()).expect("write");
+        let text = WanTransformerConfig::from_file(&path).expect_err("both").to_string();
+        assert!(text.contains("input_skip"), "{text}");
     }
 
     #[test]
