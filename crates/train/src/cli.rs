@@ -12,7 +12,7 @@ use vidfarm_api::ModelProfile;
 use vidfarm_api::spec::causal_frame_count;
 
 use crate::data::ClipShape;
-use crate::{DitRecipe, LrSchedule, Progress, Recipe, SigmaSampling, StageRecipe, TrainBackend, TrainOptions, VaeRecipe};
+use crate::{DitRecipe, FlowLoss, LrSchedule, Progress, Recipe, SigmaSampling, StageRecipe, TrainBackend, TrainOptions, VaeRecipe};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TrainStage {
@@ -85,6 +85,25 @@ pub struct TrainArgs {
     /// dit on the latent values, vae on the pixels; 4 makes an object count 5 times the background.
     #[arg(long, default_value_t = 0.0)]
     pub object_weight: f64,
+    /// dit: what the squared error is measured on: `flow` (the predicted flow; weighs low noise
+    /// levels most) or `sample` (the clean latents it implies; every noise level alike).
+    #[arg(long, value_enum, default_value_t = LossArg::Flow)]
+    pub loss: LossArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LossArg {
+    Flow,
+    Sample,
+}
+
+impl From<LossArg> for FlowLoss {
+    fn from(arg: LossArg) -> Self {
+        match arg {
+            LossArg::Flow => FlowLoss::Flow,
+            LossArg::Sample => FlowLoss::Sample,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -133,6 +152,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 caption_dropout: args.caption_dropout,
                 sigmas: args.sigmas.into(),
                 object_weight: args.object_weight,
+                loss: args.loss.into(),
             }),
             8,
         ),

@@ -1,8 +1,9 @@
 //! Stage 3 of TRAINING.md: the DiT and the text encoder together, with flow matching. For
 //! normalised latents `x0`, noise `e` and a shifted noise level `s`: the input is
 //! `(1 - s) x0 + s e` at timestep `1000 s`, the target the flow `e - x0` (the Euler sampler steps
-//! `x + v (s_next - s)`), the loss their mean squared error. Latents are encoded once by the
-//! frozen VAE and cached in the run's folder.
+//! `x + v (s_next - s)`), the loss their mean squared error ([`FlowLoss::Flow`]) or that of the
+//! clean latents the predicted flow implies ([`FlowLoss::Sample`]). Latents are encoded once by
+//! the frozen VAE and cached in the run's folder.
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +20,7 @@ use vidfarm_model::vae::AutoencoderKLWan;
 
 use crate::data::{Batch5, ClipShape, FlowBatch, LatentClips, Purpose, Rng, flow_batch, object_mask, training_clip, training_scene};
 use crate::error::{TrainError, io_error, tensor_values};
-use crate::run::{self, DitRecipe, TrainOptions, TrainState};
+use crate::run::{self, DitRecipe, FlowLoss, TrainOptions, TrainState};
 use crate::vae::latent_shape;
 use crate::{Progress, Stage, optimizer_config, run_steps, weighted_mean};
 
@@ -32,39 +33,47 @@ pub struct TextToFlow<B: Backend> {
     pub text_encoder: UMT5EncoderModel<B>,
 }
 
-/// The flow-matching loss of `batch` under `pipeline` (its DiT, text encoder and latent statistics).
-pub fn flow_matching_loss<B: Backend>(pipeline: &Pipeline<B>, batch: &FlowBatch) -> Result<Tensor<B, 1>, TrainError> {
+/// The flow-matching loss of `batch` under `pipeline` (its DiT, text encoder and latent
+/// statistics), measured as `loss` says.
+pub fn flow_matching_loss<B: Backend>(pipeline: &Pipeline<B>, batch: &FlowBatch, loss: FlowLoss) -> Result<Tensor<B, 1>, TrainError> {
     let device = pipeline.device();
     let shape = batch.latents.shape;
     let x0 = pipeline.normalize(Tensor::from_data(TensorData::new(batch.latents.values.clone(), shape), device))?;
     let noise = Tensor::<B, 5>::from_data(TensorData::new(batch.noise.clone(), shape), device);
     let sigma = Tensor::<B, 5>::from_data(TensorData::new(batch.sigmas.clone(), [shape[0], 1, 1, 1, 1]), device);
-    let x = x0.clone() * (sigma.clone().neg() + 1.0) + noise.clone() * sigma;
+    let x = x0.clone() * (sigma.clone().neg() + 1.0) + noise.clone() * sigma.clone();
     let captions: Vec<&str> = batch.captions.iter().map(String::as_str).collect();
     let (text, _) = pipeline.encode_prompts(&captions)?;
     let timesteps: Vec<f32> = batch.sigmas.iter().map(|s| s * 1000.0).collect();
     let spans: Vec<ClipSpan> = batch.starts.iter().map(|&start| ClipSpan { start, clip_frames: batch.clip_frames }).collect();
     let flow = pipeline.transformer.forward_in(x, &timesteps, text, &spans)?;
-    Ok(weighted_mean((flow - (noise - x0)).powi_scalar(2), batch.loss_weights.as_deref()))
+    let error = flow - (noise - x0);
+    let error = match loss {
+        FlowLoss::Flow => error,
+        // x_t - sigma v_pred - x0 = sigma (v - v_pred): the clean latents' error.
+        FlowLoss::Sample => error * sigma,
+    };
+    Ok(weighted_mean(error.powi_scalar(2), batch.loss_weights.as_deref()))
 }
 
 pub struct DitTrainer<B: AutodiffBackend> {
     /// The whole pipeline: its VAE (frozen) gives the latent statistics, and checkpoints are complete.
     pub pipeline: Pipeline<B>,
+    pub loss: FlowLoss,
     optim: OptimizerAdaptor<Adam, TextToFlow<B>, B>,
 }
 
 impl<B: AutodiffBackend> DitTrainer<B> {
-    pub fn new(mut pipeline: Pipeline<B>) -> Self {
+    pub fn new(mut pipeline: Pipeline<B>, loss: FlowLoss) -> Self {
         let trained = run::canonical_params(TextToFlow { transformer: pipeline.transformer, text_encoder: pipeline.text_encoder });
         pipeline.transformer = trained.transformer;
         pipeline.text_encoder = trained.text_encoder;
-        Self { pipeline, optim: optimizer_config().init() }
+        Self { pipeline, loss, optim: optimizer_config().init() }
     }
 
     /// One optimizer step on `batch` at learning rate `lr`; returns the loss before the step.
     pub fn step(&mut self, batch: &FlowBatch, lr: f64) -> Result<f32, TrainError> {
-        let loss = flow_matching_loss(&self.pipeline, batch)?;
+        let loss = flow_matching_loss(&self.pipeline, batch, self.loss)?;
         let value = loss.clone().into_scalar().elem();
         // Clones share the parameters (and their ids), so the gradients map onto them.
         let trained = TextToFlow { transformer: self.pipeline.transformer.clone(), text_encoder: self.pipeline.text_encoder.clone() };
@@ -129,26 +138,24 @@ fn object_masks<B: Backend>(vae: &AutoencoderKLWan<B>, seed: u64, clip: ClipShap
     Ok(masks)
 }
 
-/// The run's encoded clips: read from its cache, or encoded and cached. A new run encodes afresh
-/// (the cache may come from another model's VAE). Object masks are added by the caller.
+/// The run's encoded clips: read from its cache, or encoded and cached. A cache is read only when
+/// its first clip is what `vae` encodes now (it may come from another model's VAE: copied from
+/// another run, or left by a run of another model into the same folder). Object masks are added
+/// by the caller.
 fn latent_clips<B: Backend>(
     vae: &AutoencoderKLWan<B>,
     options: &TrainOptions,
     recipe: &DitRecipe,
-    resumed: bool,
     device: &B::Device,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<LatentClips, TrainError> {
     let seed = options.recipe.seed;
     let path = cache_path(&options.out, seed, recipe.clips);
-    let [_, channels, frames, ..] = latent_shape(vae, [1, 3, options.recipe.clip.frames, 0, 0]);
-    if resumed && path.is_file() {
-        let latents = TensorSource::open_files(std::slice::from_ref(&path))?.tensor_of_rank::<B, 5>(LATENTS_TENSOR, device)?;
-        let shape = latents.dims();
-        if shape[..3] == [recipe.clips, channels, frames] {
-            let captions = (0..recipe.clips).map(|index| training_scene(&mut clip_rng(seed, index)).1.caption()).collect();
-            return Ok(LatentClips { latents: Batch5 { values: tensor_values(latents)?, shape }, captions, object_masks: None });
-        }
+    if path.is_file()
+        && let Some(latents) = cached_latents(vae, &path, options, recipe, device)?
+    {
+        let captions = (0..recipe.clips).map(|index| training_scene(&mut clip_rng(seed, index)).1.caption()).collect();
+        return Ok(LatentClips { latents, captions, object_masks: None });
     }
     let clips = encode_clips(vae, seed, options.recipe.clip, recipe.clips, device, progress)?;
     let mut writer = TensorWriter::new();
@@ -157,6 +164,28 @@ fn latent_clips<B: Backend>(
     writer.write(&partial)?;
     std::fs::rename(&partial, &path).map_err(|e| io_error(&partial, e))?;
     Ok(clips)
+}
+
+/// The latents cached at `path` if they have the run's shape and their first clip matches a
+/// fresh encoding of it by `vae`; `None` when they must be encoded again.
+fn cached_latents<B: Backend>(
+    vae: &AutoencoderKLWan<B>,
+    path: &Path,
+    options: &TrainOptions,
+    recipe: &DitRecipe,
+    device: &B::Device,
+) -> Result<Option<Batch5>, TrainError> {
+    let clip = options.recipe.clip;
+    let [_, channels, frames, height, width] = latent_shape(vae, [1, 3, clip.frames, clip.height, clip.width]);
+    let latents = TensorSource::open_files(&[path.to_path_buf()])?.tensor_of_rank::<B, 5>(LATENTS_TENSOR, device)?;
+    let shape = latents.dims();
+    if shape != [recipe.clips, channels, frames, height, width] {
+        return Ok(None);
+    }
+    let values = tensor_values(latents)?;
+    let first = encode_clips(vae, options.recipe.seed, clip, 1, device, &mut |_| {})?.latents.values;
+    let matches = first.iter().zip(&values).all(|(fresh, cached)| (fresh - cached).abs() <= 1e-4 * (1.0 + fresh.abs()));
+    Ok(matches.then_some(Batch5 { values, shape }))
 }
 
 struct DitStage<'a, B: AutodiffBackend> {
@@ -201,11 +230,11 @@ pub fn train_dit<B: AutodiffBackend>(
     let pipeline = Pipeline::<B>::load(&start.weights, device)?;
     std::fs::create_dir_all(&options.out).map_err(|e| io_error(&options.out, e))?;
     let vae = pipeline.vae.valid();
-    let mut clips = latent_clips(&vae, options, recipe, start.resumed, device, progress)?;
+    let mut clips = latent_clips(&vae, options, recipe, device, progress)?;
     if recipe.object_weight > 0.0 {
         clips.object_masks = Some(object_masks(&vae, options.recipe.seed, options.recipe.clip, recipe.clips)?);
     }
-    let mut trainer = DitTrainer::new(pipeline);
+    let mut trainer = DitTrainer::new(pipeline, recipe.loss);
     if start.resumed {
         trainer.optim = trainer.optim.load_record(run::load_optimizer::<_, B>(&options.out, device)?);
     }
@@ -256,20 +285,24 @@ mod tests {
     fn steps_on_a_fixed_batch_lower_the_loss_and_train_the_text_encoder() {
         let dir = tempfile::tempdir().expect("tempdir");
         write_tiny_model(dir.path());
-        let mut trainer = DitTrainer::new(load::<TestBackend>(dir.path()));
+        let mut trainer = DitTrainer::new(load::<TestBackend>(dir.path()), FlowLoss::Flow);
         let device = Default::default();
         let vae = trainer.pipeline.vae.valid();
         let clips = encode_clips(&vae, 0, CLIP, 2, &device, &mut |_| {}).expect("encode");
         assert_eq!(clips.latents.shape, [2, 4, 3, 4, 4]);
         let batch = flow_batch(&clips, 0, 0, 2, 2, SigmaSampling::Shifted, 3.0, 0.0, 0.0);
         // Weights of 1 everywhere are the plain MSE; weights on some values change it.
-        let plain = flow_matching_loss(&trainer.pipeline, &batch).expect("loss").into_scalar().elem::<f32>();
+        let loss = |batch: &FlowBatch, kind| flow_matching_loss(&trainer.pipeline, batch, kind).expect("loss").into_scalar().elem::<f32>();
+        let plain = loss(&batch, FlowLoss::Flow);
+        // The clean latents' error is the flow's times sigma (< 1), so smaller.
+        let sample = loss(&batch, FlowLoss::Sample);
+        assert!(sample < plain && sample > 0.0, "sample loss {sample} against flow loss {plain}");
         let ones = FlowBatch { loss_weights: Some(vec![1.0; 2 * 2 * 4 * 4]), ..batch.clone() };
-        let same = flow_matching_loss(&trainer.pipeline, &ones).expect("loss").into_scalar().elem::<f32>();
+        let same = loss(&ones, FlowLoss::Flow);
         assert!((plain - same).abs() < 1e-5 * plain, "{plain} vs {same}");
         let weights = (0..2 * 2 * 4 * 4).map(|i| if i % 5 == 0 { 5.0 } else { 1.0 }).collect();
-        let weighted = flow_matching_loss(&trainer.pipeline, &FlowBatch { loss_weights: Some(weights), ..batch.clone() }).expect("loss");
-        assert!((weighted.into_scalar().elem::<f32>() - plain).abs() > 1e-4 * plain);
+        let weighted = loss(&FlowBatch { loss_weights: Some(weights), ..batch.clone() }, FlowLoss::Flow);
+        assert!((weighted - plain).abs() > 1e-4 * plain);
         let text_before = parameter_values(&trainer.pipeline.text_encoder);
         let losses: Vec<f32> = (0..12).map(|_| trainer.step(&batch, 1e-2).expect("step")).collect();
         println!("dit losses: {losses:?}");

@@ -26,7 +26,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 
 pub use error::TrainError;
-pub use run::{DitRecipe, LrSchedule, Recipe, SigmaSampling, StageRecipe, TrainOptions, TrainState, VaeRecipe};
+pub use run::{DitRecipe, FlowLoss, LrSchedule, Recipe, SigmaSampling, StageRecipe, TrainOptions, TrainState, VaeRecipe};
 
 /// The backend training runs on: autodiff over the farm's backend (CPU, or CUDA with its feature).
 pub type TrainBackend = burn::backend::Autodiff<vidfarm_model::DefaultBackend>;
@@ -135,6 +135,7 @@ mod tests {
             caption_dropout: 0.1,
             sigmas: SigmaSampling::LogitNormal { mean: 0.0, std: 1.0 },
             object_weight: 2.0,
+            loss: FlowLoss::Sample,
         })
     }
 
@@ -186,6 +187,32 @@ mod tests {
             assert_eq!((dit_trained, vae_trained), (name == "dit", name != "dit"), "{name}: what trained");
             let encoder_trained = !same(parameter_values(&a.vae.encoder), parameter_values(&original.vae.encoder));
             assert_eq!(encoder_trained, name == "vae", "{name}: the encoder trains only in a whole-VAE run");
+        }
+    }
+
+    /// A new DiT run reads the latents another run cached for the same seed and clip count when
+    /// its VAE encodes them alike, and encodes afresh when its VAE is another.
+    #[test]
+    fn a_new_run_reuses_cached_latents_only_from_the_same_vae() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let model = root.path().join("model");
+        write_tiny_model(&model);
+        let first = root.path().join("first");
+        train_quietly(&options(&model, &first, 1, dit()));
+        let cache = std::fs::read_dir(&first)
+            .expect("run folder")
+            .map(|entry| entry.expect("entry").path())
+            .find(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("latents-")))
+            .expect("the run cached its latents");
+        let other_vae = root.path().join("vae");
+        train_quietly(&options(&model, &other_vae, 1, vae()));
+        for (start, same_vae) in [(&model, true), (&other_vae, false)] {
+            let out = root.path().join(format!("second-{same_vae}"));
+            std::fs::create_dir_all(&out).expect("mkdir");
+            std::fs::copy(&cache, out.join(cache.file_name().expect("name"))).expect("copy");
+            let (_, events) = train_quietly(&options(start, &out, 1, dit()));
+            let encoded = events.iter().any(|e| matches!(e, Progress::EncodingClips { .. }));
+            assert_eq!(encoded, !same_vae, "same VAE: {same_vae}");
         }
     }
 

@@ -108,6 +108,21 @@ pub struct DitRecipe {
     /// Extra weight of the squared error where the clip shows an object (0: plain MSE).
     #[serde(default)]
     pub object_weight: f64,
+    #[serde(default)]
+    pub loss: FlowLoss,
+}
+
+/// What a DiT step's squared error is measured on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowLoss {
+    /// The flow (Wan, SD3): the clean latents' error weighted by `1 / sigma^2`, so low noise
+    /// levels dominate.
+    #[default]
+    Flow,
+    /// The clean latents implied by the predicted flow (`x_t - sigma v`): every noise level
+    /// weighs alike, so the high ones, where the caption places the object, count as much.
+    Sample,
 }
 
 /// How a DiT step draws its noise levels.
