@@ -5,7 +5,10 @@ those predictions (around one base caption, a red circle moving right on white),
 attribute pairs and noise draws. A DiT that has
 learnt an attribute moves the object (or repaints it) when the word changes, so its row is of
 the order of the colour row; a row near zero is an attribute the DiT ignores, whatever sampling
-does afterwards. Cheap (no sampling, no VAE): a progress signal for training runs.
+does afterwards. Cheap (no sampling, no VAE): a progress signal for training runs. Then, for
+the four straight motions, where the predicted object is in each latent frame (the centroid of
+the latent values that differ most from the frame's median, the background): a DiT that follows
+the motion words moves it the named way, one that ignores them prints four equal rows.
 
     python3 crates/train/scripts/caption_sensitivity.py MODEL [--vidfarm target/release/vidfarm]
 
@@ -88,6 +91,23 @@ def main():
     # predicts the same x0 from any noise.
     noise_diffs = [rms(x0[(a, c)] - x0[(b, c)]) for a, b in itertools.combinations(range(args.noises), 2) for c in captions]
     print(f"{'noise draw':11s} {np.mean(noise_diffs):.3f}  (same caption, another noise)")
+    print("motion                 object centre (column, row) in latent frame 0, 1, ... (first noise draw)")
+    for motion in MOTIONS[:4]:
+        prediction = x0[(0, caption(**{**BASE, "motion": motion}))]
+        print(f"{motion:22s} " + " ".join(f"({x:4.1f},{y:4.1f})" for x, y in object_centres(prediction)))
+
+
+def object_centres(latents):
+    """(column, row) per frame of `[channels, frames, height, width]`: the centroid of the distance
+    from the frame's median latent, above its 70th percentile."""
+    centres = []
+    for frame in np.moveaxis(latents, 1, 0):
+        background = np.median(frame.reshape(frame.shape[0], -1), axis=1)[:, None, None]
+        distance = np.sqrt(((frame - background) ** 2).sum(axis=0))
+        weight = np.maximum(distance - np.percentile(distance, 70), 0) + 1e-12
+        rows, columns = np.mgrid[0 : frame.shape[1], 0 : frame.shape[2]]
+        centres.append(((weight * columns).sum() / weight.sum(), (weight * rows).sum() / weight.sum()))
+    return centres
 
 
 if __name__ == "__main__":

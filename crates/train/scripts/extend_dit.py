@@ -1,15 +1,20 @@
 """Adds one of vidfarm's DiT extensions to a trained model with zero weights, so the new model
-predicts what the old one did until it trains on, from what it learnt.
+predicts what the old one did until it trains on, from what it learnt (all but `sample`).
 
     python3 crates/train/scripts/extend_dit.py oblique OLD_MODEL NEW_MODEL
     python3 crates/train/scripts/extend_dit.py pooled-text OLD_MODEL NEW_MODEL
     python3 crates/train/scripts/extend_dit.py input-skip OLD_MODEL NEW_MODEL
+    python3 crates/train/scripts/extend_dit.py input-gate OLD_MODEL NEW_MODEL
+    python3 crates/train/scripts/extend_dit.py sample OLD_MODEL NEW_MODEL
 
 `oblique`: position features of column -+ time and row -+ time (`position_oblique`; needs
 `position_frequencies`); their weights follow the old features in `position_embedding.weight`'s
 columns. `pooled-text`: the mean of the prompt's tokens joins the timestep embedding
 (`pooled_text_modulation`, weights `condition_embedder.pooled_text_embedder.*`). `input-skip`:
 the flow adds the noisy input times a gate of the timestep (`input_skip`, weights `input_skip.*`).
+`input-gate`: the patch tokens are scaled per channel by one plus a gate of the timestep
+(`input_gate`, weights `patch_gate.*`). `sample`: the network outputs the clean latents (`prediction_type` "sample"); the weights stay,
+but their output now means something else, so NEW_MODEL renders nothing useful until trained on.
 NEW_MODEL is written as a copy of OLD_MODEL with the flag set. Needs numpy and safetensors (pip).
 """
 import argparse
@@ -52,7 +57,23 @@ def add_input_skip(config, weights):
     weights["input_skip.bias"] = np.zeros((channels,), np.float32)
 
 
-EXTENSIONS = {"oblique": add_oblique, "pooled-text": add_pooled_text, "input-skip": add_input_skip}
+def add_input_gate(config, weights):
+    if config.get("input_gate"):
+        raise SystemExit("input-gate: the model has it already")
+    config["input_gate"] = True
+    dim = config["num_attention_heads"] * config["attention_head_dim"]
+    weights["patch_gate.weight"] = np.zeros((dim, dim), np.float32)
+    weights["patch_gate.bias"] = np.zeros((dim,), np.float32)
+
+
+def predict_sample(config, weights):
+    if config.get("prediction_type") == "sample" or config.get("input_skip"):
+        raise SystemExit("sample: the model predicts the sample already, or has an input skip")
+    config["prediction_type"] = "sample"
+
+
+EXTENSIONS = {"oblique": add_oblique, "pooled-text": add_pooled_text, "input-skip": add_input_skip,
+              "input-gate": add_input_gate, "sample": predict_sample}
 
 
 def main():
