@@ -38,32 +38,30 @@ def add_oblique(config, weights):
     weights["position_embedding.weight"] = np.concatenate([old, added], axis=1)
 
 
-def add_pooled_text(config, weights):
-    if config.get("pooled_text_modulation"):
-        raise SystemExit("pooled-text: the model has it already")
-    config["pooled_text_modulation"] = True
-    dim = config["num_attention_heads"] * config["attention_head_dim"]
-    weights["condition_embedder.pooled_text_embedder.weight"] = np.zeros((dim, config["text_dim"]), np.float32)
-    weights["condition_embedder.pooled_text_embedder.bias"] = np.zeros((dim,), np.float32)
+def zero_linear(flag, prefix, outputs, inputs):
+    """An extension that is one linear layer `inputs -> outputs` (functions of the config) under
+    `prefix`, switched on by the config key `flag`."""
+    def add(config, weights):
+        if config.get(flag):
+            raise SystemExit(f"{flag}: the model has it already")
+        config[flag] = True
+        rows, columns = outputs(config), inputs(config)
+        weights[f"{prefix}.weight"] = np.zeros((rows, columns), np.float32)
+        weights[f"{prefix}.bias"] = np.zeros((rows,), np.float32)
+    return add
 
 
-def add_input_skip(config, weights):
-    if config.get("input_skip"):
-        raise SystemExit("input-skip: the model has it already")
-    config["input_skip"] = True
-    dim = config["num_attention_heads"] * config["attention_head_dim"]
-    channels = config.get("out_channels") or config["in_channels"]
-    weights["input_skip.weight"] = np.zeros((channels, dim), np.float32)
-    weights["input_skip.bias"] = np.zeros((channels,), np.float32)
+def inner_dim(config):
+    return config["num_attention_heads"] * config["attention_head_dim"]
 
 
-def add_input_gate(config, weights):
-    if config.get("input_gate"):
-        raise SystemExit("input-gate: the model has it already")
-    config["input_gate"] = True
-    dim = config["num_attention_heads"] * config["attention_head_dim"]
-    weights["patch_gate.weight"] = np.zeros((dim, dim), np.float32)
-    weights["patch_gate.bias"] = np.zeros((dim,), np.float32)
+def out_channels(config):
+    return config.get("out_channels") or config["in_channels"]
+
+
+add_pooled_text = zero_linear("pooled_text_modulation", "condition_embedder.pooled_text_embedder", inner_dim, lambda c: c["text_dim"])
+add_input_skip = zero_linear("input_skip", "input_skip", out_channels, inner_dim)
+add_input_gate = zero_linear("input_gate", "patch_gate", inner_dim, inner_dim)
 
 
 def predict_sample(config, weights):
