@@ -13,8 +13,9 @@ columns. `pooled-text`: the mean of the prompt's tokens joins the timestep embed
 (`pooled_text_modulation`, weights `condition_embedder.pooled_text_embedder.*`). `input-skip`:
 the flow adds the noisy input times a gate of the timestep (`input_skip`, weights `input_skip.*`).
 `input-gate`: the patch tokens are scaled per channel by one plus a gate of the timestep
-(`input_gate`, weights `patch_gate.*`). `sample`: the network outputs the clean latents (`prediction_type` "sample"); the weights stay,
-but their output now means something else, so NEW_MODEL renders nothing useful until trained on.
+(`input_gate`, weights `patch_gate.*`). `sample`: the network outputs the clean latents
+(`prediction_type` "sample"); the weights stay, but their output now means something else, so
+NEW_MODEL renders nothing useful until trained on.
 NEW_MODEL is written as a copy of OLD_MODEL with the flag set. Needs numpy and safetensors (pip).
 """
 import argparse
