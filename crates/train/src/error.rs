@@ -10,7 +10,8 @@ pub enum TrainError {
     #[error(transparent)]
     Model(#[from] ModelError),
 
-    #[error("synthetic clip: {0}")]
+    // Transparent: a `{0}` message with `#[from]` (also its source) prints the cause twice.
+    #[error(transparent)]
     Synth(#[from] SynthError),
 
     #[error("{path}: {source}")]

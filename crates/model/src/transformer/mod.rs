@@ -240,11 +240,13 @@ impl WanTransformerConfig {
         if self.input_skip && self.out_channels() != self.in_channels {
             return Err(unsupported(path, "input_skip", true, "needs out_channels equal to in_channels"));
         }
-        if self.prediction(path)? == Prediction::Sample && self.out_channels() != self.in_channels {
-            return Err(unsupported(path, "prediction_type", "sample", "needs out_channels equal to in_channels"));
-        }
-        if self.prediction(path)? == Prediction::Sample && self.input_skip {
-            return Err(unsupported(path, "input_skip", true, "a sample prediction needs no input skip"));
+        if self.prediction(path)? == Prediction::Sample {
+            if self.out_channels() != self.in_channels {
+                return Err(unsupported(path, "prediction_type", "sample", "needs out_channels equal to in_channels"));
+            }
+            if self.input_skip {
+                return Err(unsupported(path, "input_skip", true, "a sample prediction needs no input skip"));
+            }
         }
         if self.patch_size.contains(&0) {
             return Err(unsupported(path, "patch_size", self.patch_size, "must be positive"));
