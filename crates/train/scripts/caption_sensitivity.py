@@ -11,6 +11,7 @@ the latent values that differ most from the frame's median, the background): a D
 the motion words moves it the named way, one that ignores them prints four equal rows.
 
     python3 crates/train/scripts/caption_sensitivity.py MODEL [--vidfarm target/release/vidfarm]
+        [--base blue circle white]   # another base caption (colour, shape, background)
 
 Needs numpy and safetensors (pip) and a vidfarm binary (`vidfarm model forward`).
 """
@@ -52,7 +53,11 @@ def main():
     parser.add_argument("--frames", type=int, default=9, help="latent frames (a 4 s clip of vidfarm-tiny)")
     parser.add_argument("--side", type=int, default=16, help="latent pixels per side")
     parser.add_argument("--noises", type=int, default=3)
+    parser.add_argument("--base", nargs=3, metavar=("COLOUR", "SHAPE", "BACKGROUND"), help="the base caption's attributes")
     args = parser.parse_args()
+    base = dict(BASE)
+    if args.base:
+        base.update(zip(["colour", "shape", "background"], args.base))
 
     vocab = json.loads((args.model / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
     max_len = json.loads((args.model / "tokenizer" / "tokenizer_config.json").read_text())["model_max_length"]
@@ -60,7 +65,7 @@ def main():
     captions = []
     for attribute, values in VARIANTS.items():
         for value in values:
-            captions.append(caption(**{**BASE, attribute: value}))
+            captions.append(caption(**{**base, attribute: value}))
     captions = sorted(set(captions))
     ids = np.zeros((len(captions), max_len), np.int64)
     mask = np.zeros_like(ids)
@@ -84,7 +89,7 @@ def main():
     print(f"{args.model}: RMS of the predicted clean latents {scale:.3f}")
     print("attribute   RMS difference when only it changes")
     for attribute, values in VARIANTS.items():
-        pairs = [(caption(**{**BASE, attribute: a}), caption(**{**BASE, attribute: b})) for a, b in itertools.combinations(values, 2)]
+        pairs = [(caption(**{**base, attribute: a}), caption(**{**base, attribute: b})) for a, b in itertools.combinations(values, 2)]
         diffs = [rms(x0[(d, a)] - x0[(d, b)]) for d in range(args.noises) for a, b in pairs]
         print(f"{attribute:11s} {np.mean(diffs):.3f}")
     # Ideally none: at sigma 1 the flow is noise - x0, so a DiT that carries its input through
@@ -93,7 +98,7 @@ def main():
     print(f"{'noise draw':11s} {np.mean(noise_diffs):.3f}  (same caption, another noise)")
     print("motion                 object centre (column, row) in latent frame 0, 1, ... (first noise draw)")
     for motion in MOTIONS[:4]:
-        prediction = x0[(0, caption(**{**BASE, "motion": motion}))]
+        prediction = x0[(0, caption(**{**base, "motion": motion}))]
         print(f"{motion:22s} " + " ".join(f"({x:4.1f},{y:4.1f})" for x, y in object_centres(prediction)))
 
 

@@ -85,25 +85,17 @@ pub struct TrainArgs {
     /// dit on the latent values, vae on the pixels; 4 makes an object count 5 times the background.
     #[arg(long, default_value_t = 0.0)]
     pub object_weight: f64,
-    /// dit: what the squared error is measured on: `flow` (the predicted flow; weighs low noise
-    /// levels most) or `sample` (the clean latents it implies; every noise level alike).
-    #[arg(long, value_enum, default_value_t = LossArg::Flow)]
-    pub loss: LossArg,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LossArg {
-    Flow,
-    Sample,
-}
-
-impl From<LossArg> for FlowLoss {
-    fn from(arg: LossArg) -> Self {
-        match arg {
-            LossArg::Flow => FlowLoss::Flow,
-            LossArg::Sample => FlowLoss::Sample,
-        }
-    }
+    /// dit: what the squared error is measured on.
+    #[arg(long, value_enum, default_value_t = FlowLoss::Flow)]
+    pub loss: FlowLoss,
+    /// dit: fraction of windows trained at sigma 1 (pure noise, where sampling starts and the
+    /// caption alone must place the objects).
+    #[arg(long, default_value_t = 0.0)]
+    pub pure_noise_fraction: f64,
+    /// dit: train only on clips with this caption (repeat for several; one-object training
+    /// captions, as `vidfarm-synth` writes them): a probe, or a fine-tune on a few captions.
+    #[arg(long = "only-caption", value_name = "CAPTION")]
+    pub only_captions: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -152,7 +144,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 caption_dropout: args.caption_dropout,
                 sigmas: args.sigmas.into(),
                 object_weight: args.object_weight,
-                loss: args.loss.into(),
+                loss: args.loss,
+                pure_noise_fraction: args.pure_noise_fraction,
+                only_captions: args.only_captions,
             }),
             8,
         ),

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use vidfarm_synth::{ClipSettings, SceneSpec, Split, render_clip};
 
 use crate::error::TrainError;
-use crate::run::SigmaSampling;
+use crate::run::{DitRecipe, SigmaSampling};
 
 /// SplitMix64: tiny, fast, and the same on every platform.
 #[derive(Clone, Debug)]
@@ -207,22 +207,13 @@ pub struct FlowBatch {
     pub loss_weights: Option<Vec<f32>>,
 }
 
-/// Flow-matching examples: each item a random `window`-latent slice of a random clip, a sigma
-/// drawn as `sampling` says (`flow_shift` is the model's, for [`SigmaSampling::Shifted`]), and the
-/// caption replaced by "" with probability `caption_dropout` (the sampler's unconditional branch
-/// is the empty negative prompt). With object masks, the loss weights of the windows too.
-#[allow(clippy::too_many_arguments)]
-pub fn flow_batch(
-    clips: &LatentClips,
-    seed: u64,
-    step: usize,
-    batch: usize,
-    window: usize,
-    sampling: SigmaSampling,
-    flow_shift: f64,
-    caption_dropout: f64,
-    object_weight: f64,
-) -> FlowBatch {
+/// Flow-matching examples as `recipe` says: each item a random `window`-latent slice of a random
+/// clip, a sigma drawn as `sigmas` says (`flow_shift` is the model's, for
+/// [`SigmaSampling::Shifted`]) or 1 (`pure_noise_fraction`), and the caption replaced by "" with
+/// probability `caption_dropout` (the sampler's unconditional branch is the empty negative
+/// prompt). With object masks, the loss weights of the windows too.
+pub fn flow_batch(clips: &LatentClips, seed: u64, step: usize, batch: usize, recipe: &DitRecipe, flow_shift: f64) -> FlowBatch {
+    let window = recipe.window;
     let [count, channels, frames, height, width] = clips.latents.shape;
     let clip_len = channels * frames * height * width;
     let mut latents = Vec::with_capacity(batch * channels * window * height * width);
@@ -238,17 +229,20 @@ pub fn flow_batch(
         if let (Some(weights), Some(masks)) = (&mut loss_weights, &clips.object_masks) {
             let mask = &masks[clip * frames * height * width..(clip + 1) * frames * height * width];
             let window_mask = crop(mask, [1, frames, height, width], [start, 0, 0], [window, height, width]);
-            weights.extend(object_weights(&window_mask, object_weight));
+            weights.extend(object_weights(&window_mask, recipe.object_weight));
         }
         noise.extend(rng.normals(slice.len()));
         latents.extend(slice);
-        sigmas.push(match sampling {
+        let sigma = match recipe.sigmas {
             SigmaSampling::Shifted => vidfarm_model::scheduler::shift_sigma(rng.unit(), flow_shift),
             SigmaSampling::Uniform => rng.unit(),
             SigmaSampling::LogitNormal { mean, std } => 1.0 / (1.0 + (-(mean + std * f64::from(rng.normal()))).exp()),
-        } as f32);
-        let dropped = rng.unit() < caption_dropout;
+        };
+        let dropped = rng.unit() < recipe.caption_dropout;
         captions.push(if dropped { String::new() } else { clips.captions[clip].clone() });
+        // Drawn last and only when asked for, so runs without it keep their batches.
+        let pure_noise = recipe.pure_noise_fraction > 0.0 && rng.unit() < recipe.pure_noise_fraction;
+        sigmas.push(if pure_noise { 1.0 } else { sigma as f32 });
     }
     FlowBatch {
         latents: Batch5 { values: latents, shape: [batch, channels, window, height, width] },
@@ -327,6 +321,19 @@ mod tests {
         assert_ne!(a, vae_batch(8, 3, 2, CLIP, 5, 16).expect("other seed"));
     }
 
+    fn recipe(window: usize, caption_dropout: f64, object_weight: f64) -> DitRecipe {
+        DitRecipe {
+            clips: 3,
+            window,
+            caption_dropout,
+            sigmas: SigmaSampling::Shifted,
+            object_weight,
+            loss: Default::default(),
+            pure_noise_fraction: 0.0,
+            only_captions: Vec::new(),
+        }
+    }
+
     fn latent_clips() -> LatentClips {
         let shape = [3, 2, 4, 2, 2];
         let values = (0..shape.iter().product::<usize>()).map(|v| v as f32).collect();
@@ -336,7 +343,7 @@ mod tests {
     #[test]
     fn flow_batches_slice_windows_shift_sigmas_and_drop_captions() {
         let clips = latent_clips();
-        let batch = flow_batch(&clips, 1, 0, 400, 2, SigmaSampling::Shifted, 3.0, 0.1, 0.0);
+        let batch = flow_batch(&clips, 1, 0, 400, &recipe(2, 0.1, 0.0), 3.0);
         assert_eq!(batch.latents.shape, [400, 2, 2, 2, 2]);
         assert_eq!(batch.noise.len(), batch.latents.values.len());
         // Each item is two consecutive latent frames of one clip: values count up by 4 per frame.
@@ -356,10 +363,18 @@ mod tests {
         assert!((150..250).contains(&above), "{above} of 400 above 0.75");
         let dropped = batch.captions.iter().filter(|c| c.is_empty()).count();
         assert!((20..65).contains(&dropped), "{dropped} of 400 captions dropped");
-        assert_eq!(batch, flow_batch(&clips, 1, 0, 400, 2, SigmaSampling::Shifted, 3.0, 0.1, 0.0), "a function of seed and step");
+        assert_eq!(batch, flow_batch(&clips, 1, 0, 400, &recipe(2, 0.1, 0.0), 3.0), "a function of seed and step");
         let mean = batch.noise.iter().map(|&v| f64::from(v)).sum::<f64>() / batch.noise.len() as f64;
         let variance = batch.noise.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / batch.noise.len() as f64;
         assert!(mean.abs() < 0.05 && (variance - 1.0).abs() < 0.05, "noise mean {mean}, variance {variance}");
+        // A pure-noise fraction sets that share of sigmas to 1 and leaves the rest of the batch.
+        let pure = flow_batch(&clips, 1, 0, 400, &DitRecipe { pure_noise_fraction: 0.25, ..recipe(2, 0.1, 0.0) }, 3.0);
+        let ones = pure.sigmas.iter().filter(|&&s| s == 1.0).count();
+        assert!((70..130).contains(&ones), "{ones} of 400 at sigma 1");
+        for (a, b) in pure.sigmas.iter().zip(&batch.sigmas) {
+            assert!(a == b || *a == 1.0);
+        }
+        assert_eq!((&pure.latents, &pure.noise, &pure.captions), (&batch.latents, &batch.noise, &batch.captions));
     }
 
     #[test]
@@ -379,7 +394,7 @@ mod tests {
         let mut clips = latent_clips();
         let masks: Vec<f32> = (0..3 * 4 * 2 * 2).map(|i| (i % 3 == 0) as u8 as f32).collect();
         clips.object_masks = Some(masks.clone());
-        let batch = flow_batch(&clips, 1, 0, 40, 2, SigmaSampling::Shifted, 3.0, 0.1, 4.0);
+        let batch = flow_batch(&clips, 1, 0, 40, &recipe(2, 0.1, 4.0), 3.0);
         let weights = batch.loss_weights.expect("weights with masks");
         assert_eq!(weights.len(), 40 * 2 * 2 * 2);
         for ((item, &start), latents) in weights.chunks_exact(8).zip(&batch.starts).zip(batch.latents.values.chunks_exact(16)) {
@@ -391,7 +406,7 @@ mod tests {
                 assert_eq!(w, expected, "clip {clip} start {start} value {k}");
             }
         }
-        assert_eq!(flow_batch(&clips, 1, 0, 40, 2, SigmaSampling::Shifted, 3.0, 0.1, 0.0).loss_weights.map(|w| w.iter().all(|&x| x == 1.0)), Some(true));
+        assert_eq!(flow_batch(&clips, 1, 0, 40, &recipe(2, 0.1, 0.0), 3.0).loss_weights.map(|w| w.iter().all(|&x| x == 1.0)), Some(true));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use vidfarm_model::checkpoint::{TensorSource, TensorWriter};
 use vidfarm_model::text_encoder::UMT5EncoderModel;
 use vidfarm_model::transformer::{ClipSpan, WanTransformer3DModel};
 use vidfarm_model::vae::AutoencoderKLWan;
+use vidfarm_synth::{SceneSpec, Split};
 
 use crate::data::{Batch5, ClipShape, FlowBatch, LatentClips, Purpose, Rng, flow_batch, object_mask, training_clip, training_scene};
 use crate::error::{TrainError, io_error, tensor_values};
@@ -85,9 +86,55 @@ impl<B: AutodiffBackend> DitTrainer<B> {
     }
 }
 
-/// The clip the DiT stage pre-encodes as number `index`.
-fn clip_rng(seed: u64, index: usize) -> Rng {
-    Rng::for_item(seed, Purpose::DitClip, 0, index)
+/// Which clips the DiT stage pre-encodes: clip `index` comes from its own random stream of the
+/// run's seed; with `only_captions`, it is the first scene of that stream whose caption is one of
+/// them (a probe on a few captions, or a fine-tune).
+#[derive(Clone, Copy, Debug)]
+pub struct ClipSource<'a> {
+    pub seed: u64,
+    pub only_captions: &'a [String],
+}
+
+/// Scenes one stream may draw looking for an `only_captions` caption: a one-object caption comes
+/// about once in 3000 draws, a two-object one about once in 2 million.
+const MAX_SCENE_DRAWS: usize = 1 << 22;
+
+impl<'a> ClipSource<'a> {
+    pub fn new(seed: u64, recipe: &'a DitRecipe) -> Self {
+        Self { seed, only_captions: &recipe.only_captions }
+    }
+
+    /// Refuses captions no training scene has, before anything is drawn.
+    pub fn check(&self) -> Result<(), TrainError> {
+        for caption in self.only_captions {
+            let scene = SceneSpec::parse(caption)?;
+            if scene.caption() != *caption || scene.split() != Split::Train {
+                return Err(TrainError::InvalidOption(format!(
+                    "--only-caption {caption:?}: not a training caption (held-out, or not written as \"{}\")",
+                    scene.caption()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The stream clip `index` is rendered from.
+    fn rng(&self, index: usize) -> Result<Rng, TrainError> {
+        let mut rng = Rng::for_item(self.seed, Purpose::DitClip, 0, index);
+        if self.only_captions.is_empty() {
+            return Ok(rng);
+        }
+        for _ in 0..MAX_SCENE_DRAWS {
+            let start = rng.clone();
+            if self.only_captions.contains(&training_scene(&mut rng).1.caption()) {
+                return Ok(start);
+            }
+        }
+        Err(TrainError::InvalidOption(format!(
+            "--only-caption: none of {:?} in {MAX_SCENE_DRAWS} scenes drawn for clip {index}; two-object captions are too rare to draw",
+            self.only_captions
+        )))
+    }
 }
 
 /// The cache of the run's encoded clips (outside the model layout, so rendering ignores it).
@@ -101,7 +148,7 @@ const ENCODE_BATCH: usize = 16;
 /// Encodes `count` training clips with the frozen `vae` (posterior means, not normalised).
 pub fn encode_clips<B: Backend>(
     vae: &AutoencoderKLWan<B>,
-    seed: u64,
+    source: ClipSource,
     clip: ClipShape,
     count: usize,
     device: &B::Device,
@@ -115,7 +162,7 @@ pub fn encode_clips<B: Backend>(
         let group = ENCODE_BATCH.min(count - first);
         let mut pixels = Vec::with_capacity(group * clip_shape.iter().product::<usize>());
         for index in first..first + group {
-            let training = training_clip(&mut clip_rng(seed, index), clip)?;
+            let training = training_clip(&mut source.rng(index)?, clip)?;
             pixels.extend(training.pixels);
             captions.push(training.scene.caption());
         }
@@ -129,11 +176,11 @@ pub fn encode_clips<B: Backend>(
 
 /// The [`object_mask`]s of the `count` clips [`encode_clips`] encodes (rendering is cheap, so
 /// they are not cached).
-fn object_masks<B: Backend>(vae: &AutoencoderKLWan<B>, seed: u64, clip: ClipShape, count: usize) -> Result<Vec<f32>, TrainError> {
+fn object_masks<B: Backend>(vae: &AutoencoderKLWan<B>, source: ClipSource, clip: ClipShape, count: usize) -> Result<Vec<f32>, TrainError> {
     let (time, space) = (vae.temporal_factor(), vae.spatial_factor());
     let mut masks = Vec::new();
     for index in 0..count {
-        masks.extend(object_mask(&mut clip_rng(seed, index), clip, time, space)?);
+        masks.extend(object_mask(&mut source.rng(index)?, clip, time, space)?);
     }
     Ok(masks)
 }
@@ -149,15 +196,15 @@ fn latent_clips<B: Backend>(
     device: &B::Device,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<LatentClips, TrainError> {
-    let seed = options.recipe.seed;
-    let path = cache_path(&options.out, seed, recipe.clips);
+    let source = ClipSource::new(options.recipe.seed, recipe);
+    let path = cache_path(&options.out, options.recipe.seed, recipe.clips);
     if path.is_file()
         && let Some(latents) = cached_latents(vae, &path, options, recipe, device)?
     {
-        let captions = (0..recipe.clips).map(|index| training_scene(&mut clip_rng(seed, index)).1.caption()).collect();
+        let captions = (0..recipe.clips).map(|index| Ok(training_scene(&mut source.rng(index)?).1.caption())).collect::<Result<_, TrainError>>()?;
         return Ok(LatentClips { latents, captions, object_masks: None });
     }
-    let clips = encode_clips(vae, seed, options.recipe.clip, recipe.clips, device, progress)?;
+    let clips = encode_clips(vae, source, options.recipe.clip, recipe.clips, device, progress)?;
     let mut writer = TensorWriter::new();
     writer.put(LATENTS_TENSOR, &Tensor::<B, 5>::from_data(TensorData::new(clips.latents.values.clone(), clips.latents.shape), device))?;
     let partial = path.with_extension("partial");
@@ -183,7 +230,7 @@ fn cached_latents<B: Backend>(
         return Ok(None);
     }
     let values = tensor_values(latents)?;
-    let first = encode_clips(vae, options.recipe.seed, clip, 1, device, &mut |_| {})?.latents.values;
+    let first = encode_clips(vae, ClipSource::new(options.recipe.seed, recipe), clip, 1, device, &mut |_| {})?.latents.values;
     let matches = first.iter().zip(&values).all(|(fresh, cached)| (fresh - cached).abs() <= 1e-4 * (1.0 + fresh.abs()));
     Ok(matches.then_some(Batch5 { values, shape }))
 }
@@ -199,17 +246,7 @@ impl<B: AutodiffBackend> Stage for DitStage<'_, B> {
     fn step(&mut self, step: usize) -> Result<f32, TrainError> {
         let recipe = &self.options.recipe;
         let flow_shift = self.trainer.pipeline.scheduler.flow_shift;
-        let batch = flow_batch(
-            &self.clips,
-            recipe.seed,
-            step,
-            recipe.batch,
-            self.recipe.window,
-            self.recipe.sigmas,
-            flow_shift,
-            self.recipe.caption_dropout,
-            self.recipe.object_weight,
-        );
+        let batch = flow_batch(&self.clips, recipe.seed, step, recipe.batch, self.recipe, flow_shift);
         self.trainer.step(&batch, recipe.lr_schedule.lr(recipe.lr, step))
     }
 
@@ -226,13 +263,15 @@ pub fn train_dit<B: AutodiffBackend>(
     device: &B::Device,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<TrainState, TrainError> {
+    let source = ClipSource::new(options.recipe.seed, recipe);
+    source.check()?;
     let start = run::start(options)?;
     let pipeline = Pipeline::<B>::load(&start.weights, device)?;
     std::fs::create_dir_all(&options.out).map_err(|e| io_error(&options.out, e))?;
     let vae = pipeline.vae.valid();
     let mut clips = latent_clips(&vae, options, recipe, device, progress)?;
     if recipe.object_weight > 0.0 {
-        clips.object_masks = Some(object_masks(&vae, options.recipe.seed, options.recipe.clip, recipe.clips)?);
+        clips.object_masks = Some(object_masks(&vae, source, options.recipe.clip, recipe.clips)?);
     }
     let mut trainer = DitTrainer::new(pipeline, recipe.loss);
     if start.resumed {
@@ -262,10 +301,11 @@ mod tests {
         write_tiny_model(dir.path());
         let pipeline = load::<vidfarm_model::DefaultBackend>(dir.path());
         let device = Default::default();
-        let together = encode_clips(&pipeline.vae, 4, CLIP, 3, &device, &mut |_| {}).expect("encode");
+        let source = ClipSource { seed: 4, only_captions: &[] };
+        let together = encode_clips(&pipeline.vae, source, CLIP, 3, &device, &mut |_| {}).expect("encode");
         let per_clip = together.latents.values.len() / 3;
         for index in 0..3 {
-            let training = training_clip(&mut clip_rng(4, index), CLIP).expect("clip");
+            let training = training_clip(&mut source.rng(index).expect("rng"), CLIP).expect("clip");
             let video = Tensor::from_data(TensorData::new(training.pixels, [1, 3, CLIP.frames, CLIP.height, CLIP.width]), &device);
             let alone = tensor_values(pipeline.vae.encode(video).expect("encode")).expect("values");
             assert_close(&together.latents.values[index * per_clip..(index + 1) * per_clip], &alone, &format!("clip {index}"));
@@ -280,6 +320,27 @@ mod tests {
         }
     }
 
+    /// `--only-caption` draws every clip from its captions, each clip still its own draw, and
+    /// refuses a caption no training scene has.
+    #[test]
+    fn only_captions_restrict_the_clips_drawn() {
+        let only = ["a blue circle moving to the right on a white background".to_string(), "a blue circle moving up on a white background".to_string()];
+        let source = ClipSource { seed: 3, only_captions: &only };
+        source.check().expect("training captions");
+        let scenes: Vec<SceneSpec> = (0..12).map(|index| training_scene(&mut source.rng(index).expect("rng")).1).collect();
+        assert!(scenes.iter().all(|scene| only.contains(&scene.caption())));
+        assert!(only.iter().all(|caption| scenes.iter().any(|scene| scene.caption() == *caption)), "both captions drawn");
+        let seeds: Vec<u64> = (0..12).map(|index| training_scene(&mut source.rng(index).expect("rng")).0).collect();
+        assert!(seeds.iter().enumerate().all(|(i, seed)| !seeds[..i].contains(seed)), "every clip its own scene seed");
+        let everything = ClipSource { seed: 3, only_captions: &[] };
+        assert_eq!(training_scene(&mut everything.rng(5).expect("rng")).0, training_scene(&mut Rng::for_item(3, Purpose::DitClip, 0, 5)).0);
+        for bad in ["a red circle moving to the right on a pink background", "a white circle moving up on a black background", "A blue circle moving up on a white background"] {
+            let only = [bad.to_string()];
+            let error = ClipSource { seed: 3, only_captions: &only }.check().expect_err(bad).to_string();
+            assert!(error.contains("pink") || error.contains("only-caption"), "{bad}: {error}");
+        }
+    }
+
     /// Training on one fixed batch must fit it, through the DiT and the text encoder both.
     #[test]
     fn steps_on_a_fixed_batch_lower_the_loss_and_train_the_text_encoder() {
@@ -288,9 +349,19 @@ mod tests {
         let mut trainer = DitTrainer::new(load::<TestBackend>(dir.path()), FlowLoss::Flow);
         let device = Default::default();
         let vae = trainer.pipeline.vae.valid();
-        let clips = encode_clips(&vae, 0, CLIP, 2, &device, &mut |_| {}).expect("encode");
+        let clips = encode_clips(&vae, ClipSource { seed: 0, only_captions: &[] }, CLIP, 2, &device, &mut |_| {}).expect("encode");
         assert_eq!(clips.latents.shape, [2, 4, 3, 4, 4]);
-        let batch = flow_batch(&clips, 0, 0, 2, 2, SigmaSampling::Shifted, 3.0, 0.0, 0.0);
+        let recipe = DitRecipe {
+            clips: 2,
+            window: 2,
+            caption_dropout: 0.0,
+            sigmas: SigmaSampling::Shifted,
+            object_weight: 0.0,
+            loss: FlowLoss::Flow,
+            pure_noise_fraction: 0.0,
+            only_captions: Vec::new(),
+        };
+        let batch = flow_batch(&clips, 0, 0, 2, &recipe, 3.0);
         // Weights of 1 everywhere are the plain MSE; weights on some values change it.
         let loss = |batch: &FlowBatch, kind| flow_matching_loss(&trainer.pipeline, batch, kind).expect("loss").into_scalar().elem::<f32>();
         let plain = loss(&batch, FlowLoss::Flow);

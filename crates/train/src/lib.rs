@@ -127,7 +127,8 @@ mod tests {
         }
     }
 
-    /// With the object-weighted loss, so resuming rebuilds the masks too.
+    /// With the object-weighted loss, pure-noise windows and a caption filter, so resuming
+    /// rebuilds the masks and draws the same clips and sigmas too.
     fn dit() -> StageRecipe {
         StageRecipe::Dit(DitRecipe {
             clips: 3,
@@ -136,6 +137,8 @@ mod tests {
             sigmas: SigmaSampling::LogitNormal { mean: 0.0, std: 1.0 },
             object_weight: 2.0,
             loss: FlowLoss::Sample,
+            pure_noise_fraction: 0.25,
+            only_captions: vec!["a blue square moving down on a yellow background".into(), "a green circle growing on a black background".into()],
         })
     }
 

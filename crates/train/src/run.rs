@@ -110,10 +110,19 @@ pub struct DitRecipe {
     pub object_weight: f64,
     #[serde(default)]
     pub loss: FlowLoss,
+    /// Fraction of windows at sigma 1 exactly: pure noise, where sampling starts and the caption
+    /// alone must place the objects (a shifted draw lands above 0.99 about 1% of the time, and
+    /// below that the input already shows where they are).
+    #[serde(default)]
+    pub pure_noise_fraction: f64,
+    /// Train only on clips with one of these captions (every caption when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub only_captions: Vec<String>,
 }
 
 /// What a DiT step's squared error is measured on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum FlowLoss {
     /// The flow (Wan, SD3): the clean latents' error weighted by `1 / sigma^2`, so low noise
@@ -187,8 +196,10 @@ impl TrainOptions {
                         dit.clips, dit.window
                     ));
                 }
-                if !(0.0..=1.0).contains(&dit.caption_dropout) {
-                    return bad(format!("caption_dropout must be in [0, 1], got {}", dit.caption_dropout));
+                for (name, fraction) in [("caption_dropout", dit.caption_dropout), ("pure_noise_fraction", dit.pure_noise_fraction)] {
+                    if !(0.0..=1.0).contains(&fraction) {
+                        return bad(format!("{name} must be in [0, 1], got {fraction}"));
+                    }
                 }
                 if let SigmaSampling::LogitNormal { mean, std } = dit.sigmas
                     && !(mean.is_finite() && std.is_finite() && std > 0.0)
