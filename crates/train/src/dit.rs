@@ -96,7 +96,7 @@ pub struct ClipSource<'a> {
 }
 
 /// Scenes one stream may draw looking for an `only_captions` caption: a one-object caption comes
-/// about once in 3000 draws, a two-object one about once in 2 million.
+/// about once in two thousand draws, a two-object one about once in a million.
 const MAX_SCENE_DRAWS: usize = 1 << 22;
 
 impl<'a> ClipSource<'a> {

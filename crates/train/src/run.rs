@@ -111,7 +111,7 @@ pub struct DitRecipe {
     #[serde(default)]
     pub loss: FlowLoss,
     /// Fraction of windows at sigma 1 exactly: pure noise, where sampling starts and the caption
-    /// alone must place the objects (a shifted draw lands above 0.99 about 1% of the time, and
+    /// alone must place the objects (a shifted draw lands above 0.99 about 3% of the time, and
     /// below that the input already shows where they are).
     #[serde(default)]
     pub pure_noise_fraction: f64,
