@@ -185,6 +185,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 bar.set_message(format!("encoding clips {done}/{total}"));
                 // The pace after the first batch leaves out loading and (on a GPU) compiling kernels.
                 let first = *first_batch.get_or_insert((done, Instant::now()));
+                // Without a bar, a line now and then, so a log shows the encoding is under way.
+                if bar.is_hidden() && done < total && done % 256 == 0 {
+                    say(format!("encoded {done}/{total} clips in {:.1} s", started.elapsed().as_secs_f64()));
+                }
                 if done == total {
                     let pace = match total - first.0 {
                         0 => started.elapsed().as_secs_f64() / total as f64,
