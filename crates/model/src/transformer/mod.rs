@@ -586,15 +586,21 @@ mod config_tests {
         )
     }
 
+    /// A random model of `config`, and that model saved into `dir` and loaded back.
+    fn saved_and_loaded<Bk: Backend>(config: WanTransformerConfig, dir: &Path, device: &Bk::Device) -> (WanTransformer3DModel<Bk>, WanTransformer3DModel<Bk>) {
+        let model = WanTransformer3DModel::<Bk>::random(config, device).expect("random");
+        model.save(dir).expect("save");
+        let loaded = WanTransformer3DModel::<Bk>::load(dir, device).expect("load");
+        (model, loaded)
+    }
+
     #[test]
     fn random_model_round_trips_through_save_and_load() {
         let device = Default::default();
         <B as Backend>::seed(&device, 7);
         for layout in ["full", "factorized"] {
-            let model = WanTransformer3DModel::<B>::random(tiny_config(layout), &device).expect("random");
             let dir = tempfile::tempdir().expect("tempdir");
-            model.save(dir.path()).expect("save");
-            let loaded = WanTransformer3DModel::<B>::load(dir.path(), &device).expect("load");
+            let (model, loaded) = saved_and_loaded::<B>(tiny_config(layout), dir.path(), &device);
             assert_eq!(loaded.config(), model.config());
             let (latents, text) = inputs::<B>(3, &device);
             let a = model.forward(latents.clone(), &[500.0], text.clone()).expect("forward");
@@ -614,9 +620,7 @@ mod config_tests {
             let mut config = tiny_config("full");
             config.position_frequencies = 2;
             config.position_oblique = oblique;
-            let model = WanTransformer3DModel::<B>::random(config, &device).expect("random");
-            model.save(dir.path()).expect("save");
-            let loaded = WanTransformer3DModel::<B>::load(dir.path(), &device).expect("load");
+            let (model, loaded) = saved_and_loaded::<B>(config, dir.path(), &device);
             assert_eq!(loaded.config.position_oblique, oblique);
             let whole = model.forward(latents.clone(), &[500.0], text.clone()).expect("forward");
             let again = loaded.forward_in(latents.clone(), &[500.0], text.clone(), &[ClipSpan::whole(3)]).expect("forward");
@@ -653,9 +657,7 @@ mod config_tests {
         for (weights, enable, remove) in extensions {
             let mut config = tiny_config("full");
             enable(&mut config);
-            let model = WanTransformer3DModel::<B>::random(config, &device).expect("random");
-            model.save(dir.path()).expect("save");
-            let loaded = WanTransformer3DModel::<B>::load(dir.path(), &device).expect("load");
+            let (model, loaded) = saved_and_loaded::<B>(config, dir.path(), &device);
             assert_eq!(loaded.config, model.config);
             let a = model.forward(latents.clone(), &[500.0], text.clone()).expect("forward");
             let b = loaded.forward(latents.clone(), &[500.0], text.clone()).expect("forward");
@@ -681,9 +683,7 @@ mod config_tests {
         let (latents, text) = inputs::<B>(3, &device);
         let mut config = tiny_config("full");
         config.prediction_type = Some("sample".into());
-        let model = WanTransformer3DModel::<B>::random(config, &device).expect("random");
-        model.save(dir.path()).expect("save");
-        let loaded = WanTransformer3DModel::<B>::load(dir.path(), &device).expect("load");
+        let (_, loaded) = saved_and_loaded::<B>(config, dir.path(), &device);
         assert_eq!(loaded.prediction, Prediction::Sample);
         let mut raw = loaded.clone();
         raw.prediction = Prediction::Flow;
