@@ -197,6 +197,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
                     say(format!("loaded the model and encoded {total} clips in {:.1} s, {pace:.4} s a clip", started.elapsed().as_secs_f64()));
                 }
             }
+            Progress::ReadCachedClips { count } => {
+                say(format!("loaded the model and read {count} encoded clips from the run's cache in {:.1} s", started.elapsed().as_secs_f64()));
+            }
             Progress::Started { step, resumed, .. } => {
                 bar.set_position(step as u64);
                 bar.reset_eta();

@@ -202,6 +202,7 @@ fn latent_clips<B: Backend>(
         && let Some(latents) = cached_latents(vae, &path, options, recipe, device)?
     {
         let captions = (0..recipe.clips).map(|index| Ok(training_scene(&mut source.rng(index)?).1.caption())).collect::<Result<_, TrainError>>()?;
+        progress(Progress::ReadCachedClips { count: recipe.clips });
         return Ok(LatentClips { latents, captions, object_masks: None });
     }
     let clips = encode_clips(vae, source, options.recipe.clip, recipe.clips, device, progress)?;

@@ -38,6 +38,8 @@ pub enum Progress {
     Started { step: usize, steps: usize, resumed: bool },
     /// Clips pre-encoded by the frozen VAE so far (DiT stage).
     EncodingClips { done: usize, total: usize },
+    /// The clips' latents were read from the run's cache instead (DiT stage).
+    ReadCachedClips { count: usize },
     /// A step finished (1-based) with this loss.
     Step { step: usize, steps: usize, loss: f32 },
     /// A checkpoint of the model after `step` steps is in the run's folder.
@@ -175,6 +177,7 @@ mod tests {
             let (resumed, events) = train_quietly(&options(&model, &split, 4, stage.clone()));
             assert!(events.contains(&Progress::Started { step: 2, steps: 4, resumed: true }), "{name}: {events:?}");
             assert!(!events.iter().any(|e| matches!(e, Progress::EncodingClips { .. })), "{name}: latents come from the cache");
+            assert_eq!(events.contains(&Progress::ReadCachedClips { count: 3 }), name == "dit", "{name}: {events:?}");
             assert_eq!(resumed.losses, uninterrupted.losses, "{name}");
 
             let (a, b) = (load::<DefaultBackend>(&whole), load::<DefaultBackend>(&split));
@@ -215,7 +218,8 @@ mod tests {
             std::fs::copy(&cache, out.join(cache.file_name().expect("name"))).expect("copy");
             let (_, events) = train_quietly(&options(start, &out, 1, dit()));
             let encoded = events.iter().any(|e| matches!(e, Progress::EncodingClips { .. }));
-            assert_eq!(encoded, !same_vae, "same VAE: {same_vae}");
+            let read = events.iter().any(|e| matches!(e, Progress::ReadCachedClips { .. }));
+            assert_eq!((encoded, read), (!same_vae, same_vae), "same VAE: {same_vae}");
         }
     }
 
