@@ -54,9 +54,12 @@ impl ObjectSpec {
 }
 
 impl SceneSpec {
+    /// Objects in one scene at most.
+    pub const MAX_OBJECTS: usize = 2;
+
     /// Checks the scene's rules: one or two objects, all colours distinct.
     pub fn new(objects: Vec<ObjectSpec>, background: Colour) -> Result<Self, SynthError> {
-        if !(1..=2).contains(&objects.len()) {
+        if !(1..=Self::MAX_OBJECTS).contains(&objects.len()) {
             return Err(SynthError::ObjectCount(objects.len()));
         }
         let mut colours: Vec<Colour> = objects.iter().map(|o| o.colour).collect();
@@ -104,7 +107,7 @@ impl SceneSpec {
     /// three) two, attributes uniform among those the split allows.
     pub fn sample(seed: u64, split: Split) -> Self {
         let mut rng = Rng::new(seed);
-        let count = if rng.below(3) == 0 { 2 } else { 1 };
+        let count = if rng.below(3) == 0 { Self::MAX_OBJECTS } else { 1 };
         loop {
             let mut colours = Colour::ALL.to_vec();
             let mut take_colour = |rng: &mut Rng| colours.swap_remove(rng.below(colours.len()));

@@ -96,6 +96,9 @@ pub struct TrainArgs {
     /// captions, as `vidfarm-synth` writes them): a probe, or a fine-tune on a few captions.
     #[arg(long = "only-caption", value_name = "CAPTION")]
     pub only_captions: Vec<String>,
+    /// dit: train only on scenes of this many objects (1 or 2): a stage of two-object scenes.
+    #[arg(long = "only-objects", value_name = "COUNT")]
+    pub only_objects: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -147,6 +150,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 loss: args.loss,
                 pure_noise_fraction: args.pure_noise_fraction,
                 only_captions: args.only_captions,
+                only_objects: args.only_objects,
             }),
             8,
         ),

@@ -331,6 +331,7 @@ mod tests {
             loss: Default::default(),
             pure_noise_fraction: 0.0,
             only_captions: Vec::new(),
+            only_objects: None,
         }
     }
 

@@ -87,12 +87,13 @@ impl<B: AutodiffBackend> DitTrainer<B> {
 }
 
 /// Which clips the DiT stage pre-encodes: clip `index` comes from its own random stream of the
-/// run's seed; with `only_captions`, it is the first scene of that stream whose caption is one of
-/// them (a probe on a few captions, or a fine-tune).
+/// run's seed; with `only_captions` or `only_objects`, it is the first scene of that stream that
+/// has one of those captions and that many objects (a curriculum stage, a probe, a fine-tune).
 #[derive(Clone, Copy, Debug)]
 pub struct ClipSource<'a> {
     pub seed: u64,
     pub only_captions: &'a [String],
+    pub only_objects: Option<usize>,
 }
 
 /// Scenes one stream may draw looking for an `only_captions` caption: a one-object caption comes
@@ -101,11 +102,21 @@ const MAX_SCENE_DRAWS: usize = 1 << 22;
 
 impl<'a> ClipSource<'a> {
     pub fn new(seed: u64, recipe: &'a DitRecipe) -> Self {
-        Self { seed, only_captions: &recipe.only_captions }
+        Self { seed, only_captions: &recipe.only_captions, only_objects: recipe.only_objects }
     }
 
-    /// Refuses captions no training scene has, before anything is drawn.
+    /// Every training scene, as drawn.
+    pub fn every_scene(seed: u64) -> Self {
+        Self { seed, only_captions: &[], only_objects: None }
+    }
+
+    /// Refuses captions no training scene has, and filters no scene passes, before anything is drawn.
     pub fn check(&self) -> Result<(), TrainError> {
+        if let Some(count) = self.only_objects {
+            if !(1..=SceneSpec::MAX_OBJECTS).contains(&count) {
+                return Err(TrainError::InvalidOption(format!("--only-objects {count}: a scene has 1 to {} objects", SceneSpec::MAX_OBJECTS)));
+            }
+        }
         for caption in self.only_captions {
             let scene = SceneSpec::parse(caption)?;
             if scene.caption() != *caption || scene.split() != Split::Train {
@@ -114,19 +125,27 @@ impl<'a> ClipSource<'a> {
                     scene.caption()
                 )));
             }
+            if let Some(count) = self.only_objects.filter(|&count| count != scene.objects.len()) {
+                return Err(TrainError::InvalidOption(format!(
+                    "--only-caption {caption:?} has {} object(s), --only-objects asks for {count}",
+                    scene.objects.len()
+                )));
+            }
         }
         Ok(())
+    }
+
+    fn admits(&self, scene: &SceneSpec) -> bool {
+        (self.only_captions.is_empty() || self.only_captions.contains(&scene.caption()))
+            && self.only_objects.is_none_or(|count| count == scene.objects.len())
     }
 
     /// The stream clip `index` is rendered from.
     fn rng(&self, index: usize) -> Result<Rng, TrainError> {
         let mut rng = Rng::for_item(self.seed, Purpose::DitClip, 0, index);
-        if self.only_captions.is_empty() {
-            return Ok(rng);
-        }
         for _ in 0..MAX_SCENE_DRAWS {
             let start = rng.clone();
-            if self.only_captions.contains(&training_scene(&mut rng).1.caption()) {
+            if self.admits(&training_scene(&mut rng).1) {
                 return Ok(start);
             }
         }
@@ -137,9 +156,22 @@ impl<'a> ClipSource<'a> {
     }
 }
 
-/// The cache of the run's encoded clips (outside the model layout, so rendering ignores it).
-fn cache_path(out: &Path, seed: u64, clips: usize) -> PathBuf {
-    out.join(format!("latents-seed{seed}-{clips}clips.safetensors"))
+/// The cache of the run's encoded clips (outside the model layout, so rendering ignores it),
+/// named by everything that picks the clips: a filtered run's first clip may well be the whole
+/// set's, and only the first clip is checked against the VAE when reading.
+fn cache_path(out: &Path, source: &ClipSource, clips: usize) -> PathBuf {
+    let mut name = format!("latents-seed{}-{clips}clips", source.seed);
+    if let Some(count) = source.only_objects {
+        name.push_str(&format!("-{count}objects"));
+    }
+    if !source.only_captions.is_empty() {
+        // FNV-1a: stable across builds and platforms, unlike std's hasher.
+        let hash = source.only_captions.join("\n").bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        name.push_str(&format!("-captions{hash:016x}"));
+    }
+    out.join(format!("{name}.safetensors"))
 }
 
 /// Clips per VAE pass when encoding: one pass per clip leaves a GPU idle between small kernels.
@@ -197,7 +229,7 @@ fn latent_clips<B: Backend>(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<LatentClips, TrainError> {
     let source = ClipSource::new(options.recipe.seed, recipe);
-    let path = cache_path(&options.out, options.recipe.seed, recipe.clips);
+    let path = cache_path(&options.out, &source, recipe.clips);
     if path.is_file()
         && let Some(latents) = cached_latents(vae, &path, options, recipe, device)?
     {
@@ -302,7 +334,7 @@ mod tests {
         write_tiny_model(dir.path());
         let pipeline = load::<vidfarm_model::DefaultBackend>(dir.path());
         let device = Default::default();
-        let source = ClipSource { seed: 4, only_captions: &[] };
+        let source = ClipSource::every_scene(4);
         let together = encode_clips(&pipeline.vae, source, CLIP, 3, &device, &mut |_| {}).expect("encode");
         let per_clip = together.latents.values.len() / 3;
         for index in 0..3 {
@@ -326,20 +358,59 @@ mod tests {
     #[test]
     fn only_captions_restrict_the_clips_drawn() {
         let only = ["a blue circle moving to the right on a white background".to_string(), "a blue circle moving up on a white background".to_string()];
-        let source = ClipSource { seed: 3, only_captions: &only };
+        let source = ClipSource { seed: 3, only_captions: &only, only_objects: None };
         source.check().expect("training captions");
         let scenes: Vec<SceneSpec> = (0..12).map(|index| training_scene(&mut source.rng(index).expect("rng")).1).collect();
         assert!(scenes.iter().all(|scene| only.contains(&scene.caption())));
         assert!(only.iter().all(|caption| scenes.iter().any(|scene| scene.caption() == *caption)), "both captions drawn");
         let seeds: Vec<u64> = (0..12).map(|index| training_scene(&mut source.rng(index).expect("rng")).0).collect();
         assert!(seeds.iter().enumerate().all(|(i, seed)| !seeds[..i].contains(seed)), "every clip its own scene seed");
-        let everything = ClipSource { seed: 3, only_captions: &[] };
+        let everything = ClipSource::every_scene(3);
         assert_eq!(training_scene(&mut everything.rng(5).expect("rng")).0, training_scene(&mut Rng::for_item(3, Purpose::DitClip, 0, 5)).0);
         for bad in ["a red circle moving to the right on a pink background", "a white circle moving up on a black background", "A blue circle moving up on a white background"] {
             let only = [bad.to_string()];
-            let error = ClipSource { seed: 3, only_captions: &only }.check().expect_err(bad).to_string();
+            let error = ClipSource { seed: 3, only_captions: &only, only_objects: None }.check().expect_err(bad).to_string();
             assert!(error.contains("pink") || error.contains("only-caption"), "{bad}: {error}");
         }
+    }
+
+    /// `--only-objects 2` draws two-object scenes only, and refuses a count no scene has or a
+    /// caption of another count.
+    #[test]
+    fn only_objects_restricts_the_scenes_drawn() {
+        let source = ClipSource { seed: 3, only_captions: &[], only_objects: Some(2) };
+        source.check().expect("two objects");
+        let scenes: Vec<SceneSpec> = (0..12).map(|index| training_scene(&mut source.rng(index).expect("rng")).1).collect();
+        assert!(scenes.iter().all(|scene| scene.objects.len() == 2 && scene.split() == Split::Train));
+        assert!(scenes.iter().enumerate().all(|(i, scene)| !scenes[..i].contains(scene)), "every clip its own scene");
+        for count in [0, 3] {
+            let error = ClipSource { seed: 3, only_captions: &[], only_objects: Some(count) }.check().expect_err("count").to_string();
+            assert!(error.contains("--only-objects"), "{error}");
+        }
+        let one = ["a blue circle moving up on a white background".to_string()];
+        let error = ClipSource { seed: 3, only_captions: &one, only_objects: Some(2) }.check().expect_err("one-object caption").to_string();
+        assert!(error.contains("has 1 object(s)"), "{error}");
+    }
+
+    /// Runs that draw other clips never share a latents cache, and the whole set's keeps its name.
+    #[test]
+    fn cache_names_tell_clip_filters_apart() {
+        let out = Path::new("run");
+        let captions = ["a blue circle moving up on a white background".to_string()];
+        let other = ["a blue circle moving down on a white background".to_string()];
+        let names: Vec<PathBuf> = [
+            ClipSource::every_scene(8),
+            ClipSource { seed: 8, only_captions: &[], only_objects: Some(2) },
+            ClipSource { seed: 8, only_captions: &captions, only_objects: None },
+            ClipSource { seed: 8, only_captions: &other, only_objects: None },
+            ClipSource::every_scene(9),
+        ]
+        .iter()
+        .map(|source| cache_path(out, source, 1024))
+        .collect();
+        assert_eq!(names[0], out.join("latents-seed8-1024clips.safetensors"));
+        assert!(names.iter().enumerate().all(|(i, name)| !names[..i].contains(name)), "{names:?}");
+        assert_ne!(cache_path(out, &ClipSource::every_scene(8), 512), names[0]);
     }
 
     /// Training on one fixed batch must fit it, through the DiT and the text encoder both.
@@ -350,7 +421,7 @@ mod tests {
         let mut trainer = DitTrainer::new(load::<TestBackend>(dir.path()), FlowLoss::Flow);
         let device = Default::default();
         let vae = trainer.pipeline.vae.valid();
-        let clips = encode_clips(&vae, ClipSource { seed: 0, only_captions: &[] }, CLIP, 2, &device, &mut |_| {}).expect("encode");
+        let clips = encode_clips(&vae, ClipSource::every_scene(0), CLIP, 2, &device, &mut |_| {}).expect("encode");
         assert_eq!(clips.latents.shape, [2, 4, 3, 4, 4]);
         let recipe = DitRecipe {
             clips: 2,
@@ -361,6 +432,7 @@ mod tests {
             loss: FlowLoss::Flow,
             pure_noise_fraction: 0.0,
             only_captions: Vec::new(),
+            only_objects: None,
         };
         let batch = flow_batch(&clips, 0, 0, 2, &recipe, 3.0);
         // Weights of 1 everywhere are the plain MSE; weights on some values change it.

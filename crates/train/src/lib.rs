@@ -141,6 +141,7 @@ mod tests {
             loss: FlowLoss::Sample,
             pure_noise_fraction: 0.25,
             only_captions: vec!["a blue square moving down on a yellow background".into(), "a green circle growing on a black background".into()],
+            only_objects: Some(1),
         })
     }
 

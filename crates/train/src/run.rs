@@ -118,6 +118,10 @@ pub struct DitRecipe {
     /// Train only on clips with one of these captions (every caption when empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub only_captions: Vec<String>,
+    /// Train only on scenes of this many objects (every scene when unset): a stage of
+    /// two-object scenes, whose captions are too many to list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub only_objects: Option<usize>,
 }
 
 /// What a DiT step's squared error is measured on.
