@@ -108,6 +108,32 @@ fn the_shipped_model_moves_the_prompted_object_the_prompted_way() {
     assert_shipped_model_passes(&args);
 }
 
+/// `--from-clip` starts the DiT from each prompt's own clip: below the schedule's last noise
+/// level no step runs, so the render is the VAE's round trip of that clip (through the MP4), and
+/// the detector sees the same there.
+#[test]
+fn eval_from_the_clip_itself_scores_as_the_vae_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("eval.json");
+    let passed = eval(&["--limit", "3", "--from-clip", "0.01", "--out", out.to_str().unwrap()]);
+    assert!(passed.status.success(), "{}", String::from_utf8_lossy(&passed.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(report["from_clip_sigma"], 0.01);
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    for r in results {
+        assert_eq!(r["all_correct"], r["vae_all_correct"], "{r}");
+    }
+    assert!(report["summary"]["vae_adherence"].as_f64().unwrap() > 0.0, "{report}");
+
+    let output = eval(&["--limit", "1", "--from-clip", "1.5"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--from-clip 1.5: a noise level in (0, 1]"), "{output:?}");
+    let output = eval(&["--limit", "1", "--from-clip", "0.5", "--stitch", "sync"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not with --stitch sync"), "{output:?}");
+}
+
 #[test]
 fn eval_rejects_an_empty_prompt_set() {
     let output = eval(&["--limit", "0"]);

@@ -88,6 +88,12 @@ pub enum ModelCommand {
         /// `--floor adherence=0.9 --floor vae_psnr_db=30`.
         #[arg(long = "floor", value_name = "NAME=VALUE")]
         floors: Vec<eval::Floor>,
+        /// Diagnostic: start each chunk from the prompt's own synthetic clip, mixed with the
+        /// chunk's noise at the first sampling step whose noise level is at most SIGMA, instead
+        /// of from pure noise (1 starts from noise; blend stitching only). Tells at which noise
+        /// level the DiT loses what the clip shows (its shapes, its motion).
+        #[arg(long, value_name = "SIGMA")]
+        from_clip: Option<f64>,
     },
     /// Train the model on synthetic clips: `vae` first, then `dit` from the VAE run's folder.
     /// Running the same command again continues from the last checkpoint.
@@ -128,7 +134,7 @@ fn run_blocking(command: ModelCommand) -> Result<()> {
             pipeline.save(&dir)?;
             crate::output::emit(format!("wrote random weights (seed {seed}) into {}", dir.display()));
         }
-        ModelCommand::Eval { model, limit, split, prompts, seed, seconds, steps, stitch, overlap, out, floors } => {
+        ModelCommand::Eval { model, limit, split, prompts, seed, seconds, steps, stitch, overlap, out, floors, from_clip } => {
             let prompts = if prompts.is_empty() {
                 let split = match split {
                     SplitArg::HeldOut => vidfarm_synth::Split::HeldOut,
@@ -138,7 +144,7 @@ fn run_blocking(command: ModelCommand) -> Result<()> {
             } else {
                 eval::Prompts::Given(prompts)
             };
-            eval::run(eval::EvalArgs { model, prompts, seed, seconds, steps, stitch, overlap, out, floors })?;
+            eval::run(eval::EvalArgs { model, prompts, seed, seconds, steps, stitch, overlap, out, floors, from_clip })?;
         }
         ModelCommand::Train(args) => vidfarm_train::cli::run(args)?,
     }

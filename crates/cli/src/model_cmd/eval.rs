@@ -4,6 +4,8 @@
 //! detector: colour, shape and motion adherence, smoothness, seam ratio. It also measures the
 //! VAE alone: the PSNR of each prompt's synthetic clip after an encode and decode round trip,
 //! and the detector's adherence on that round trip (the most a DiT could reach through this VAE).
+//! As a diagnostic (`--from-clip SIGMA`), the DiT can start from each prompt's own clip, noised
+//! part way, to tell at which noise level it loses what the clip shows.
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -17,7 +19,8 @@ use vidfarm_synth::{
     Adherence, Clip, ClipSettings, DetectorConfig, SceneSpec, Split, detect, mean_abs_frame_difference, render_clip, score, seam_ratio,
 };
 use vidfarm_video::{RgbFrames, decode_mp4, encode_mp4};
-use vidfarm_worker::render::{Directive, decode_clip, denoise_chunk, denoise_synced};
+use vidfarm_model::scheduler::FlowMatchEulerDiscreteScheduler;
+use vidfarm_worker::render::{Directive, Prompts as EncodedPrompts, chunk_start, decode_clip, denoise_chunk, denoise_step, denoise_synced};
 
 pub struct EvalArgs {
     pub model: PathBuf,
@@ -29,6 +32,8 @@ pub struct EvalArgs {
     pub overlap: Option<u32>,
     pub out: Option<PathBuf>,
     pub floors: Vec<Floor>,
+    /// Start each chunk from the prompt's own clip noised to this sigma (see [`Start::Clip`]).
+    pub from_clip: Option<f64>,
 }
 
 /// Which captions an evaluation renders.
@@ -137,6 +142,9 @@ struct Report<'a> {
     stitch_mode: StitchMode,
     chunk_latent_frames: u32,
     overlap_latent_frames: u32,
+    /// `--from-clip`: the noise level the chunks started from, on the prompts' own clips.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from_clip_sigma: Option<f64>,
     summary: &'a Summary,
     results: &'a [PromptResult],
 }
@@ -146,11 +154,25 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     (count > 0).then(|| sum / count as f64)
 }
 
+/// Where each chunk's denoising starts.
+enum Start {
+    /// The chunk's seed noise, as the farm renders.
+    Noise,
+    /// The prompt's own synthetic clip (normalised latents of the whole clip) mixed with the
+    /// chunk's seed noise at the first Euler step whose sigma is at most `sigma`, then denoised
+    /// from that step: what the DiT keeps of a clip it is handed part way.
+    Clip { clean: Latents, sigma: f64 },
+}
+
 /// Renders one clip and reads it back through an H.264 MP4 at `mp4` (a scratch path).
-fn render(pipeline: &Pipeline<DefaultBackend>, spec: &RenderSpec, chunks: &[ChunkPlan], mp4: &Path) -> Result<Clip> {
-    let parts: Vec<(ChunkPlan, Latents)> = match spec.stitch_mode {
-        StitchMode::Sync => chunks.iter().copied().zip(denoise_synced(pipeline, spec, chunks)?).collect(),
-        StitchMode::Blend | StitchMode::Chain => {
+fn render(pipeline: &Pipeline<DefaultBackend>, spec: &RenderSpec, chunks: &[ChunkPlan], start: &Start, mp4: &Path) -> Result<Clip> {
+    let parts: Vec<(ChunkPlan, Latents)> = match (spec.stitch_mode, start) {
+        (StitchMode::Sync, Start::Noise) => chunks.iter().copied().zip(denoise_synced(pipeline, spec, chunks)?).collect(),
+        (StitchMode::Blend, Start::Clip { clean, sigma }) => chunks
+            .iter()
+            .map(|chunk| Ok((*chunk, denoise_from_clip(pipeline, spec, chunk, clean, *sigma)?)))
+            .collect::<Result<_>>()?,
+        (StitchMode::Blend | StitchMode::Chain, Start::Noise) => {
             let run = AtomicU8::new(Directive::Run as u8);
             let mut parts: Vec<(ChunkPlan, Latents)> = Vec::with_capacity(chunks.len());
             for chunk in chunks {
@@ -161,6 +183,7 @@ fn render(pipeline: &Pipeline<DefaultBackend>, spec: &RenderSpec, chunks: &[Chun
             }
             parts
         }
+        (mode, Start::Clip { .. }) => bail!("--from-clip renders with blend stitching, not with --stitch {}", mode.name()),
     };
     let latents = stitch(spec.latent_frames(), &parts, spec.blend_curve)?;
     encode_mp4(&decode_clip(pipeline, spec, latents)?, mp4)?;
@@ -171,13 +194,44 @@ fn render(pipeline: &Pipeline<DefaultBackend>, spec: &RenderSpec, chunks: &[Chun
     Ok(Clip::new(frames.width as usize, frames.height as usize, frames.fps, frames.frames)?)
 }
 
-/// `scene`'s clip rendered from `seed` after the VAE's encode and decode, and its PSNR (peak 255).
-fn vae_round_trip(pipeline: &Pipeline<DefaultBackend>, scene: &SceneSpec, settings: &ClipSettings, seed: u64) -> Result<(Clip, f64)> {
+/// [`Start::Clip`] for one chunk: `clean`'s frames under the chunk, noised with the chunk's seed
+/// noise to the first schedule sigma at most `sigma`, then the Euler steps from there.
+fn denoise_from_clip(pipeline: &Pipeline<DefaultBackend>, spec: &RenderSpec, chunk: &ChunkPlan, clean: &Latents, sigma: f64) -> Result<Latents> {
+    let sigmas = FlowMatchEulerDiscreteScheduler::new(f64::from(spec.flow_shift)).schedule(spec.steps as usize).sigmas;
+    // The schedule ends at 0, so some step qualifies; starting at the end runs no step.
+    let first = sigmas.iter().position(|&s| s <= sigma).unwrap_or(sigmas.len() - 1);
+    let noise = chunk_start(pipeline, spec, chunk);
+    let clean = clean.slice_frames(chunk.start as usize, chunk.len() as usize);
+    let level = sigmas[first] as f32;
+    let mixed = clean.data.iter().zip(&noise.data).map(|(c, n)| (1.0 - level) * c + level * n).collect();
+    let mut latents = Latents::new(noise.shape, mixed)?;
+    let prompts = EncodedPrompts::encode(pipeline, spec)?;
+    for step in first..spec.steps as usize {
+        latents = denoise_step(pipeline, spec, &prompts, chunk, latents, step as u32)?;
+    }
+    Ok(latents)
+}
+
+/// `scene`'s synthetic clip from `seed`, as values in [-1, 1] (planar, frame-major per channel),
+/// and its VAE latents.
+fn encode_scene(pipeline: &Pipeline<DefaultBackend>, scene: &SceneSpec, settings: &ClipSettings, seed: u64) -> Result<(Vec<f32>, Tensor<DefaultBackend, 5>)> {
     let clip = render_clip(scene, settings, seed)?;
     let shape = [1, 3, settings.frames, settings.height, settings.width];
     let original = clip.to_planar_signed();
     let video = Tensor::<DefaultBackend, 5>::from_data(TensorData::new(original.clone(), shape), pipeline.device());
-    let decoded = pipeline.vae.decode(pipeline.vae.encode(video)?)?;
+    Ok((original, pipeline.vae.encode(video)?))
+}
+
+/// The DiT-space (normalised) latents of a clip's VAE latents.
+fn normalised_latents(pipeline: &Pipeline<DefaultBackend>, latents: Tensor<DefaultBackend, 5>) -> Result<Latents> {
+    let [_, c, f, h, w] = latents.dims();
+    let values = pipeline.normalize(latents)?.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| anyhow::anyhow!("latents: {e:?}"))?;
+    Ok(Latents::new([c, f, h, w], values)?)
+}
+
+/// The clip `original` after the VAE's decode of its `latents`, and its PSNR (peak 255).
+fn vae_round_trip(pipeline: &Pipeline<DefaultBackend>, original: &[f32], latents: Tensor<DefaultBackend, 5>, settings: &ClipSettings) -> Result<(Clip, f64)> {
+    let decoded = pipeline.vae.decode(latents)?;
     let decoded = decoded.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| anyhow::anyhow!("decoded video: {e:?}"))?;
     let squared: f64 = original.iter().zip(&decoded).map(|(a, b)| f64::from(a - b).powi(2)).sum();
     // Values span [-1, 1], so the peak-to-peak range is 2.
@@ -199,6 +253,9 @@ fn describe(detection: &vidfarm_synth::Detection) -> String {
 
 pub fn run(args: EvalArgs) -> Result<()> {
     check_floor_names(&args.floors)?;
+    if let Some(sigma) = args.from_clip.filter(|s| !(*s > 0.0 && *s <= 1.0)) {
+        bail!("--from-clip {sigma}: a noise level in (0, 1]");
+    }
     let dir = crate::farm::resolve_model_dir(&args.model);
     let profile = ModelProfile::load(&dir)?;
     let pipeline = Pipeline::<DefaultBackend>::load(&dir, &Default::default()).with_context(|| format!("loading model {}", dir.display()))?;
@@ -218,11 +275,18 @@ pub fn run(args: EvalArgs) -> Result<()> {
         };
         let spec = RenderSpec::resolve(&job, std::slice::from_ref(&profile), args.seed)?;
         let chunks = plan_chunks(spec.latent_frames(), spec.chunk_latent_frames, spec.overlap_latent_frames)?;
+        let settings = ClipSettings { frames: spec.frames as usize, width: spec.width as usize, height: spec.height as usize, fps: spec.fps };
+        let (original, latents) = encode_scene(&pipeline, scene, &settings, spec.seed).with_context(|| format!("encoding the clip of {prompt:?}"))?;
+        let start = match args.from_clip {
+            Some(sigma) => Start::Clip { clean: normalised_latents(&pipeline, latents.clone())?, sigma },
+            None => Start::Noise,
+        };
         let started = std::time::Instant::now();
         let mp4 = std::env::temp_dir().join(format!("vidfarm-eval-{}-{index}.mp4", std::process::id()));
-        let clip = render(&pipeline, &spec, &chunks, &mp4).with_context(|| format!("rendering {prompt:?}"))?;
-        let settings = ClipSettings { frames: spec.frames as usize, width: spec.width as usize, height: spec.height as usize, fps: spec.fps };
-        let (round_trip, vae_psnr_db) = vae_round_trip(&pipeline, scene, &settings, spec.seed).with_context(|| format!("VAE round trip of {prompt:?}"))?;
+        let clip = render(&pipeline, &spec, &chunks, &start, &mp4).with_context(|| format!("rendering {prompt:?}"))?;
+        let render_s = started.elapsed().as_secs_f64();
+        let (round_trip, vae_psnr_db) =
+            vae_round_trip(&pipeline, &original, latents, &settings).with_context(|| format!("VAE round trip of {prompt:?}"))?;
         let detection = detect(&clip, &DetectorConfig::default());
         let adherence = score(&detection, scene);
         let round_trip = detect(&round_trip, &DetectorConfig::default());
@@ -235,7 +299,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             vae_psnr_db,
             vae_all_correct: score(&round_trip, scene).all_correct(),
             vae_detected: describe(&round_trip),
-            render_s: started.elapsed().as_secs_f64(),
+            render_s,
             prompt,
             split: scene.split(),
         };
@@ -275,6 +339,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             stitch_mode: spec.stitch_mode,
             chunk_latent_frames: spec.chunk_latent_frames,
             overlap_latent_frames: spec.overlap_latent_frames,
+            from_clip_sigma: args.from_clip,
             summary: &summary,
             results: &results,
         };
