@@ -11,7 +11,8 @@ predicts what the old one did until it trains on, from what it learnt (all but `
 `position_frequencies`); their weights follow the old features in `position_embedding.weight`'s
 columns. `pooled-text`: the mean of the prompt's tokens joins the timestep embedding
 (`pooled_text_modulation`, weights `condition_embedder.pooled_text_embedder.*`). `input-skip`:
-the flow adds the noisy input times a gate of the timestep (`input_skip`, weights `input_skip.*`).
+the prediction (flow, or clean latents of a `sample` model) adds the noisy input times a gate of
+the timestep (`input_skip`, weights `input_skip.*`).
 `input-gate`: the patch tokens are scaled per channel by one plus a gate of the timestep
 (`input_gate`, weights `patch_gate.*`). `sample`: the network outputs the clean latents
 (`prediction_type` "sample"); the weights stay, but their output now means something else, so
@@ -66,8 +67,8 @@ add_input_gate = zero_linear("input_gate", "patch_gate", inner_dim, inner_dim)
 
 
 def predict_sample(config, weights):
-    if config.get("prediction_type") == "sample" or config.get("input_skip"):
-        raise SystemExit("sample: the model predicts the sample already, or has an input skip")
+    if config.get("prediction_type") == "sample":
+        raise SystemExit("sample: the model predicts the sample already")
     config["prediction_type"] = "sample"
 
 

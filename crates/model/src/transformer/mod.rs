@@ -5,8 +5,8 @@
 //! With `position_frequencies` set (vidfarm's extension, weights `position_embedding.*`), each
 //! token also gets its place in the frame and in the clip: see [`position`]. With
 //! `pooled_text_modulation` the caption's mean token joins the timestep embedding (see
-//! [`embeddings`]); with `input_skip` the predicted flow adds the noisy input through a gate of
-//! the timestep (see `WanTransformer3DModel::input_skip`); with `input_gate` the timestep scales
+//! [`embeddings`]); with `input_skip` the prediction (flow or clean latents) adds the noisy input
+//! through a gate of the timestep (see `WanTransformer3DModel::input_skip`); with `input_gate` the timestep scales
 //! the patch tokens (`WanTransformer3DModel::patch_gate`); with `prediction_type` "sample" the
 //! network predicts the clean latents and `forward` turns them into the flow ([`Prediction`]).
 //!
@@ -140,8 +140,9 @@ pub struct WanTransformerConfig {
     /// (weights `condition_embedder.pooled_text_embedder.*`), so the caption scales every block.
     #[serde(default, skip_serializing_if = "is_false")]
     pub pooled_text_modulation: bool,
-    /// vidfarm extension: the predicted flow adds the noisy input, scaled per channel by a gate
-    /// of the timestep embedding (weights `input_skip.*`; needs `out_channels == in_channels`).
+    /// vidfarm extension: the prediction (the flow, or the clean latents of a `"sample"` model)
+    /// adds the noisy input, scaled per channel by a gate of the timestep embedding (weights
+    /// `input_skip.*`; needs `out_channels == in_channels`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub input_skip: bool,
     /// vidfarm extension, named as diffusers' schedulers name theirs: what the network's output
@@ -244,9 +245,6 @@ impl WanTransformerConfig {
             if self.out_channels() != self.in_channels {
                 return Err(unsupported(path, "prediction_type", "sample", "needs out_channels equal to in_channels"));
             }
-            if self.input_skip {
-                return Err(unsupported(path, "input_skip", true, "a sample prediction needs no input skip"));
-            }
         }
         if self.patch_size.contains(&0) {
             return Err(unsupported(path, "patch_size", self.patch_size, "must be positive"));
@@ -293,10 +291,11 @@ pub struct WanTransformer3DModel<B: Backend> {
     pub proj_out: Linear<B>,
     /// Present when `position_frequencies` is set.
     pub position_embedding: Option<Linear<B>>,
-    /// `dim -> out_channels`, present when `input_skip` is set. Why: at sigma 1 the flow is the
-    /// input noise minus the clean latents, so the network must carry its input through; when its
-    /// width is the patch's (vidfarm-tiny: 64 = 16 channels x 2 x 2) that leaves no room for what
-    /// the caption says. The gate carries the noise instead.
+    /// `dim -> out_channels`, present when `input_skip` is set. Why: a network as wide as its
+    /// patch (vidfarm-tiny: 64 = 16 channels x 2 x 2) has no room to carry its input through
+    /// besides what the caption says. For a flow, at sigma 1 the input noise is half the answer;
+    /// for clean latents, at low sigma the input nearly is the answer (EDM's `c_skip`). The gate
+    /// carries the input instead, and the network adds what it changes.
     pub input_skip: Option<Linear<B>>,
     /// `dim -> dim`, present when `input_gate` is set. Why: the patch embedding of a model as
     /// wide as its patch fills the whole residual stream with the input; at sigma 1 that input is
@@ -485,17 +484,20 @@ impl<B: Backend> WanTransformer3DModel<B> {
         let x: Tensor<B, 8> = x.reshape([batch, grid[0], grid[1], grid[2], p_t, p_h, p_w, out_channels]);
         let x = x.permute([0, 7, 1, 4, 2, 5, 3, 6]);
         let out = x.reshape([batch, out_channels, frames, height, width]);
-        Ok(match (self.prediction, &self.input_skip) {
-            (Prediction::Sample, _) => {
+        let out = match &self.input_skip {
+            Some(skip) => {
+                let gate = skip.forward(silu(cond.temb)).reshape([batch, out_channels, 1, 1, 1]);
+                out + input.clone() * gate
+            }
+            None => out,
+        };
+        Ok(match self.prediction {
+            Prediction::Sample => {
                 let sigmas = timesteps.iter().map(|t| (t / NUM_TRAIN_TIMESTEPS as f32).max(SAMPLE_SIGMA_FLOOR)).collect::<Vec<f32>>();
                 let sigmas = Tensor::<B, 5>::from_data(TensorData::new(sigmas, [batch, 1, 1, 1, 1]), &device);
                 (input - out) / sigmas
             }
-            (Prediction::Flow, Some(skip)) => {
-                let gate = skip.forward(silu(cond.temb)).reshape([batch, out_channels, 1, 1, 1]);
-                out + input * gate
-            }
-            (Prediction::Flow, None) => out,
+            Prediction::Flow => out,
         })
     }
 }
@@ -674,7 +676,8 @@ mod config_tests {
     }
 
     /// A `"sample"` model's flow is `(x_t - output) / sigma` of what the same weights output
-    /// raw, with sigma held at its floor; the key round-trips and a wrong value is named.
+    /// raw, with sigma held at its floor, the input skip included; the key round-trips and a
+    /// wrong value is named.
     #[test]
     fn sample_prediction_is_turned_into_the_flow() {
         let device = Default::default();
@@ -683,6 +686,7 @@ mod config_tests {
         let (latents, text) = inputs::<B>(3, &device);
         let mut config = tiny_config("full");
         config.prediction_type = Some("sample".into());
+        config.input_skip = true;
         let (_, loaded) = saved_and_loaded::<B>(config, dir.path(), &device);
         assert_eq!(loaded.prediction, Prediction::Sample);
         let mut raw = loaded.clone();
@@ -699,11 +703,6 @@ mod config_tests {
         std::fs::write(&path, json.to_string()).expect("write");
         let text = WanTransformerConfig::from_file(&path).expect_err("epsilon").to_string();
         assert!(text.contains("prediction_type") && text.contains("epsilon"), "{text}");
-        json["prediction_type"] = "sample".into();
-        json["input_skip"] = true.into();
-        std::fs::write(&path, json.to_string()).expect("write");
-        let text = WanTransformerConfig::from_file(&path).expect_err("both").to_string();
-        assert!(text.contains("input_skip"), "{text}");
     }
 
     #[test]
