@@ -28,6 +28,9 @@ pub struct ProfileDefaults {
     pub sampler: String,
     pub steps: u32,
     pub guidance_scale: f32,
+    /// Noise level under which steps are not guided (0, the default: every step is).
+    #[serde(default)]
+    pub guidance_min_sigma: f32,
     pub flow_shift: f32,
     pub chunk_latent_frames: u32,
     pub overlap_latent_frames: u32,

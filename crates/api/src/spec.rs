@@ -113,6 +113,10 @@ pub struct RenderSpec {
     pub sampler: Sampler,
     pub steps: u32,
     pub guidance_scale: f32,
+    /// Steps at noise levels at or under this sigma are not guided (records written before
+    /// this field: 0, every step guided).
+    #[serde(default)]
+    pub guidance_min_sigma: f32,
     pub flow_shift: f32,
     pub chunk_latent_frames: u32,
     pub overlap_latent_frames: u32,
@@ -178,6 +182,8 @@ impl RenderSpec {
         let sampler = sampler.parse::<Sampler>().map_err(|e| FieldError::new("spec.sampler", e))?;
         let steps = in_range("spec.steps", spec.steps.unwrap_or(d.steps), 1, MAX_STEPS)?;
         let guidance_scale = float_in_range("spec.guidance_scale", spec.guidance_scale.unwrap_or(d.guidance_scale), 0.0, MAX_GUIDANCE)?;
+        let guidance_min_sigma =
+            float_in_range("spec.guidance_min_sigma", spec.guidance_min_sigma.unwrap_or(d.guidance_min_sigma), 0.0, 1.0)?;
         let flow_shift = float_in_range("spec.flow_shift", spec.flow_shift.unwrap_or(d.flow_shift), f32::MIN_POSITIVE, MAX_FLOW_SHIFT)?;
 
         let chunk_latent_frames =
@@ -227,6 +233,7 @@ impl RenderSpec {
             sampler,
             steps,
             guidance_scale,
+            guidance_min_sigma,
             flow_shift,
             chunk_latent_frames,
             overlap_latent_frames,
@@ -329,6 +336,7 @@ impl From<&RenderSpec> for pb::ResolvedSpec {
             sampler: s.sampler.to_string(),
             steps: s.steps,
             guidance_scale: s.guidance_scale,
+            guidance_min_sigma: s.guidance_min_sigma,
             flow_shift: s.flow_shift,
             chunk_latent_frames: s.chunk_latent_frames,
             overlap_latent_frames: s.overlap_latent_frames,
@@ -363,6 +371,7 @@ mod tests {
                 sampler: "euler".into(),
                 steps: 20,
                 guidance_scale: 4.0,
+                guidance_min_sigma: 0.0,
                 flow_shift: 3.0,
                 chunk_latent_frames: 8,
                 overlap_latent_frames: 2,
@@ -409,6 +418,9 @@ mod tests {
         assert_eq!(field_of(pb::JobSpec { steps: Some(MAX_STEPS + 1), ..spec("a") }), "spec.steps");
         assert_eq!(field_of(pb::JobSpec { sampler: "ddim".into(), ..spec("a") }), "spec.sampler");
         assert_eq!(field_of(pb::JobSpec { guidance_scale: Some(f32::INFINITY), ..spec("a") }), "spec.guidance_scale");
+        for sigma in [-0.1, 1.5, f32::NAN] {
+            assert_eq!(field_of(pb::JobSpec { guidance_min_sigma: Some(sigma), ..spec("a") }), "spec.guidance_min_sigma");
+        }
         assert_eq!(field_of(pb::JobSpec { flow_shift: Some(0.0), ..spec("a") }), "spec.flow_shift");
         assert_eq!(field_of(pb::JobSpec { model: "sora".into(), ..spec("a") }), "spec.model");
         assert_eq!(

@@ -41,7 +41,7 @@ pub fn job_json(job: &pb::Job) -> Value {
         "spec": {
             "prompt": spec.prompt, "negative_prompt": spec.negative_prompt, "frames": spec.frames, "fps": spec.fps,
             "width": spec.width, "height": spec.height, "seed": spec.seed, "sampler": spec.sampler, "steps": spec.steps,
-            "guidance_scale": spec.guidance_scale, "flow_shift": spec.flow_shift,
+            "guidance_scale": spec.guidance_scale, "guidance_min_sigma": spec.guidance_min_sigma, "flow_shift": spec.flow_shift,
             "chunk_latent_frames": spec.chunk_latent_frames, "overlap_latent_frames": spec.overlap_latent_frames,
             "stitch_mode": wire_name(pb::StitchMode::try_from(spec.stitch_mode).map(|m| m.as_str_name()), "STITCH_MODE_"),
             "blend_curve": wire_name(pb::BlendCurve::try_from(spec.blend_curve).map(|c| c.as_str_name()), "BLEND_CURVE_"),

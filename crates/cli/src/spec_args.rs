@@ -70,6 +70,9 @@ pub struct SpecArgs {
     pub steps: Option<u32>,
     #[arg(long)]
     pub guidance: Option<f32>,
+    /// Guide only the steps above this noise level (0 to 1; 0 guides every step).
+    #[arg(long)]
+    pub guidance_min_sigma: Option<f32>,
     #[arg(long)]
     pub flow_shift: Option<f32>,
     /// Chunk length in latent frames (one latent frame is 4 video frames).
@@ -111,6 +114,7 @@ impl SpecArgs {
             sampler: self.sampler.clone().unwrap_or_default(),
             steps: self.steps,
             guidance_scale: self.guidance,
+            guidance_min_sigma: self.guidance_min_sigma,
             flow_shift: self.flow_shift,
             chunk_latent_frames: self.chunk,
             overlap_latent_frames: self.overlap,

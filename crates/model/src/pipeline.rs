@@ -320,6 +320,7 @@ impl<B: Backend> Pipeline<B> {
             steps: 50,
             guidance_scale: 5.0,
             flow_shift: self.scheduler.flow_shift as f32,
+            guidance_min_sigma: 0.0,
         }
     }
 
@@ -462,7 +463,7 @@ mod tests {
         assert!(max_abs_diff(cond.hidden.clone(), original.hidden) < 1e-6);
 
         let noise = Tensor::<B, 5>::random([1, 16, 2, 2, 4], Distribution::Normal(0.0, 1.0), &device);
-        let opts = SamplingOptions { sampler: SamplerKind::UniPc, steps: 2, guidance_scale: 3.0, flow_shift: 3.0 };
+        let opts = SamplingOptions { sampler: SamplerKind::UniPc, steps: 2, guidance_scale: 3.0, flow_shift: 3.0, guidance_min_sigma: 0.0 };
         let mut steps = Vec::new();
         let latents = loaded
             .denoise(noise.clone(), &cond, &uncond, None, ClipSpan::whole(2), &opts, &mut |p| {
@@ -520,7 +521,7 @@ mod tests {
         let cond_err = max_abs_diff(cond.hidden.clone(), read3("prompt_embeds"));
         let uncond_err = max_abs_diff(uncond.hidden.clone(), read3("negative_prompt_embeds"));
 
-        let opts = SamplingOptions { sampler: SamplerKind::UniPc, steps: 4, guidance_scale: 4.0, flow_shift: 3.0 };
+        let opts = SamplingOptions { sampler: SamplerKind::UniPc, steps: 4, guidance_scale: 4.0, flow_shift: 3.0, guidance_min_sigma: 0.0 };
         let noise = read5("noise");
         let span = ClipSpan::whole(noise.dims()[2]);
         let latents = pipeline.denoise(noise, &cond, &uncond, None, span, &opts, &mut |_| StepControl::Continue).expect("denoise");

@@ -86,6 +86,7 @@ pub fn sample_record(id: &str, key: Option<&str>) -> JobRecord {
         sampler: Sampler::Euler,
         steps: 4,
         guidance_scale: 1.0,
+        guidance_min_sigma: 0.0,
         flow_shift: 3.0,
         chunk_latent_frames: 6,
         overlap_latent_frames: 2,

@@ -84,6 +84,7 @@ fn sampling_options(spec: &RenderSpec) -> SamplingOptions {
         sampler: sampler_kind(spec.sampler),
         steps: spec.steps as usize,
         guidance_scale: spec.guidance_scale,
+        guidance_min_sigma: spec.guidance_min_sigma,
         flow_shift: spec.flow_shift,
     }
 }
