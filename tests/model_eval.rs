@@ -76,9 +76,9 @@ fn eval_names_the_metrics_when_a_floor_names_none_of_them() {
 
 /// The shipped model, at its default length and steps, on held-out captions (colour and shape
 /// pairs training never showed together), read back through H.264 and scored by the detector.
-/// On these 8 prompts it measured background 8 of 8, colour 8 of 11 objects, motion 4 of 11 and
-/// VAE PSNR 22.5 dB (on 24 and 64: models/vidfarm-tiny/README.md). A model with random weights
-/// measured background 0.12, motion 0.09 and 6.6 dB; the model shipped before moved 1 of 32
+/// On these 8 prompts it measured background 8 of 8, colour 10 of 11 objects, motion 5 of 11 and
+/// VAE PSNR 22.5 dB (on 64: models/vidfarm-tiny/README.md). A model with random weights
+/// measured background 0.12, motion 0.09 and 6.6 dB; the model shipped in session 21 moved 1 of 32
 /// objects the prompted way (on 24).
 #[test]
 fn the_shipped_model_paints_and_moves_held_out_objects_and_reconstructs_clips() {
