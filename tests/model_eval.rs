@@ -109,22 +109,21 @@ fn the_shipped_model_moves_the_prompted_object_the_prompted_way() {
 }
 
 /// `--from-clip` starts the DiT from each prompt's own clip: below the schedule's last noise
-/// level no step runs, so the render is the VAE's round trip of that clip (through the MP4), and
-/// the detector sees the same there.
+/// level (0.009 at 2 steps) no step runs, so the render is the VAE's round trip of that clip
+/// (through the MP4), whose colours and motions the detector finds as captioned. (Its shapes
+/// are not compared with the round trip's without the MP4: a small square is read as either.)
 #[test]
 fn eval_from_the_clip_itself_scores_as_the_vae_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("eval.json");
-    let passed = eval(&["--limit", "3", "--from-clip", "0.01", "--out", out.to_str().unwrap()]);
+    let passed = eval(&["--limit", "3", "--from-clip", "0.001", "--out", out.to_str().unwrap()]);
     assert!(passed.status.success(), "{}", String::from_utf8_lossy(&passed.stderr));
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    assert_eq!(report["from_clip_sigma"], 0.01);
+    assert_eq!(report["from_clip_sigma"], 0.001);
     let results = report["results"].as_array().unwrap();
     assert_eq!(results.len(), 3);
-    for r in results {
-        assert_eq!(r["all_correct"], r["vae_all_correct"], "{r}");
-    }
-    assert!(report["summary"]["vae_adherence"].as_f64().unwrap() > 0.0, "{report}");
+    let summary = &report["summary"];
+    assert_eq!((summary["colour_accuracy"].as_f64(), summary["motion_accuracy"].as_f64()), (Some(1.0), Some(1.0)), "{report}");
 
     let output = eval(&["--limit", "1", "--from-clip", "1.5"]);
     assert!(!output.status.success());
