@@ -216,6 +216,7 @@ async fn bad_requests_get_the_right_status_naming_the_field() {
         ("spec.model", pb::JobSpec { model: "sora".into(), ..spec(1.0) }),
         ("spec.overlap_latent_frames", pb::JobSpec { chunk_latent_frames: Some(3), overlap_latent_frames: Some(3), ..spec(1.0) }),
         ("spec.guidance_scale", pb::JobSpec { guidance_scale: Some(f32::NAN), ..spec(1.0) }),
+        ("spec.guidance_min_sigma", pb::JobSpec { guidance_min_sigma: Some(1.5), ..spec(1.0) }),
     ];
     for (field, bad) in cases {
         let status = client

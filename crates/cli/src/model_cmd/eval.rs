@@ -168,10 +168,10 @@ enum Start {
 fn render(pipeline: &Pipeline<DefaultBackend>, spec: &RenderSpec, chunks: &[ChunkPlan], start: &Start, mp4: &Path) -> Result<Clip> {
     let parts: Vec<(ChunkPlan, Latents)> = match (spec.stitch_mode, start) {
         (StitchMode::Sync, Start::Noise) => chunks.iter().copied().zip(denoise_synced(pipeline, spec, chunks)?).collect(),
-        (StitchMode::Blend, Start::Clip { clean, sigma }) => chunks
-            .iter()
-            .map(|chunk| Ok((*chunk, denoise_from_clip(pipeline, spec, chunk, clean, *sigma)?)))
-            .collect::<Result<_>>()?,
+        (StitchMode::Blend, Start::Clip { clean, sigma }) => {
+            let prompts = EncodedPrompts::encode(pipeline, spec)?;
+            chunks.iter().map(|chunk| Ok((*chunk, denoise_from_clip(pipeline, spec, &prompts, chunk, clean, *sigma)?))).collect::<Result<_>>()?
+        }
         (StitchMode::Blend | StitchMode::Chain, Start::Noise) => {
             let run = AtomicU8::new(Directive::Run as u8);
             let mut parts: Vec<(ChunkPlan, Latents)> = Vec::with_capacity(chunks.len());
@@ -196,7 +196,14 @@ fn render(pipeline: &Pipeline<DefaultBackend>, spec: &RenderSpec, chunks: &[Chun
 
 /// [`Start::Clip`] for one chunk: `clean`'s frames under the chunk, noised with the chunk's seed
 /// noise to the first schedule sigma at most `sigma`, then the Euler steps from there.
-fn denoise_from_clip(pipeline: &Pipeline<DefaultBackend>, spec: &RenderSpec, chunk: &ChunkPlan, clean: &Latents, sigma: f64) -> Result<Latents> {
+fn denoise_from_clip(
+    pipeline: &Pipeline<DefaultBackend>,
+    spec: &RenderSpec,
+    prompts: &EncodedPrompts<DefaultBackend>,
+    chunk: &ChunkPlan,
+    clean: &Latents,
+    sigma: f64,
+) -> Result<Latents> {
     let sigmas = FlowMatchEulerDiscreteScheduler::new(f64::from(spec.flow_shift)).schedule(spec.steps as usize).sigmas;
     // The schedule ends at 0, so some step qualifies; starting at the end runs no step.
     let first = sigmas.iter().position(|&s| s <= sigma).unwrap_or(sigmas.len() - 1);
@@ -205,9 +212,8 @@ fn denoise_from_clip(pipeline: &Pipeline<DefaultBackend>, spec: &RenderSpec, chu
     let level = sigmas[first] as f32;
     let mixed = clean.data.iter().zip(&noise.data).map(|(c, n)| (1.0 - level) * c + level * n).collect();
     let mut latents = Latents::new(noise.shape, mixed)?;
-    let prompts = EncodedPrompts::encode(pipeline, spec)?;
     for step in first..spec.steps as usize {
-        latents = denoise_step(pipeline, spec, &prompts, chunk, latents, step as u32)?;
+        latents = denoise_step(pipeline, spec, prompts, chunk, latents, step as u32)?;
     }
     Ok(latents)
 }
