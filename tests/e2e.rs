@@ -517,6 +517,9 @@ async fn a_chain_job_denoises_its_chunks_in_order_each_continuing_from_the_last(
     let sum: f64 = line("vidfarm_clip_seam_ratio_sum").expect("a seam ratio sum").parse().unwrap();
     assert!((sum - seams).abs() <= 1e-9 * seams, "metric {sum} against GetJob's {seams}");
     assert!(text.contains(r#"vidfarm_tasks_total{kind="denoise",outcome="done"} 6"#), "{text}");
+    for line in ["vidfarm_jobs_accepted_total 1", r#"vidfarm_jobs_ended_total{state="succeeded"} 1"#, r#"vidfarm_job_seconds_count{state="succeeded"} 1"#] {
+        assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
+    }
 
     // Each chunk's first two latent frames are exactly the previous chunk's last two.
     let store = vidfarm_store::ArtifactStore::local(server._store.as_ref().unwrap().path()).unwrap();

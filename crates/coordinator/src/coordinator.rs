@@ -5,7 +5,7 @@ use vidfarm_api::{FieldError, ModelProfile, RenderSpec, pb};
 use vidfarm_plan::plan_chunks;
 use vidfarm_queue::{
     Control, FarmState, JobBook, JobChange, JobRecord, JobState, Page, Queue, QueueError, WorkerInfo, WorkerRegistry,
-    WorkerState, now_ms,
+    WorkerState, now_ms, update_and_count,
 };
 use vidfarm_store::ArtifactStore;
 
@@ -69,6 +69,7 @@ impl Coordinator {
             for task in record.pending_tasks() {
                 self.queue.push(task).await?;
             }
+            vidfarm_telemetry::metrics().job_accepted();
             tracing::info!(job_id = %record.id, chunks = record.chunks.len(), frames = record.spec.frames, "job accepted");
         }
         Ok((record, created))
@@ -95,7 +96,7 @@ impl Coordinator {
     /// running chunk stops at its next denoising step.
     pub async fn control(&self, job_id: &str, control: Control) -> Result<JobRecord, CoordinatorError> {
         check_job_id(job_id)?;
-        let (record, _) = self.book.update(job_id, JobChange::Control(control)).await?;
+        let (record, _) = update_and_count(self.book.as_ref(), job_id, JobChange::Control(control)).await?;
         if control == Control::Cancel {
             self.queue.discard_job(job_id).await?;
         }
@@ -132,7 +133,7 @@ impl Coordinator {
         let Some(clip) = &record.clip else {
             return Err(CoordinatorError::NoClip {
                 job_id: job_id.to_string(),
-                state: format!("{:?}", record.state).to_lowercase(),
+                state: record.state.name().to_string(),
             });
         };
         let url = self.store.fetch_url(&clip.object_key).await.map_err(|e| CoordinatorError::Store(e.to_string()))?;
@@ -144,7 +145,7 @@ impl Coordinator {
     pub async fn delete(&self, job_id: &str) -> Result<JobRecord, CoordinatorError> {
         let record = self.get(job_id).await?;
         if !record.state.is_final() {
-            let state = format!("{:?}", record.state).to_lowercase();
+            let state = record.state.name();
             return Err(QueueError::Precondition(format!("cannot delete job {job_id}: it is {state}; cancel it first")).into());
         }
         let count = self.store.delete_under(&ArtifactStore::job_prefix(job_id)).await.map_err(|e| CoordinatorError::Store(e.to_string()))?;

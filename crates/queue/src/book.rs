@@ -1,7 +1,7 @@
 //! The job book: every job's record, changed only through `JobChange`s, watched as a stream.
 
-use crate::QueueError;
 use crate::job::{JobChange, JobRecord, JobState, UpdateDetail};
+use crate::{QueueError, now_ms};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
@@ -32,4 +32,15 @@ pub trait JobBook: Send + Sync + 'static {
     async fn update(&self, id: &str, change: JobChange) -> Result<(JobRecord, Option<UpdateDetail>), QueueError>;
     /// The job's updates from now on. Subscribe, then `get`, to miss nothing.
     async fn subscribe(&self, id: &str) -> Result<BoxStream<'static, JobUpdate>, QueueError>;
+}
+
+/// `book.update`, counting the job's end in this process's metrics when the change ended it:
+/// how coordinators and workers apply the changes that can end a job.
+pub async fn update_and_count(book: &dyn JobBook, id: &str, change: JobChange) -> Result<(JobRecord, Option<UpdateDetail>), QueueError> {
+    let (record, detail) = book.update(id, change.clone()).await?;
+    if let Some(state) = change.ended_job(detail.as_ref()) {
+        let seconds = (now_ms() - record.created_ms).max(0) as f64 / 1000.0;
+        vidfarm_telemetry::metrics().job_ended(state.name(), seconds);
+    }
+    Ok((record, detail))
 }

@@ -22,6 +22,17 @@ impl JobState {
     pub fn is_final(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +108,18 @@ pub enum JobChange {
     Control(Control),
     /// The job's objects were removed from the store (`DeleteJob`); it has no clip any more.
     ObjectsDeleted,
+}
+
+impl JobChange {
+    /// The final state this change put its job in, given what applying it did; `None` unless
+    /// it ended the job just then (a deletion's event repeats the state of a job that had ended).
+    pub fn ended_job(&self, detail: Option<&UpdateDetail>) -> Option<JobState> {
+        match (self, detail) {
+            (Self::ObjectsDeleted, _) => None,
+            (_, Some(UpdateDetail::State(state))) if state.is_final() => Some(*state),
+            _ => None,
+        }
+    }
 }
 
 /// What a client asks of a job.
@@ -195,8 +218,7 @@ impl JobRecord {
             JobChange::Control(control) => self.apply_control(*control)?,
             JobChange::ObjectsDeleted => {
                 if !self.state.is_final() {
-                    let state = format!("{:?}", self.state).to_lowercase();
-                    return Err(QueueError::Precondition(format!("cannot delete job {}: it is {state}", self.id)));
+                    return Err(QueueError::Precondition(format!("cannot delete job {}: it is {}", self.id, self.state.name())));
                 }
                 // The state stays; the event tells watchers the job changed (its clip is gone).
                 self.clip.take().map(|_| UpdateDetail::State(self.state))
@@ -282,8 +304,7 @@ impl JobRecord {
     fn apply_control(&mut self, control: Control) -> Result<Option<UpdateDetail>, QueueError> {
         if self.state.is_final() {
             let verb = format!("{control:?}").to_lowercase();
-            let state = format!("{:?}", self.state).to_lowercase();
-            return Err(QueueError::Precondition(format!("cannot {verb} job {}: it is already {state}", self.id)));
+            return Err(QueueError::Precondition(format!("cannot {verb} job {}: it is already {}", self.id, self.state.name())));
         }
         let next = match (control, self.state) {
             (Control::Cancel, _) => JobState::Cancelled,
@@ -368,5 +389,22 @@ mod tests {
         assert_eq!(record.apply(&JobChange::ObjectsDeleted, 3).unwrap(), Some(UpdateDetail::State(JobState::Succeeded)));
         assert_eq!((record.clip.as_ref(), record.sequence), (None, sequence + 1));
         assert_eq!(record.apply(&JobChange::ObjectsDeleted, 4).unwrap(), None, "a second delete changes nothing");
+    }
+
+    #[test]
+    fn a_job_ends_once_and_only_by_a_final_change() {
+        let mut record = sample_record("job-e", None);
+        let mut ended = |change: JobChange| {
+            let detail = record.apply(&change, 1).unwrap();
+            change.ended_job(detail.as_ref())
+        };
+        assert_eq!(ended(JobChange::Control(Control::Pause)), None);
+        assert_eq!(ended(JobChange::Control(Control::Resume)), None);
+        assert_eq!(ended(JobChange::Failed("chunk 0 failed".into())), Some(JobState::Failed));
+        assert_eq!(ended(JobChange::Failed("again".into())), None, "a job ends once");
+        assert_eq!(ended(JobChange::ObjectsDeleted), None, "a deletion repeats the final state without ending the job");
+        let mut record = sample_record("job-f", None);
+        let detail = record.apply(&JobChange::Control(Control::Cancel), 1).unwrap();
+        assert_eq!(JobChange::Control(Control::Cancel).ended_job(detail.as_ref()), Some(JobState::Cancelled));
     }
 }

@@ -12,7 +12,7 @@ pub use redis::{RedisJobBook, RedisNamespace, RedisQueue, RedisWorkerRegistry};
 pub mod task;
 pub mod workers;
 
-pub use book::{JobBook, JobUpdate, Page};
+pub use book::{JobBook, JobUpdate, Page, update_and_count};
 pub use job::{ChunkStatus, ClipInfo, Control, JobChange, JobRecord, JobState, Stage, UpdateDetail};
 pub use task::{Lease, Queue, Task, TaskKind};
 pub use workers::{WorkerInfo, WorkerRegistry, WorkerState};

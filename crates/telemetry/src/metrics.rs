@@ -28,18 +28,29 @@ pub struct StitchLabels {
     pub stitch_mode: &'static str,
 }
 
+/// How a job ended: `succeeded`, `failed` or `cancelled`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobEndLabels {
+    pub state: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     tasks: Family<TaskLabels, Counter>,
     task_seconds: Family<TaskKindLabels, Histogram>,
     clips: Family<StitchLabels, Counter>,
     seam_ratio: Family<StitchLabels, Histogram>,
+    jobs_accepted: Counter,
+    jobs_ended: Family<JobEndLabels, Counter>,
+    job_seconds: Family<JobEndLabels, Histogram>,
 }
 
 /// Seconds a task took: a denoising step on a CPU takes a fraction of a second, a chunk on a
 /// large model minutes.
 const SECONDS_BUCKETS: [f64; 12] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1200.0];
 /// Seam ratios: 1.0 is an invisible seam; the long-video targets sit at 1.15.
+/// Seconds from a job's acceptance to its end: a short clip on a CPU, an hour-long one on a farm.
+const JOB_SECONDS_BUCKETS: [f64; 12] = [1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0];
 const SEAM_BUCKETS: [f64; 11] = [0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.25, 1.5, 2.0, 3.0];
 
 impl Metrics {
@@ -57,7 +68,13 @@ impl Metrics {
             "Seam ratio of each assembled clip of two or more chunks (1.0: seams as smooth as the rest)",
             seam_ratio.clone(),
         );
-        Self { registry, tasks, task_seconds, clips, seam_ratio }
+        let jobs_accepted = Counter::default();
+        registry.register("jobs_accepted", "Jobs a coordinator accepted (a repeated idempotency key is not counted)", jobs_accepted.clone());
+        let jobs_ended = Family::default();
+        registry.register("jobs_ended", "Jobs that ended, by final state, counted by the process that ended them", jobs_ended.clone());
+        let job_seconds = Family::<_, _, fn() -> Histogram>::new_with_constructor(|| Histogram::new(JOB_SECONDS_BUCKETS));
+        registry.register("job_seconds", "Time from a job's acceptance to its end, by final state", job_seconds.clone());
+        Self { registry, tasks, task_seconds, clips, seam_ratio, jobs_accepted, jobs_ended, job_seconds }
     }
 
     /// A task ended; `seconds` is recorded for completed (`done`) tasks only.
@@ -75,6 +92,17 @@ impl Metrics {
         if let Some(ratio) = seam_ratio {
             self.seam_ratio.get_or_create(&labels).observe(ratio);
         }
+    }
+
+    pub fn job_accepted(&self) {
+        self.jobs_accepted.inc();
+    }
+
+    /// A job reached its final `state`, `seconds` after it was accepted.
+    pub fn job_ended(&self, state: &'static str, seconds: f64) {
+        let labels = JobEndLabels { state };
+        self.jobs_ended.get_or_create(&labels).inc();
+        self.job_seconds.get_or_create(&labels).observe(seconds);
     }
 
     /// Everything recorded so far, in the OpenMetrics text format.
@@ -106,12 +134,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn recorded_tasks_and_seams_appear_in_the_text() {
+    fn recorded_tasks_seams_and_jobs_appear_in_the_text() {
         let m = Metrics::new();
         m.task_finished("denoise", "done", 0.3);
         m.task_finished("denoise", "failed", 9.0);
         m.clip_assembled("sync", Some(1.02));
         m.clip_assembled("sync", None);
+        m.job_accepted();
+        m.job_accepted();
+        m.job_ended("cancelled", 42.0);
         let text = m.encode();
         for line in [
             r#"vidfarm_tasks_total{kind="denoise",outcome="done"} 1"#,
@@ -123,6 +154,10 @@ mod tests {
             r#"vidfarm_clip_seam_ratio_count{stitch_mode="sync"} 1"#,
             r#"vidfarm_clip_seam_ratio_bucket{le="1.05",stitch_mode="sync"} 1"#,
             r#"vidfarm_clip_seam_ratio_bucket{le="1.0",stitch_mode="sync"} 0"#,
+            r#"vidfarm_jobs_accepted_total 2"#,
+            r#"vidfarm_jobs_ended_total{state="cancelled"} 1"#,
+            r#"vidfarm_job_seconds_bucket{le="30.0",state="cancelled"} 0"#,
+            r#"vidfarm_job_seconds_bucket{le="60.0",state="cancelled"} 1"#,
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
         }

@@ -13,7 +13,7 @@ use vidfarm_plan::{BlendCurve, ChunkPlan, FrameSpan, Latents, fuse_chunk, seam_f
 use vidfarm_synth::seam_ratio;
 use vidfarm_queue::{
     ClipInfo, FarmState, JobBook, JobChange, JobRecord, JobState, Lease, Queue, QueueError, TaskKind, UpdateDetail, WorkerInfo, WorkerRegistry,
-    WorkerState, now_ms,
+    WorkerState, now_ms, update_and_count,
 };
 use vidfarm_store::{ArtifactStore, StoreError, SyncPart};
 
@@ -230,7 +230,7 @@ where
                 if failures >= self.config.max_attempts {
                     tracing::error!(%error, failures, "task failed for good");
                     let reason = format!("{what} failed after {failures} attempts: {error}");
-                    self.book.update(&job_id, JobChange::Failed(reason)).await?;
+                    update_and_count(self.book.as_ref(), &job_id, JobChange::Failed(reason)).await?;
                     self.queue.ack(&lease).await?;
                 } else {
                     let delay = self.config.retry_base * 2u32.saturating_pow(failures - 1);
@@ -422,7 +422,7 @@ where
         };
         tracing::info!(job_id = %record.id, bytes = clip.size_bytes, frames, seam_ratio, "clip stored");
         vidfarm_telemetry::metrics().clip_assembled(record.spec.stitch_mode.name(), seam_ratio);
-        self.book.update(&record.id, JobChange::Succeeded(clip)).await?;
+        update_and_count(self.book.as_ref(), &record.id, JobChange::Succeeded(clip)).await?;
         if !record.spec.keep_intermediates {
             // The job is final, so no task reads its chunks again; a failure here only leaves
             // them behind.
