@@ -312,42 +312,48 @@ mod tests {
 
     type B = TestBackend;
 
-    fn fixture_vae() -> AutoencoderKLWan<B> {
-        AutoencoderKLWan::load(&fixture("vae").join("vae"), &Default::default()).expect("load the fixture VAE")
+    fn fixture_vae(name: &str) -> AutoencoderKLWan<B> {
+        AutoencoderKLWan::load(&fixture(name).join("vae"), &Default::default()).expect("load the fixture VAE")
     }
 
-    fn fixture_io() -> TensorSource {
-        TensorSource::open_files(&[fixture("vae").join("io.safetensors")]).expect("open vae io.safetensors")
+    fn fixture_io(name: &str) -> TensorSource {
+        TensorSource::open_files(&[fixture(name).join("io.safetensors")]).expect("open the fixture's io.safetensors")
     }
 
-    fn check_decode(latent_frames: usize) {
+    fn check_decode(name: &str, latent_frames: usize) {
         let device = Default::default();
-        let vae = fixture_vae();
-        let io = fixture_io();
+        let vae = fixture_vae(name);
+        let io = fixture_io(name);
         let z = io.tensor_of_rank::<B, 5>(&format!("decode{latent_frames}.z"), &device).expect("z");
         let expected = io.tensor_of_rank::<B, 5>(&format!("decode{latent_frames}.sample"), &device).expect("sample");
         // A batch of two copies checks that batch items stay apart.
         let batch = Tensor::cat(vec![z.clone(), z], 0);
         let err = max_abs_diff(vae.decode(batch).expect("decode"), Tensor::cat(vec![expected.clone(), expected], 0));
-        println!("vae decode ({latent_frames} latent frames) max abs error {err:e}");
-        assert!(err <= 1e-4, "vae decode ({latent_frames} latent frames) max abs error {err}");
+        println!("{name} decode ({latent_frames} latent frames) max abs error {err:e}");
+        assert!(err <= 1e-4, "{name} decode ({latent_frames} latent frames) max abs error {err}");
     }
 
     #[test]
     fn parity_vae_decode_one_latent_frame() {
-        check_decode(1);
+        check_decode("vae", 1);
     }
 
     #[test]
     fn parity_vae_decode_three_latent_frames() {
-        check_decode(3);
+        check_decode("vae", 3);
+    }
+
+    #[test]
+    fn parity_vae_wide_decoder() {
+        check_decode("vae_wide_decoder", 1);
+        check_decode("vae_wide_decoder", 3);
     }
 
     #[test]
     fn parity_vae_encode() {
         let device = Default::default();
-        let vae = fixture_vae();
-        let io = fixture_io();
+        let vae = fixture_vae("vae");
+        let io = fixture_io("vae");
         let x = io.tensor_of_rank::<B, 5>("encode.x", &device).expect("x");
         let expected = io.tensor_of_rank::<B, 5>("encode.mean", &device).expect("mean");
         let batch = Tensor::cat(vec![x.clone(), x], 0);
@@ -361,7 +367,7 @@ mod tests {
         let device = Default::default();
         let original_dir = fixture("vae").join("vae");
         let original = TensorSource::open_component(&original_dir).expect("fixture weights");
-        let vae = fixture_vae();
+        let vae = fixture_vae("vae");
         let dir = std::env::temp_dir().join(format!("vidfarm-vae-roundtrip-{}", std::process::id()));
         vae.save(&dir).expect("save");
         let saved = TensorSource::open_component(&dir).expect("saved weights");
