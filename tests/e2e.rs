@@ -511,13 +511,24 @@ async fn a_chain_job_denoises_its_chunks_in_order_each_continuing_from_the_last(
     let seams = clip.seam_ratio.expect("a six-chunk clip reports its seam ratio");
     assert!(seams.is_finite() && seams > 0.0, "{seams}");
     // The same figure as a metric, on the server's /metrics.
-    let text = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap().text().await.unwrap();
+    let scrape = || async { reqwest::get(format!("http://{metrics}/metrics")).await.unwrap().text().await.unwrap() };
+    let text = scrape().await;
     let line = |name: &str| text.lines().find_map(|l| l.strip_prefix(&format!("{name}{{stitch_mode=\"chain\"}} "))).map(str::to_string);
     assert_eq!(line("vidfarm_clip_seam_ratio_count").as_deref(), Some("1"), "{text}");
     let sum: f64 = line("vidfarm_clip_seam_ratio_sum").expect("a seam ratio sum").parse().unwrap();
     assert!((sum - seams).abs() <= 1e-9 * seams, "metric {sum} against GetJob's {seams}");
     assert!(text.contains(r#"vidfarm_tasks_total{kind="denoise",outcome="done"} 6"#), "{text}");
-    for line in ["vidfarm_jobs_accepted_total 1", r#"vidfarm_jobs_ended_total{state="succeeded"} 1"#, r#"vidfarm_job_seconds_count{state="succeeded"} 1"#] {
+    // The worker counts the job's end just after the change that watchers see: allow it a moment.
+    let ended = r#"vidfarm_jobs_ended_total{state="succeeded"} 1"#;
+    let mut text = text;
+    for _ in 0..50 {
+        if text.lines().any(|l| l == ended) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = scrape().await;
+    }
+    for line in ["vidfarm_jobs_accepted_total 1", ended, r#"vidfarm_job_seconds_count{state="succeeded"} 1"#] {
         assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
     }
 

@@ -48,9 +48,9 @@ pub struct Metrics {
 /// Seconds a task took: a denoising step on a CPU takes a fraction of a second, a chunk on a
 /// large model minutes.
 const SECONDS_BUCKETS: [f64; 12] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1200.0];
-/// Seam ratios: 1.0 is an invisible seam; the long-video targets sit at 1.15.
 /// Seconds from a job's acceptance to its end: a short clip on a CPU, an hour-long one on a farm.
 const JOB_SECONDS_BUCKETS: [f64; 12] = [1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0];
+/// Seam ratios: 1.0 is an invisible seam; the long-video targets sit at 1.15.
 const SEAM_BUCKETS: [f64; 11] = [0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.25, 1.5, 2.0, 3.0];
 
 impl Metrics {
