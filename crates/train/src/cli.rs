@@ -68,6 +68,10 @@ pub struct TrainArgs {
     /// trained on them) stay valid.
     #[arg(long)]
     pub decoder_only: bool,
+    /// vae: scale of the noise that samples the posterior when the whole VAE trains; 0 decodes
+    /// the posterior means, which is what the pipeline decodes.
+    #[arg(long, default_value_t = 1.0)]
+    pub posterior_noise: f64,
     /// dit: clips pre-encoded once (cached in --out) and sampled from.
     #[arg(long, default_value_t = 4096)]
     pub clips: usize,
@@ -137,6 +141,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 statistics_clips: args.statistics_clips,
                 decoder_only: args.decoder_only,
                 object_weight: args.object_weight,
+                posterior_noise: args.posterior_noise,
             }),
             1,
         ),

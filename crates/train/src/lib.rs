@@ -152,11 +152,31 @@ mod tests {
     }
 
     fn vae() -> StageRecipe {
-        StageRecipe::Vae(VaeRecipe { frames: 5, crop: 16, kl_weight: 1e-4, statistics_clips: 2, decoder_only: false, object_weight: 0.0 })
+        StageRecipe::Vae(VaeRecipe { frames: 5, crop: 16, kl_weight: 1e-4, statistics_clips: 2, decoder_only: false, object_weight: 0.0, posterior_noise: 1.0 })
     }
 
     fn vae_decoder() -> StageRecipe {
-        StageRecipe::Vae(VaeRecipe { frames: 5, crop: 16, kl_weight: 0.0, statistics_clips: 2, decoder_only: true, object_weight: 2.0 })
+        StageRecipe::Vae(VaeRecipe { frames: 5, crop: 16, kl_weight: 0.0, statistics_clips: 2, decoder_only: true, object_weight: 2.0, posterior_noise: 1.0 })
+    }
+
+    /// Options out of range are refused before anything loads, with the option's name.
+    #[test]
+    fn options_out_of_range_are_refused_by_name() {
+        let base = options(Path::new("model"), Path::new("out"), 2, vae());
+        assert!(base.validate().is_ok());
+        let with_vae = |change: &dyn Fn(&mut VaeRecipe)| {
+            let mut options = base.clone();
+            let StageRecipe::Vae(recipe) = &mut options.recipe.stage else { unreachable!("a vae recipe") };
+            change(recipe);
+            options.validate().expect_err("out of range").to_string()
+        };
+        assert!(with_vae(&|r| r.crop = 12).contains("crop"));
+        assert!(with_vae(&|r| r.frames = 4).contains("frames"));
+        assert!(with_vae(&|r| r.posterior_noise = 1.5).contains("posterior_noise"));
+        assert!(with_vae(&|r| r.posterior_noise = f64::NAN).contains("posterior_noise"));
+        let mut no_lr = base.clone();
+        no_lr.recipe.lr = 0.0;
+        assert!(no_lr.validate().expect_err("lr 0").to_string().contains("lr"));
     }
 
     /// Stopping after 2 steps and running the same command for 4 gives the run that never stopped:

@@ -93,6 +93,15 @@ pub struct VaeRecipe {
     /// Extra weight of the squared error on pixels that show an object (0: plain MSE).
     #[serde(default)]
     pub object_weight: f64,
+    /// Scale of the noise that samples the posterior in whole-VAE training: 1 samples it, 0
+    /// decodes the means (as the pipeline does), a plain autoencoder.
+    #[serde(default = "sampled_posterior")]
+    pub posterior_noise: f64,
+}
+
+/// Runs saved before `posterior_noise` existed sampled the posterior.
+fn sampled_posterior() -> f64 {
+    1.0
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -190,6 +199,9 @@ impl TrainOptions {
                 }
                 if vae.statistics_clips == 0 {
                     return bad("statistics_clips must be positive".into());
+                }
+                if !(0.0..=1.0).contains(&vae.posterior_noise) {
+                    return bad(format!("posterior_noise must be in [0, 1], got {}", vae.posterior_noise));
                 }
             }
             StageRecipe::Dit(dit) => {

@@ -1,5 +1,6 @@
 //! Stage 1: the causal VAE. Loss: mean squared reconstruction error of a sample of the posterior
-//! plus `kl_weight` times the mean KL of the posterior to N(0, 1). Each checkpoint also sets the
+//! plus `kl_weight` times the mean KL of the posterior to N(0, 1); [`VaeRecipe::posterior_noise`] 0
+//! decodes the posterior means instead of a sample. Each checkpoint also sets the
 //! VAE config's `latents_mean` / `latents_std` from the trained encoder, since the pipeline
 //! normalises latents for the DiT with them. A decoder-only run ([`VaeRecipe::decoder_only`])
 //! decodes the encoder's posterior means and trains the decoder alone, so the latents a DiT was
@@ -82,7 +83,7 @@ pub struct VaeTrainer<B: AutodiffBackend> {
     /// The whole pipeline, so checkpoints are complete model folders; only its VAE trains.
     pub pipeline: Pipeline<B>,
     optim: OptimizerAdaptor<Adam, AutoencoderKLWan<B>, B>,
-    /// The loss's settings: `kl_weight`, `decoder_only`, `object_weight`.
+    /// The loss's settings: `kl_weight`, `decoder_only`, `object_weight`, `posterior_noise`.
     recipe: VaeRecipe,
 }
 
@@ -93,13 +94,13 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
     }
 
     /// One optimizer step at learning rate `lr` on `batch`, with the posterior sampled through
-    /// `noise` (unused when decoder-only).
+    /// `noise` times the recipe's `posterior_noise` (unused when decoder-only).
     pub fn step(&mut self, batch: &VaeBatch, noise: &[f32], lr: f64) -> Result<VaeLoss, TrainError> {
         let device = self.pipeline.device().clone();
         let video = &batch.video;
         let latent_shape = latent_shape(&self.pipeline.vae, video.shape);
         let video = Tensor::<B, 5>::from_data(TensorData::new(video.values.clone(), video.shape), &device);
-        let noise = Tensor::<B, 5>::from_data(TensorData::new(noise.to_vec(), latent_shape), &device);
+        let noise = Tensor::<B, 5>::from_data(TensorData::new(noise.to_vec(), latent_shape), &device) * self.recipe.posterior_noise;
         let weights = (self.recipe.object_weight > 0.0).then(|| object_weights(&batch.objects, self.recipe.object_weight));
         let terms = if self.recipe.decoder_only {
             decoder_loss(&self.pipeline.vae, video, weights.as_deref())?
@@ -192,7 +193,7 @@ mod tests {
     fn steps_on_a_fixed_batch_lower_the_loss() {
         let dir = tempfile::tempdir().expect("tempdir");
         write_tiny_model(dir.path());
-        let recipe = VaeRecipe { frames: 5, crop: 16, kl_weight: 1e-4, statistics_clips: 2, decoder_only: false, object_weight: 0.0 };
+        let recipe = VaeRecipe { frames: 5, crop: 16, kl_weight: 1e-4, statistics_clips: 2, decoder_only: false, object_weight: 0.0, posterior_noise: 1.0 };
         let mut trainer = VaeTrainer::new(load::<TestBackend>(dir.path()), recipe);
         let batch = vae_batch(0, 0, 2, CLIP, 5, 16).expect("batch");
         let noise = Rng::for_item(0, Purpose::VaeNoise, 0, 0).normals(latent_shape(&trainer.pipeline.vae, batch.video.shape).iter().product());
@@ -201,6 +202,23 @@ mod tests {
         println!("vae losses: {:?}", losses.iter().map(|l| l.total).collect::<Vec<_>>());
         assert!(first.kl >= 0.0 && last.kl >= 0.0 && first.reconstruction > 0.0);
         assert!(last.total < 0.5 * first.total, "loss {} -> {}", first.total, last.total);
+    }
+
+    /// With `posterior_noise` 0 the decoder sees the posterior means: the loss does not depend
+    /// on the noise drawn; with 1 it does.
+    #[test]
+    fn posterior_noise_zero_decodes_the_means() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_tiny_model(dir.path());
+        let batch = vae_batch(0, 0, 1, CLIP, 5, 16).expect("batch");
+        let first_loss = |posterior_noise: f64, noise_seed: u64| {
+            let recipe = VaeRecipe { frames: 5, crop: 16, kl_weight: 0.0, statistics_clips: 2, decoder_only: false, object_weight: 0.0, posterior_noise };
+            let mut trainer = VaeTrainer::new(load::<TestBackend>(dir.path()), recipe);
+            let noise = Rng::for_item(noise_seed, Purpose::VaeNoise, 0, 0).normals(latent_shape(&trainer.pipeline.vae, batch.video.shape).iter().product());
+            trainer.step(&batch, &noise, 1e-3).expect("step").reconstruction
+        };
+        assert_eq!(first_loss(0.0, 1), first_loss(0.0, 2));
+        assert_ne!(first_loss(1.0, 1), first_loss(1.0, 2));
     }
 
     /// Weights of 1 everywhere are the plain error; weight on the objects changes it.
