@@ -42,21 +42,21 @@ for cfg in "$@"; do n=$(name_of "$cfg"); say "probe $n:"; tail -4 /tmp/probe-$n.
 
 pids=()
 for cfg in "$@"; do
-  n=$(name_of "$cfg")
+  n=$(name_of "$cfg") stage=$(stage_of "$cfg")
   pace=$(grep -o '[0-9.]* s a step' /tmp/probe-$n.log | tail -1 | cut -d' ' -f1)
   per_clip=$(grep -o '[0-9.]* s a clip' /tmp/probe-$n.log | cut -d' ' -f1)
   # A vae run encodes no clips up front: its batches are rendered as it goes.
-  [ "$(stage_of "$cfg")" = vae ] && per_clip=0
+  [ $stage = vae ] && per_clip=0
   [ -n "$pace" ] && [ -n "$per_clip" ] || { say "$n: the probe failed, skipped"; continue; }
   left=$(( budget - $(elapsed) ))
   # At most a sixth of what is left goes to encoding clips; 40 s for start-up and kernels.
   clips=0
-  [ "$(stage_of "$cfg")" = dit ] &&
+  [ $stage = dit ] &&
     clips=$(python3 -c "print(min($(cat "$cfg/clips.txt"), max(256, int($left / 6 / max($per_clip, 1e-4)) // 64 * 64)))")
   steps=$(python3 -c "print(max(100, int(($left - 40 - $per_clip * $clips) / ($pace * 1.1) / 100) * 100))")
   warm=$(( steps / 20 ))
   say "$n: $pace s a step, $per_clip s a clip, $left s left: $clips clips, $steps steps"
-  "$bin" $(stage_of "$cfg") --model "$(model_of "$cfg")" --out /tmp/run-$n $(cat "$cfg/args.txt") --clips $clips --steps $steps \
+  "$bin" $stage --model "$(model_of "$cfg")" --out /tmp/run-$n $(cat "$cfg/args.txt") --clips $clips --steps $steps \
     --warmup-steps $warm --decay-steps $(( steps - warm )) --checkpoint-every ${CHECKPOINT_EVERY:-250} > /tmp/run-$n.log 2>&1 &
   pids+=($!)
 done
