@@ -22,7 +22,8 @@ pub struct DetectorConfig {
     /// Top-to-bottom area balance (the smaller half over the larger) under which a blob is a
     /// triangle (an upright triangle has 1/3, circles and squares 1).
     pub triangle_balance: f32,
-    /// End-to-start area ratio beyond which an object is growing (or, inverted, shrinking).
+    /// End-to-start area ratio beyond which an object that is not translating is growing (or,
+    /// inverted, shrinking).
     pub growth_ratio: f32,
     /// Net displacement, as a fraction of the shorter side, under which an object is not translating.
     pub min_travel_fraction: f32,
@@ -149,8 +150,9 @@ fn classify_shape(blobs: &[Blob], config: &DetectorConfig) -> Shape {
     }
 }
 
-/// Motion from a track of blobs in frame order: growth first (its centre stays), then a
-/// vertical path much longer than the net displacement (bouncing), then the net direction.
+/// Motion from a track of blobs in frame order: growth, unless the blob travels farther than
+/// its size changes; then a vertical path much longer than the net displacement (bouncing);
+/// then the net direction.
 fn classify_motion(blobs: &[Blob], width: usize, height: usize, config: &DetectorConfig) -> Option<Motion> {
     if blobs.len() < 2 {
         return None;
@@ -164,14 +166,20 @@ fn classify_motion(blobs: &[Blob], width: usize, height: usize, config: &Detecto
     };
     let (x0, y0, area0) = mean(&blobs[..ends]);
     let (x1, y1, area1) = mean(&blobs[blobs.len() - ends..]);
-    if area1 > area0 * config.growth_ratio {
-        return Some(Motion::Growing);
-    }
-    if area0 > area1 * config.growth_ratio {
-        return Some(Motion::Shrinking);
-    }
     let (dx, dy) = (x1 - x0, y1 - y0);
     let travel = dx.hypot(dy);
+    let shorter_side = width.min(height) as f32;
+    // A blob that grows with one side fixed moves its centroid by half its change in size; one
+    // that travels farther than its whole change in size is moving, whatever its size does (a
+    // model's objects swell and shrink as they go).
+    let size_change = (area1.sqrt() - area0.sqrt()).abs();
+    let translating = travel >= config.min_travel_fraction * shorter_side && travel > size_change;
+    if !translating && area1 > area0 * config.growth_ratio {
+        return Some(Motion::Growing);
+    }
+    if !translating && area0 > area1 * config.growth_ratio {
+        return Some(Motion::Shrinking);
+    }
     // The vertical path on about 17 evenly spaced samples: enough to see two hops, few enough
     // that frame-to-frame jitter does not add up.
     let samples = blobs.len().min(17);
@@ -181,11 +189,10 @@ fn classify_motion(blobs: &[Blob], width: usize, height: usize, config: &Detecto
             (at(i) - at(i - 1)).abs()
         })
         .sum();
-    let shorter_side = width.min(height) as f32;
     if vertical_path >= 0.15 * height as f32 && vertical_path > 2.5 * travel.max(1.0) {
         return Some(Motion::Bouncing);
     }
-    (travel >= config.min_travel_fraction * shorter_side).then(|| Motion::nearest_direction(dx, dy))
+    translating.then(|| Motion::nearest_direction(dx, dy))
 }
 
 /// Detects the background and objects of `clip`.

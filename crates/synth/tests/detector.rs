@@ -133,3 +133,37 @@ fn bad_settings_and_frames_are_errors() {
     assert_eq!(detection.background, None);
     assert!(detection.objects.is_empty());
 }
+
+/// Frames of one square per frame, `(left, top, side)` in pixels, of `colour` on white.
+fn squares(colour: Colour, boxes: &[(usize, usize, usize)]) -> Clip {
+    let (size, white) = (64, Colour::White.rgb());
+    let frames = boxes
+        .iter()
+        .map(|&(left, top, side)| {
+            let mut frame: Vec<u8> = white.repeat(size * size);
+            for y in top..top + side {
+                for x in left..left + side {
+                    frame[(y * size + x) * 3..][..3].copy_from_slice(&colour.rgb());
+                }
+            }
+            frame
+        })
+        .collect();
+    Clip::new(size, size, 8, frames).unwrap()
+}
+
+/// A blob that doubles in area while crossing the frame is moving, as a model's objects often
+/// swell on the way; one that grows with its bottom edge fixed (its centroid rising by half
+/// its growth) is growing.
+#[test]
+fn travel_farther_than_the_change_in_size_is_motion_not_growth() {
+    let motion = |clip: &Clip| detect(clip, &DetectorConfig::default()).objects[0].motion;
+    let swelling: Vec<_> = (0..17).map(|i| (4 + 2 * i, 26, 10 + 3 * i / 8)).collect();
+    assert_eq!(motion(&squares(Colour::Red, &swelling)), Some(Motion::Right));
+    let shrinking_upwards: Vec<_> = (0..17).map(|i| (20, 26 - 2 * i / 3, 16 - 3 * i / 8)).collect();
+    assert_eq!(motion(&squares(Colour::Blue, &shrinking_upwards)), Some(Motion::Up));
+    let rooted: Vec<_> = (0..17).map(|i| (24, 40 - (8 + i / 2), 8 + i / 2)).collect();
+    assert_eq!(motion(&squares(Colour::Green, &rooted)), Some(Motion::Growing));
+    let shrinking: Vec<_> = rooted.iter().rev().copied().collect();
+    assert_eq!(motion(&squares(Colour::Green, &shrinking)), Some(Motion::Shrinking));
+}
