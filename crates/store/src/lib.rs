@@ -40,6 +40,13 @@ pub enum StoreError {
     Bucket { bucket: String, endpoint: String, reason: String },
 }
 
+impl StoreError {
+    /// Whether the object asked for does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::Object { source: object_store::Error::NotFound { .. }, .. })
+    }
+}
+
 /// How to reach and write a store; all but `part_size` concern S3 only.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -181,15 +188,21 @@ impl ArtifactStore {
     }
 
     /// Sync mode: a chunk's latents after `steps` denoising steps, whole or only the frames it
-    /// shares with earlier (`Head`) or later (`Tail`) chunks, which its neighbours read. Under
-    /// the chunks folder, so they go with the other intermediates.
+    /// shares with earlier (`Head`) or later (`Tail`) chunks, which its neighbours read. Grouped
+    /// by step ([`ArtifactStore::sync_step_prefix`]), so a step's objects go once every chunk
+    /// has taken the next; under the chunks folder, so any left go with the other intermediates.
     pub fn sync_key(job_id: &str, chunk: u32, steps: u32, part: SyncPart) -> String {
         let part = match part {
             SyncPart::Whole => "whole",
             SyncPart::Head => "head",
             SyncPart::Tail => "tail",
         };
-        format!("jobs/{job_id}/chunks/sync/{chunk:05}/{steps:04}-{part}.safetensors")
+        format!("{}/{chunk:05}-{part}.safetensors", Self::sync_step_prefix(job_id, steps))
+    }
+
+    /// The folder of every chunk's sync-mode latents after `steps` steps.
+    pub fn sync_step_prefix(job_id: &str, steps: u32) -> String {
+        format!("jobs/{job_id}/chunks/sync/{steps:04}")
     }
 
     pub fn clip_key(job_id: &str) -> String {
@@ -206,12 +219,20 @@ impl ArtifactStore {
         format!("jobs/{job_id}/chunks")
     }
 
-    /// Deletes every object under a key prefix (a folder); returns how many there were.
+    /// Deletes every object under a key prefix (a folder); returns how many this call deleted.
+    /// Objects that another deleter removed meanwhile are not an error.
     pub async fn delete_under(&self, prefix: &str) -> Result<usize, StoreError> {
-        let object_err = |source| StoreError::Object { key: prefix.to_string(), source };
         let listed = self.inner.list(Some(&ObjectPath::from(prefix))).map_ok(|meta| meta.location).boxed();
-        let deleted: Vec<ObjectPath> = self.inner.delete_stream(listed).try_collect().await.map_err(object_err)?;
-        Ok(deleted.len())
+        let mut results = self.inner.delete_stream(listed);
+        let mut deleted = 0;
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(_) => deleted += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(source) => return Err(StoreError::Object { key: prefix.to_string(), source }),
+            }
+        }
+        Ok(deleted)
     }
 
     pub async fn put_latents(&self, key: &str, latents: &Latents) -> Result<(), StoreError> {
@@ -362,6 +383,33 @@ mod tests {
         assert_eq!(store.delete_under(&ArtifactStore::chunks_prefix("j1")).await.unwrap(), 0);
     }
 
+    /// One sync step's objects go together, leaving the other steps' and the chunks'; deleting
+    /// them again (a second worker past the same barrier) finds none and is no error.
+    async fn sync_steps_are_deleted_one_at_a_time(store: &ArtifactStore) {
+        let latents = Latents::new([1, 1, 1, 2], vec![0.5, -0.5]).unwrap();
+        for steps in [1, 2] {
+            for chunk in [0, 1] {
+                for part in [SyncPart::Whole, SyncPart::Tail] {
+                    store.put_latents(&ArtifactStore::sync_key("j3", chunk, steps, part), &latents).await.unwrap();
+                }
+            }
+        }
+        store.put_latents(&ArtifactStore::chunk_key("j3", 0), &latents).await.unwrap();
+        assert_eq!(store.delete_under(&ArtifactStore::sync_step_prefix("j3", 1)).await.unwrap(), 4);
+        assert_eq!(store.delete_under(&ArtifactStore::sync_step_prefix("j3", 1)).await.unwrap(), 0);
+        let gone = store.get_latents(&ArtifactStore::sync_key("j3", 1, 1, SyncPart::Tail)).await.unwrap_err();
+        assert!(gone.is_not_found(), "{gone}");
+        assert_eq!(store.get_latents(&ArtifactStore::sync_key("j3", 1, 2, SyncPart::Tail)).await.unwrap(), latents);
+        assert!(store.exists(&ArtifactStore::chunk_key("j3", 0)).await.unwrap());
+        assert_eq!(store.delete_under(&ArtifactStore::chunks_prefix("j3")).await.unwrap(), 5);
+    }
+
+    #[tokio::test]
+    async fn sync_steps_are_deleted_one_at_a_time_in_a_local_store() {
+        let dir = tempfile::tempdir().unwrap();
+        sync_steps_are_deleted_one_at_a_time(&ArtifactStore::local(dir.path()).unwrap()).await;
+    }
+
     #[tokio::test]
     async fn bad_urls_and_objects_are_clear_errors() {
         assert!(matches!(ArtifactStore::from_url("gs://bucket"), Err(StoreError::Url { .. })));
@@ -370,8 +418,10 @@ mod tests {
         let store = ArtifactStore::local(dir.path()).unwrap();
         let err = store.get_latents("jobs/x/missing").await.unwrap_err();
         assert!(err.to_string().contains("jobs/x/missing"), "{err}");
+        assert!(err.is_not_found());
         store.put("jobs/x/garbage", Bytes::from_static(b"not safetensors")).await.unwrap();
-        assert!(matches!(store.get_latents("jobs/x/garbage").await, Err(StoreError::Latents { .. })));
+        let err = store.get_latents("jobs/x/garbage").await.unwrap_err();
+        assert!(matches!(err, StoreError::Latents { .. }) && !err.is_not_found(), "{err}");
     }
 
     mod s3 {
@@ -430,6 +480,12 @@ mod tests {
             assert_eq!(store.delete_under(&ArtifactStore::chunks_prefix("j1")).await.unwrap(), 2);
             assert!(!store.exists(&chunk).await.unwrap());
             assert!(store.exists(&key).await.unwrap(), "only the chunks go");
+        }
+
+        #[tokio::test]
+        async fn sync_steps_are_deleted_one_at_a_time_in_s3() {
+            let Some(server) = S3TestServer::start("steps") else { return };
+            sync_steps_are_deleted_one_at_a_time(&open(&server, "farm", &server.options()).await).await;
         }
 
         #[tokio::test]

@@ -321,7 +321,15 @@ where
                 let latents = if step == 0 {
                     chunk_start(&self.pipeline, &record.spec, &plan[chunk as usize])
                 } else {
-                    self.fused_latents(job_id, &plan, chunk, step, record.spec.blend_curve).await?
+                    match self.fused_latents(job_id, &plan, chunk, step, record.spec.blend_curve).await {
+                        // A stale holder: another took this step meanwhile and the barrier
+                        // passed it, which deletes the step's objects.
+                        Err(WorkerError::Store(error)) if error.is_not_found() && self.step_taken(job_id, chunk, step).await? => {
+                            tracing::debug!(job_id, chunk, step, "step taken by another holder");
+                            return Ok(Outcome::Abandoned);
+                        }
+                        latents => latents?,
+                    }
                 };
                 let directive = Arc::new(AtomicU8::new(Directive::Run as u8));
                 let work = {
@@ -354,13 +362,29 @@ where
                 after = self.book.update(job_id, JobChange::ChunkDone { chunk }).await?.0;
             }
         }
-        // This chunk may have been the barrier's last: then the next step (or assembling) is due.
+        // This chunk may have been the barrier's last: then the next step (or assembling) is due,
+        // and no chunk reads this step's objects again.
         if after.sync_step() > step || after.all_chunks_done() {
             for task in after.pending_tasks() {
                 self.queue.push(task).await?;
             }
+            if step > 0 && !record.spec.keep_intermediates {
+                // Left behind on failure, they go with the chunks once the clip is stored.
+                match self.store.delete_under(&ArtifactStore::sync_step_prefix(job_id, step)).await {
+                    Ok(count) => tracing::debug!(job_id, step, count, "sync step latents deleted"),
+                    Err(error) => tracing::warn!(job_id, step, %error, "sync step latents left in the store"),
+                }
+            }
         }
         Ok(Outcome::Done)
+    }
+
+    /// Whether sync step `step` of `chunk` is done already (or the job is over).
+    async fn step_taken(&self, job_id: &str, chunk: u32, step: u32) -> Result<bool, QueueError> {
+        Ok(match self.book.get(job_id).await? {
+            Some(record) => record.state.is_final() || record.chunks.get(chunk as usize).is_none_or(|c| c.done || c.steps_done > step),
+            None => true,
+        })
     }
 
     /// Chunk `chunk`'s latents after `steps` steps, fused with the frames the chunks overlapping
@@ -482,5 +506,92 @@ where
         };
         directive.store(next as u8, Ordering::Release);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use vidfarm_model::pipeline::DefaultBackend;
+    use vidfarm_queue::conformance::sample_record;
+    use vidfarm_queue::{MemoryJobBook, MemoryQueue, MemoryWorkerRegistry};
+
+    /// The files under a local folder, relative to it, sorted.
+    fn files_under(root: &Path) -> Vec<String> {
+        let mut files = Vec::new();
+        let mut folders = vec![root.to_path_buf()];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(folder).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    folders.push(path);
+                } else {
+                    files.push(path.strip_prefix(root).unwrap().display().to_string());
+                }
+            }
+        }
+        files.sort();
+        files
+    }
+
+    /// The steps whose sync-mode objects a job has in a local store, ascending.
+    fn stored_sync_steps(root: &Path, job_id: &str) -> Vec<u32> {
+        let mut steps: Vec<u32> = files_under(&root.join("jobs").join(job_id))
+            .iter()
+            .filter_map(|file| file.strip_prefix("chunks/sync/")?.split('/').next()?.parse().ok())
+            .collect();
+        steps.dedup();
+        steps
+    }
+
+    /// A sync job's step objects go as soon as every chunk has taken the step after them, not
+    /// once the clip is stored; and a holder that read the job before another took its step
+    /// (so the step's objects may be gone) abandons the step instead of failing the task.
+    #[tokio::test]
+    async fn sync_step_objects_go_at_the_barrier_and_a_stale_holder_abandons_its_step() {
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/vidfarm-tiny");
+        let pipeline = Arc::new(Pipeline::<DefaultBackend>::load(&model, &Default::default()).unwrap());
+        let farm = FarmState {
+            queue: Arc::new(MemoryQueue::new()),
+            book: Arc::new(MemoryJobBook::new()),
+            registry: Arc::new(MemoryWorkerRegistry::new()),
+        };
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::local(store_dir.path()).unwrap();
+        let lease_for = Duration::from_secs(60);
+        let config = WorkerConfig { name: "w".into(), lease: lease_for, max_attempts: 1, retry_base: Duration::from_millis(1) };
+        let worker = Worker::new(config, farm.clone(), store, pipeline);
+
+        let mut record = sample_record("job-sync", None);
+        record.spec.stitch_mode = StitchMode::Sync;
+        record.spec.steps = 3;
+        assert_eq!(record.chunks.len(), 2);
+        let (record, _) = farm.book.insert(record).await.unwrap();
+        for task in record.pending_tasks() {
+            farm.queue.push(task).await.unwrap();
+        }
+        let mut stale = None;
+        while let Some(lease) = farm.queue.pull("w", lease_for, Duration::from_millis(10)).await.unwrap() {
+            let now = farm.book.get(&record.id).await.unwrap().unwrap();
+            match lease.task.kind {
+                TaskKind::SyncStep { chunk: 0, step: 1 } => stale = Some(now.clone()),
+                // Past the barrier of step 1: its objects are gone, step 2's are read now.
+                TaskKind::SyncStep { step: 2, .. } => assert_eq!(stored_sync_steps(store_dir.path(), &record.id), vec![2]),
+                TaskKind::Assemble => {
+                    assert_eq!(stored_sync_steps(store_dir.path(), &record.id), Vec::<u32>::new());
+                    // Chunk 0's step 1 as a holder that read the job before that step was taken.
+                    let stale = stale.as_ref().expect("chunk 0's step 1 came before");
+                    let outcome = worker.sync_step(&lease, stale, 0, 1).await.unwrap();
+                    assert!(matches!(outcome, Outcome::Abandoned));
+                }
+                _ => {}
+            }
+            worker.handle(lease).await.unwrap();
+        }
+        let done = farm.book.get(&record.id).await.unwrap().unwrap();
+        assert_eq!(done.state, JobState::Succeeded, "{:?}", done.error);
+        assert!(done.chunks.iter().all(|c| c.failures == 0), "{:?}", done.chunks);
+        assert_eq!(files_under(&store_dir.path().join("jobs").join(&record.id)), ["clip.mp4"], "the intermediates went with the clip");
     }
 }
