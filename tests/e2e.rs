@@ -528,9 +528,11 @@ async fn a_chain_job_denoises_its_chunks_in_order_each_continuing_from_the_last(
         tokio::time::sleep(Duration::from_millis(100)).await;
         text = scrape().await;
     }
-    for line in ["vidfarm_jobs_accepted_total 1", ended, r#"vidfarm_job_seconds_count{state="succeeded"} 1"#] {
+    // Six chunks of two steps each; the queue, counted since the start, is empty by now or soon.
+    for line in ["vidfarm_jobs_accepted_total 1", ended, r#"vidfarm_job_seconds_count{state="succeeded"} 1"#, "vidfarm_step_seconds_count 12"] {
         assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
     }
+    assert!(text.lines().any(|l| l.starts_with("vidfarm_queue_depth ")), "{text}");
 
     // Each chunk's first two latent frames are exactly the previous chunk's last two.
     let store = vidfarm_store::ArtifactStore::local(server._store.as_ref().unwrap().path()).unwrap();

@@ -8,7 +8,11 @@ use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use tonic::transport::Channel;
 use vidfarm_api::pb::{self, render_service_client::RenderServiceClient};
 
@@ -20,16 +24,26 @@ const PROMPT: &str = "a red circle moving to the right on a white background";
 /// leases of these tests lapse spuriously.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A Redis key namespace of one test and a store folder its processes share; both removed on drop.
+/// A Redis key namespace of one test and a store folder its processes share; both removed on
+/// drop. `env` is set for every process.
 struct Farm {
     namespace: String,
     store: tempfile::TempDir,
+    env: Vec<(String, String)>,
 }
 
 impl Farm {
     fn new() -> Self {
         let namespace = format!("farm-test-{}", unique_suffix());
-        Self { namespace, store: tempfile::tempdir().unwrap() }
+        Self { namespace, store: tempfile::tempdir().unwrap(), env: Vec::new() }
+    }
+
+    /// A farm whose processes export their spans to `collector` at once (every 100 ms).
+    fn traced(collector: &Collector) -> Self {
+        let env = [("VIDFARM_TRACES_OTLP_ENDPOINT", collector.endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
+        let mut farm = Self::new();
+        farm.env = env.map(|(k, v)| (k.to_string(), v.to_string())).to_vec();
+        farm
     }
 
     fn args(&self) -> Vec<String> {
@@ -42,7 +56,7 @@ impl Farm {
     }
 
     fn coordinator_on(&self, listen: &str) -> Process {
-        let mut process = Process::spawn(Command::new(BIN).arg("coordinator").args(self.args()).args(["--listen", listen]));
+        let mut process = Process::spawn(Command::new(BIN).arg("coordinator").args(self.args()).args(["--listen", listen]).envs(self.env.clone()));
         let line = process.first_line();
         let addr = line.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}"));
         process.addr = format!("http://{addr}");
@@ -55,7 +69,8 @@ impl Farm {
 
     /// A worker with settings from the environment.
     fn worker_with(&self, name: &str, env: &[(&str, &str)]) -> Process {
-        let mut process = Process::spawn(Command::new(BIN).arg("worker").args(self.args()).args(["--name", name]).envs(env.iter().copied()));
+        let mut process =
+            Process::spawn(Command::new(BIN).arg("worker").args(self.args()).args(["--name", name]).envs(self.env.clone()).envs(env.iter().copied()));
         assert_eq!(process.first_line(), format!("worker {name} started"));
         process
     }
@@ -608,4 +623,120 @@ async fn a_worker_started_before_its_redis_waits_for_it_then_works() {
     assert_eq!(line, "worker early started");
     let _ = redis.kill();
     let _ = redis.wait();
+}
+
+/// An OTLP/gRPC trace collector on a loopback port that keeps every span it is sent.
+struct Collector {
+    endpoint: String,
+    spans: Arc<Mutex<Vec<CollectedSpan>>>,
+}
+
+#[derive(Clone, Debug)]
+struct CollectedSpan {
+    /// The exporting process's `service.name`.
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    job_id: Option<String>,
+}
+
+struct TraceReceiver(Arc<Mutex<Vec<CollectedSpan>>>);
+
+#[tonic::async_trait]
+impl TraceService for TraceReceiver {
+    async fn export(&self, request: tonic::Request<ExportTraceServiceRequest>) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let text = |attributes: &[KeyValue], key: &str| {
+            attributes.iter().find(|kv| kv.key == key).and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                any_value::Value::StringValue(s) => Some(s.clone()),
+                _ => None,
+            })
+        };
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let mut spans = self.0.lock().unwrap();
+        for resource in request.into_inner().resource_spans {
+            let service = text(resource.resource.as_ref().map_or(&[][..], |r| &r.attributes), "service.name").unwrap_or_default();
+            for span in resource.scope_spans.into_iter().flat_map(|scope| scope.spans) {
+                spans.push(CollectedSpan {
+                    service: service.clone(),
+                    job_id: text(&span.attributes, "job_id"),
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_span_id: hex(&span.parent_span_id),
+                    name: span.name,
+                });
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+impl Collector {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let server = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(TraceReceiver(spans.clone())))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        tokio::spawn(server);
+        Self { endpoint, spans }
+    }
+
+    /// The spans received once `enough` holds of them, waiting up to 30 s.
+    async fn wait_for(&self, enough: impl Fn(&[CollectedSpan]) -> bool) -> Vec<CollectedSpan> {
+        for _ in 0..300 {
+            let spans = self.spans.lock().unwrap().clone();
+            if enough(&spans) {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("spans received: {:#?}", self.spans.lock().unwrap());
+    }
+}
+
+/// The mission's trace: the caller's `traceparent` sent with SubmitJob is continued by the
+/// coordinator's span, carried in the job record through Redis, and continued by every task
+/// span of both worker processes, whose own work (denoising, decoding, encoding, storing) hangs
+/// below them.
+#[tokio::test]
+async fn one_trace_follows_a_job_from_the_grpc_call_through_redis_to_every_worker() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let collector = Collector::start().await;
+    let farm = Farm::traced(&collector);
+    let coordinator = farm.coordinator();
+    let _workers = [farm.worker("w1", 15), farm.worker("w2", 15)];
+    let mut client = coordinator.client().await;
+    let (caller_trace, caller_span) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    let mut request = tonic::Request::new(pb::SubmitJobRequest { spec: Some(spec(4.0, 2, pb::Priority::Normal)), idempotency_key: String::new() });
+    request.metadata_mut().insert("traceparent", format!("00-{caller_trace}-{caller_span}-01").parse().unwrap());
+    let job = client.submit_job(request).await.unwrap().into_inner().job.unwrap();
+    assert_eq!(job.trace_id, caller_trace, "GetJob names the trace");
+    let done = finish(&mut watch(&mut client, &job.job_id).await).await;
+    succeeded(&done);
+    assert_eq!(done.trace_id, caller_trace);
+
+    let of_job = |s: &&CollectedSpan| s.job_id.as_deref() == Some(job.job_id.as_str());
+    let tasks_expected = done.chunks.len() + 1;
+    let spans = collector
+        .wait_for(|spans| {
+            let tasks = spans.iter().filter(of_job).filter(|s| s.name == "task").count();
+            tasks >= tasks_expected && spans.iter().any(|s| s.name == "SubmitJob") && spans.iter().any(|s| s.name == "store_clip")
+        })
+        .await;
+    let submit = spans.iter().find(|s| s.name == "SubmitJob").unwrap();
+    assert_eq!((submit.service.as_str(), submit.trace_id.as_str(), submit.parent_span_id.as_str()), ("vidfarm-coordinator", caller_trace, caller_span));
+    assert_eq!(submit.job_id.as_deref(), Some(job.job_id.as_str()));
+    let tasks: Vec<&CollectedSpan> = spans.iter().filter(of_job).filter(|s| s.name == "task").collect();
+    assert_eq!(tasks.len(), tasks_expected, "one span per task: {tasks:#?}");
+    for task in &tasks {
+        assert_eq!((task.service.as_str(), task.trace_id.as_str()), ("vidfarm-worker", caller_trace));
+        assert_eq!(task.parent_span_id, submit.span_id, "tasks hang below the call that submitted the job");
+    }
+    for name in ["denoise_chunk", "decode", "encode_mp4", "store_clip"] {
+        let inside = spans.iter().filter(|s| s.name == name).all(|s| tasks.iter().any(|t| t.span_id == s.parent_span_id));
+        assert!(inside && spans.iter().any(|s| s.name == name), "{name} spans below a task: {spans:#?}");
+    }
 }

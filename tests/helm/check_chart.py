@@ -1,8 +1,10 @@
 """Lints and renders helm/vidfarm with Helm's own library (no helm binary), validates every
 rendered manifest against the Kubernetes schemas, and checks what the chart promises: the
 config it mounts uses only keys vidfarm knows, workers get time to drain, secrets stay out
-of the ConfigMap, and bad values are refused naming the key."""
+of the ConfigMap, the Grafana dashboard is valid JSON labelled for the sidecar, and bad values
+are refused naming the key."""
 
+import json
 import pathlib
 import sys
 import tomllib
@@ -52,13 +54,15 @@ def main():
             "store": {"s3": {"credentialsSecret": "farm-s3", "endpoint": "http://minio:9000", "allowHttp": True}},
             "model": {"path": "/models/wan", "volume": {"persistentVolumeClaim": {"claimName": "models"}}},
             "metrics": {"port": 0},
+            "traces": {"otlpEndpoint": "http://otel-collector.observability:4317"},
+            "dashboard": {"enabled": False},
         },
     }
     for label, values in variants.items():
         docs = render(values)
         for path, doc in docs:
             kubernetes_validate.validate(doc, KUBE, strict=True)
-        config = tomllib.loads(by_kind(docs, "ConfigMap")["data"]["vidfarm.toml"])
+        config = tomllib.loads(by_kind(docs, "ConfigMap", "-vidfarm")["data"]["vidfarm.toml"])
         for section, keys in config.items():
             unknown = set(keys) - set(known.get(section, {}))
             assert not unknown, f"{label}: keys vidfarm does not read in [{section}]: {unknown}"
@@ -84,15 +88,30 @@ def main():
                 assert config["metrics"]["listen"] == f"0.0.0.0:{metrics_port}"
             else:
                 assert "metrics" not in ports and "prometheus.io/scrape" not in annotations and config["metrics"]["listen"] == ""
+        dashboards = [doc for _, doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].endswith("-dashboard")]
+        if values:
+            assert not dashboards, f"{label}: the dashboard was turned off"
+        else:
+            dashboard = by_kind(docs, "ConfigMap", "-dashboard")
+            assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+            panels = json.loads(dashboard["data"]["vidfarm.json"])["panels"]
+            assert all(t["expr"].count("vidfarm_") for p in panels for t in p["targets"]), panels
         env = container_env(worker)
         assert env["VIDFARM_CONFIG"]["value"] == "/etc/vidfarm/vidfarm.toml"
         if values:
             assert env["VIDFARM_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "farm-redis", "key": "url"}
             assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "farm-s3"
             assert config["server"]["model"] == "/models/wan"
+            assert config["traces"]["otlp_endpoint"] == "http://otel-collector.observability:4317"
+        else:
+            assert config["traces"]["otlp_endpoint"] == "", "no traces unless a collector is named"
         print(f"chart renders and validates ({label}): {len(docs)} manifests")
 
-    for bad, key in [({"worker": {"leaseSeconds": 60}}, "leaseSeconds"), ({"store": {"url": "ftp://x"}}, "url")]:
+    for bad, key in [
+        ({"worker": {"leaseSeconds": 60}}, "leaseSeconds"),
+        ({"store": {"url": "ftp://x"}}, "url"),
+        ({"traces": {"otlpEndpoint": "otel-collector:4317"}}, "otlpEndpoint"),
+    ]:
         try:
             render(bad)
         except helm_python.HelmValuesError as e:

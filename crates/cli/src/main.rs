@@ -12,10 +12,11 @@ mod spec_args;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
+use tracing::Instrument;
 use std::path::PathBuf;
 use tokio::net::TcpListener;
 use vidfarm_queue::JobState;
-use vidfarm_telemetry::LogFormat;
+use vidfarm_telemetry::{LogFormat, TraceExport};
 
 use crate::client::ControlVerb;
 use crate::farm::Farm;
@@ -206,9 +207,28 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Serve { .. } | Command::Coordinator { .. } | Command::Worker { .. } => settings.log.level.as_str(),
         _ => "warn",
     };
-    vidfarm_telemetry::init(format, quiet_level);
+    // The farm's processes export their spans; client commands have none worth a trace.
+    let service = match &cli.command {
+        Command::Serve { .. } | Command::Render { .. } => Some("vidfarm"),
+        Command::Coordinator { .. } => Some("vidfarm-coordinator"),
+        Command::Worker { .. } => Some("vidfarm-worker"),
+        _ => None,
+    };
+    let export = service.filter(|_| !settings.traces.otlp_endpoint.is_empty()).map(|service| TraceExport {
+        endpoint: settings.traces.otlp_endpoint.clone(),
+        service_name: service.to_string(),
+    });
+    let traces = vidfarm_telemetry::init(format, quiet_level, export.as_ref())?;
+    let result = run_command(cli.command, &settings).await;
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    result
+}
+
+async fn run_command(command: Command, settings: &Settings) -> Result<()> {
     let addr = |conn: &Conn| conn.addr.clone().unwrap_or_else(|| settings.client.addr.clone());
-    match cli.command {
+    match command {
         Command::Render { spec, out, model, store, json } => render(&settings, &spec, &out, model, store, json).await,
         Command::Serve { listen, store, model, workers } => {
             let mut settings = settings.clone();
@@ -269,7 +289,8 @@ async fn render(settings: &Settings, spec: &SpecArgs, out: &PathBuf, model: Opti
     if !unknown.is_empty() {
         eprintln!("warning: the model does not know these words of the prompt: {}", unknown.join(", "));
     }
-    let (record, _) = farm.coordinator.submit(&spec.to_pb(), "").await?;
+    // The job's trace starts here, as a served job's starts at its SubmitJob call.
+    let (record, _) = farm.coordinator.submit(&spec.to_pb(), "").instrument(tracing::info_span!("render")).await?;
     let mut updates = farm.coordinator.book().subscribe(&record.id).await?;
     let bar = output::job_bar(json);
     let store = farm.coordinator.store().clone();

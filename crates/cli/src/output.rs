@@ -60,6 +60,7 @@ pub fn job_json(job: &pb::Job) -> Value {
         "idempotency_key": job.idempotency_key,
         "created_at_ms": job.created_at_ms,
         "updated_at_ms": job.updated_at_ms,
+        "trace_id": (!job.trace_id.is_empty()).then_some(&job.trace_id),
     })
 }
 

@@ -18,6 +18,7 @@ pub struct Settings {
     pub s3: S3Settings,
     pub redis: RedisSettings,
     pub metrics: MetricsSettings,
+    pub traces: TracesSettings,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -89,6 +90,12 @@ impl S3Settings {
 #[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
     pub listen: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracesSettings {
+    pub otlp_endpoint: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -87,6 +87,7 @@ pub fn job_to_pb(record: &JobRecord, store: &ArtifactStore) -> pb::Job {
         idempotency_key: record.idempotency_key.clone().unwrap_or_default(),
         created_at_ms: record.created_ms,
         updated_at_ms: record.updated_ms,
+        trace_id: record.traceparent.as_deref().and_then(vidfarm_telemetry::traces::trace_id).unwrap_or_default().to_string(),
     }
 }
 

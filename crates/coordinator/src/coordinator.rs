@@ -49,6 +49,11 @@ impl Coordinator {
         &self.store
     }
 
+    /// Tasks queued or leased, over all jobs.
+    pub async fn queue_depth(&self) -> Result<usize, CoordinatorError> {
+        Ok(self.queue.depth().await?)
+    }
+
     /// Validates, plans and queues a job. Returns the job and whether it is new (an
     /// idempotency key seen before returns the job it made).
     pub async fn submit(&self, spec: &pb::JobSpec, idempotency_key: &str) -> Result<(JobRecord, bool), CoordinatorError> {
@@ -63,7 +68,9 @@ impl Coordinator {
         // Ids sort by creation time, which is the order `list` pages in.
         let id = format!("job-{now:013}-{:08x}", random as u32);
         let key = (!idempotency_key.is_empty()).then(|| idempotency_key.to_string());
-        let record = JobRecord::new(id, spec, plan, key, now);
+        let mut record = JobRecord::new(id, spec, plan, key, now);
+        // The workers' spans join the submitting call's trace through the record.
+        record.traceparent = vidfarm_telemetry::traces::traceparent(&tracing::Span::current());
         let (record, created) = self.book.insert(record).await?;
         if created {
             for task in record.pending_tasks() {

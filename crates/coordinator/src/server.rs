@@ -15,6 +15,9 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// How often a coordinator counts the tasks queued or leased, for `vidfarm_queue_depth`.
+const QUEUE_DEPTH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves on a bound listener until `shutdown` completes.
 pub async fn serve(
     coordinator: Coordinator,
@@ -27,11 +30,24 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    tonic::transport::Server::builder()
+    // The queue's depth for the metrics endpoint, while serving.
+    let queue = coordinator.clone();
+    let counting = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(QUEUE_DEPTH_EVERY);
+        loop {
+            tick.tick().await;
+            match queue.queue_depth().await {
+                Ok(depth) => vidfarm_telemetry::metrics().queue_depth(depth),
+                Err(error) => tracing::warn!(%error, "queue depth not counted"),
+            }
+        }
+    });
+    let served = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
         .add_service(RenderServiceServer::new(RenderApi::new(coordinator)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
-    Ok(())
+        .await;
+    counting.abort();
+    Ok(served?)
 }

@@ -6,6 +6,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use tonic::{Request, Response, Status};
 use vidfarm_api::pb::{self, render_service_server::RenderService};
+use tracing::Instrument;
 use vidfarm_queue::{Control, QueueError};
 
 pub struct RenderApi {
@@ -43,9 +44,16 @@ pub fn status(e: CoordinatorError) -> Status {
 #[tonic::async_trait]
 impl RenderService for RenderApi {
     async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        // The root of the job's trace, or a child of the caller's when it sends one.
+        let span = tracing::info_span!("SubmitJob", job_id = tracing::field::Empty);
+        if let Some(parent) = request.metadata().get("traceparent").and_then(|v| v.to_str().ok()) {
+            vidfarm_telemetry::traces::set_parent(&span, parent);
+        }
         let request = request.into_inner();
         let spec = request.spec.ok_or_else(|| Status::invalid_argument("spec: is required"))?;
-        let (record, created) = self.coordinator.submit(&spec, &request.idempotency_key).await.map_err(status)?;
+        let submitted = self.coordinator.submit(&spec, &request.idempotency_key).instrument(span.clone()).await;
+        let (record, created) = submitted.map_err(status)?;
+        span.record("job_id", record.id.as_str());
         Ok(Response::new(pb::SubmitJobResponse { job: Some(self.job(&record)), created }))
     }
 

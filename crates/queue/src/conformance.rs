@@ -104,8 +104,12 @@ pub fn sample_record(id: &str, key: Option<&str>) -> JobRecord {
 
 /// Idempotency keys, paging and filters.
 pub async fn book_stores_and_lists(book: &dyn JobBook) {
-    let (first, created) = book.insert(sample_record("job-01", Some("key-1"))).await.unwrap();
+    // The trace context travels with the record, to every worker.
+    let traced = JobRecord { traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()), ..sample_record("job-01", Some("key-1")) };
+    let (first, created) = book.insert(traced.clone()).await.unwrap();
     assert!(created);
+    assert_eq!(first.traceparent, traced.traceparent);
+    assert_eq!(book.get("job-01").await.unwrap().as_ref(), Some(&first));
     let (again, created) = book.insert(sample_record("job-02", Some("key-1"))).await.unwrap();
     assert!(!created, "the same idempotency key never makes a second job");
     assert_eq!(again.id, first.id);

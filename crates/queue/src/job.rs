@@ -90,6 +90,10 @@ pub struct JobRecord {
     pub updated_ms: i64,
     /// Number of changes applied so far.
     pub sequence: u64,
+    /// The W3C trace context of the call that submitted the job, which every task's spans
+    /// continue; none when traces are not exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// A change to a job, as sent by the coordinator (control) or a worker (progress).
@@ -157,6 +161,7 @@ impl JobRecord {
             created_ms: now_ms,
             updated_ms: now_ms,
             sequence: 0,
+            traceparent: None,
         }
     }
 

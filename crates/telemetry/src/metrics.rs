@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -43,6 +44,8 @@ pub struct Metrics {
     jobs_accepted: Counter,
     jobs_ended: Family<JobEndLabels, Counter>,
     job_seconds: Family<JobEndLabels, Histogram>,
+    step_seconds: Histogram,
+    queue_depth: Gauge,
 }
 
 /// Seconds a task took: a denoising step on a CPU takes a fraction of a second, a chunk on a
@@ -74,7 +77,21 @@ impl Metrics {
         registry.register("jobs_ended", "Jobs that ended, by final state, counted by the process that ended them", jobs_ended.clone());
         let job_seconds = Family::<_, _, fn() -> Histogram>::new_with_constructor(|| Histogram::new(JOB_SECONDS_BUCKETS));
         registry.register("job_seconds", "Time from a job's acceptance to its end, by final state", job_seconds.clone());
-        Self { registry, tasks, task_seconds, clips, seam_ratio, jobs_accepted, jobs_ended, job_seconds }
+        let step_seconds = Histogram::new(SECONDS_BUCKETS);
+        registry.register("step_seconds", "Time a worker spent on one denoising step of one chunk", step_seconds.clone());
+        let queue_depth = Gauge::default();
+        registry.register("queue_depth", "Tasks queued or leased, as a coordinator last counted them (every 5 s)", queue_depth.clone());
+        Self { registry, tasks, task_seconds, clips, seam_ratio, jobs_accepted, jobs_ended, job_seconds, step_seconds, queue_depth }
+    }
+
+    /// A worker took one denoising step of one chunk in `seconds`.
+    pub fn step_finished(&self, seconds: f64) {
+        self.step_seconds.observe(seconds);
+    }
+
+    /// A coordinator counted `depth` tasks queued or leased.
+    pub fn queue_depth(&self, depth: usize) {
+        self.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 
     /// A task ended; `seconds` is recorded for completed (`done`) tasks only.
@@ -143,6 +160,9 @@ mod tests {
         m.job_accepted();
         m.job_accepted();
         m.job_ended("cancelled", 42.0);
+        m.step_finished(0.2);
+        m.step_finished(3.0);
+        m.queue_depth(7);
         let text = m.encode();
         for line in [
             r#"vidfarm_tasks_total{kind="denoise",outcome="done"} 1"#,
@@ -158,9 +178,36 @@ mod tests {
             r#"vidfarm_jobs_ended_total{state="cancelled"} 1"#,
             r#"vidfarm_job_seconds_bucket{le="30.0",state="cancelled"} 0"#,
             r#"vidfarm_job_seconds_bucket{le="60.0",state="cancelled"} 1"#,
+            r#"vidfarm_step_seconds_count 2"#,
+            r#"vidfarm_step_seconds_bucket{le="0.25"} 1"#,
+            r#"vidfarm_queue_depth 7"#,
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    /// The Helm chart's Grafana dashboard queries only series this registry exports.
+    #[test]
+    fn the_dashboard_queries_exported_series_only() {
+        let m = Metrics::new();
+        m.task_finished("denoise", "done", 0.3);
+        m.clip_assembled("blend", Some(1.0));
+        m.job_ended("succeeded", 1.0);
+        let text = m.encode();
+        let exported: std::collections::HashSet<&str> =
+            text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();
+        let dashboard = include_str!("../../../helm/vidfarm/dashboards/vidfarm.json");
+        let queried: Vec<&str> = dashboard
+            .match_indices("vidfarm_")
+            .map(|(at, _)| {
+                let name = &dashboard[at..];
+                &name[..name.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(name.len())]
+            })
+            .collect();
+        assert!(queried.len() >= 9, "{queried:?}");
+        for name in queried {
+            assert!(exported.contains(name), "the dashboard queries {name}, which is not exported:\n{text}");
+        }
     }
 }

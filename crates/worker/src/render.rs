@@ -3,7 +3,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vidfarm_api::{RenderSpec, Sampler};
 use vidfarm_model::ModelError;
 use vidfarm_model::transformer::ClipSpan;
@@ -120,15 +120,20 @@ pub fn denoise_chunk<B: Backend>(
     };
     let Prompts { cond, uncond } = Prompts::encode(pipeline, spec)?;
     let span = clip_span(spec, chunk);
+    let mut step_started = Instant::now();
     let latents = pipeline.denoise(noise, &cond, &uncond, prefix.as_ref(), span, &sampling_options(spec), &mut |progress| {
+        vidfarm_telemetry::metrics().step_finished(step_started.elapsed().as_secs_f64());
         on_step(progress);
         loop {
             match Directive::load(directive) {
-                Directive::Run => return StepControl::Continue,
+                Directive::Run => break,
                 Directive::Stop => return StepControl::Stop,
                 Directive::Pause => std::thread::sleep(Duration::from_millis(100)),
             }
         }
+        // A pause is not the step's time.
+        step_started = Instant::now();
+        StepControl::Continue
     })?;
     to_latents(latents)
 }
@@ -149,8 +154,11 @@ pub fn denoise_step<B: Backend>(
     step: u32,
 ) -> Result<Latents, ModelError> {
     let opts = sampling_options(spec);
+    let started = Instant::now();
     let next = pipeline.euler_step(to_tensor(pipeline, latents), step as usize, &prompts.cond, &prompts.uncond, clip_span(spec, chunk), &opts)?;
-    to_latents(next)
+    let next = to_latents(next);
+    vidfarm_telemetry::metrics().step_finished(started.elapsed().as_secs_f64());
+    next
 }
 
 /// Sync mode in one process (for `vidfarm model eval`): all chunks take a step, then each is

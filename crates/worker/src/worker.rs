@@ -176,16 +176,27 @@ where
     /// Runs one leased task to an outcome; errors of the task itself are retried or fail the
     /// job, and only queue errors (the farm itself failing) come back.
     async fn handle(&self, lease: Lease) -> Result<(), QueueError> {
-        let span = tracing::info_span!("task", job_id = %lease.task.job_id, kind = ?lease.task.kind, attempt = lease.task.attempt);
-        self.handle_in_span(lease).instrument(span).await
-    }
-
-    async fn handle_in_span(&self, lease: Lease) -> Result<(), QueueError> {
-        let job_id = lease.task.job_id.clone();
-        let Some(record) = self.book.get(&job_id).await? else {
+        let Some(record) = self.book.get(&lease.task.job_id).await? else {
             self.queue.ack(&lease).await?;
             return Ok(());
         };
+        let span = tracing::info_span!(
+            "task",
+            job_id = %lease.task.job_id,
+            task = %lease.task.id(),
+            kind = lease.task.kind.name(),
+            attempt = lease.task.attempt,
+            worker = %self.config.name,
+        );
+        // One trace per job: its tasks are children of the call that submitted it.
+        if let Some(parent) = &record.traceparent {
+            vidfarm_telemetry::traces::set_parent(&span, parent);
+        }
+        self.handle_in_span(lease, record).instrument(span).await
+    }
+
+    async fn handle_in_span(&self, lease: Lease, record: JobRecord) -> Result<(), QueueError> {
+        let job_id = lease.task.job_id.clone();
         let started = Instant::now();
         let result = match record.state {
             s if s.is_final() => Ok(Outcome::Abandoned),
@@ -265,14 +276,14 @@ where
             let work = {
                 let (pipeline, spec, plan, directive) =
                     (self.pipeline.clone(), record.spec.clone(), status.plan, directive.clone());
-                tokio::task::spawn_blocking(move || {
+                tokio::task::spawn_blocking(in_span(tracing::info_span!("denoise_chunk"), move || {
                     let previous = previous.as_ref().map(|(plan, latents)| (plan, latents));
                     denoise_chunk(&pipeline, &spec, &plan, previous, &directive, &mut |p| {
                         let step = JobChange::Step { chunk, step: p.step as u32, steps_total: p.total as u32 };
                         // The receiver outlives the work; a send can only fail after it is done.
                         let _ = progress_tx.send(step);
                     })
-                })
+                }))
             };
             let latents = match self.supervise(lease, &record.id, work, &directive, &mut progress_rx).await? {
                 Some(result) => result?,
@@ -334,9 +345,9 @@ where
                 let directive = Arc::new(AtomicU8::new(Directive::Run as u8));
                 let work = {
                     let (pipeline, spec, chunk_plan) = (self.pipeline.clone(), record.spec.clone(), plan[chunk as usize]);
-                    tokio::task::spawn_blocking(move || {
+                    tokio::task::spawn_blocking(in_span(tracing::info_span!("denoise_step"), move || {
                         denoise_step(&pipeline, &spec, &Prompts::encode(&pipeline, &spec)?, &chunk_plan, latents, step)
-                    })
+                    }))
                 };
                 // One step reports no progress of its own.
                 let (_, mut no_progress) = mpsc::unbounded_channel();
@@ -416,16 +427,16 @@ where
         let seams = seam_frames(&parts.iter().map(|(plan, _)| *plan).collect::<Vec<_>>(), record.spec.temporal_factor);
         let work = {
             let (pipeline, spec, path) = (self.pipeline.clone(), record.spec.clone(), path.clone());
-            tokio::task::spawn_blocking(move || -> Result<(u32, u32, u32, Option<f64>), WorkerError> {
-                let frames = decode_clip(&pipeline, &spec, latents)?;
-                vidfarm_video::encode_mp4(&frames, &path)?;
+            tokio::task::spawn_blocking(in_span(tracing::Span::current(), move || -> Result<(u32, u32, u32, Option<f64>), WorkerError> {
+                let frames = tracing::info_span!("decode").in_scope(|| decode_clip(&pipeline, &spec, latents))?;
+                tracing::info_span!("encode_mp4").in_scope(|| vidfarm_video::encode_mp4(&frames, &path))?;
                 let (count, width, height) = (frames.frames.len() as u32, frames.width, frames.height);
                 // Measured on the decoded frames, before H.264 (whose blocks would add their own).
                 let seam_ratio = vidfarm_synth::Clip::new(width as usize, height as usize, frames.fps, frames.frames)
                     .ok()
                     .and_then(|clip| seam_ratio(&clip, &seams, spec.temporal_factor as usize));
                 Ok((count, width, height, seam_ratio))
-            })
+            }))
         };
         // Decoding reports no steps: a channel whose sender is gone.
         let (_, mut no_progress) = mpsc::unbounded_channel();
@@ -433,7 +444,8 @@ where
             return Ok(Outcome::Abandoned);
         };
         let (frames, width, height, seam_ratio) = result?;
-        let stored = self.store.put_file(&ArtifactStore::clip_key(&record.id), &path, "video/mp4").await?;
+        let stored =
+            self.store.put_file(&ArtifactStore::clip_key(&record.id), &path, "video/mp4").instrument(tracing::info_span!("store_clip")).await?;
         let clip = ClipInfo {
             object_key: stored.key,
             size_bytes: stored.size_bytes,
@@ -507,6 +519,11 @@ where
         directive.store(next as u8, Ordering::Release);
         Ok(())
     }
+}
+
+/// Blocking work that runs inside `span` (on the blocking pool, where no span is current).
+fn in_span<T>(span: tracing::Span, work: impl FnOnce() -> T) -> impl FnOnce() -> T {
+    move || span.in_scope(work)
 }
 
 #[cfg(test)]
