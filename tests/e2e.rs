@@ -555,3 +555,69 @@ async fn a_chain_job_denoises_its_chunks_in_order_each_continuing_from_the_last(
     assert_eq!(refused.code(), Code::InvalidArgument);
     assert!(refused.message().starts_with("spec.sampler"), "{}", refused.message());
 }
+
+/// TLS and API tokens: a client that trusts the server's certificate and sends a listed token
+/// gets in; no token or a wrong one is UNAUTHENTICATED, plaintext gets nothing, health checks
+/// stay open for probes, the CLI takes its CA and token from its settings, and an unusable
+/// certificate stops the server before it listens, naming the keys.
+#[tokio::test]
+async fn over_tls_only_callers_with_a_listed_token_get_in() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    const TOKEN: &str = "e2e-token-0123456789abcdef0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let rcgen::CertifiedKey { cert, signing_key } = rcgen::generate_simple_self_signed(["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let (cert_file, key_file) = (write("tls.crt", &cert.pem()), write("tls.key", &signing_key.serialize_pem()));
+    let tokens = write("tokens", &format!("# e2e callers\n{TOKEN}\n"));
+    let settings = |cert: &str| {
+        [("VIDFARM_SERVER_TLS_CERT", cert), ("VIDFARM_SERVER_TLS_KEY", key_file.as_str()), ("VIDFARM_SERVER_AUTH_TOKENS_FILE", tokens.as_str())]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+    };
+    let store = dir.path().join("store").display().to_string();
+    let server = Server::start_with_store(1, &store, &settings(&cert_file));
+    let addr = server.addr.replace("http://", "https://");
+
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(cert.pem()));
+    let channel = Endpoint::from_shared(addr.clone()).unwrap().tls_config(tls).unwrap().connect().await.expect("a TLS connection");
+    let mut client = RenderServiceClient::new(channel.clone());
+    let refused = client.list_jobs(pb::ListJobsRequest::default()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let with_token = |token: &str| {
+        let mut request = tonic::Request::new(pb::ListJobsRequest::default());
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    };
+    let wrong = client.list_jobs(with_token(&TOKEN.replace('e', "f"))).await.unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
+    client.list_jobs(with_token(TOKEN)).await.expect("a listed token gets in");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let serving = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.expect("health needs no token");
+    assert_eq!(serving.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let plaintext = match RenderServiceClient::connect(server.addr.clone()).await {
+        Ok(mut client) => client.list_jobs(with_token(TOKEN)).await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(!plaintext, "plaintext is refused by a TLS server");
+
+    let cli = |token: &str| {
+        Command::new(BIN)
+            .args(["list", "--json", "--addr", &addr])
+            .env("VIDFARM_CLIENT_TLS_CA", &cert_file)
+            .env("VIDFARM_CLIENT_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    json(&cli(TOKEN));
+    let stranger = cli("");
+    assert!(!stranger.status.success() && String::from_utf8_lossy(&stranger.stderr).contains("authorization"), "{stranger:?}");
+
+    let bad_cert = write("bad.crt", "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n");
+    let failed = Command::new(BIN).args(["serve", "--listen", "127.0.0.1:0", "--store", &store]).envs(settings(&bad_cert)).output().unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success() && stderr.contains("server.tls_cert"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&failed.stdout).contains("listening"), "it stopped before listening");
+}

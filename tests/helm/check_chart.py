@@ -56,6 +56,7 @@ def main():
             "metrics": {"port": 0},
             "traces": {"otlpEndpoint": "http://otel-collector.observability:4317"},
             "dashboard": {"enabled": False},
+            "api": {"tls": {"secret": "farm-tls", "clientCaSecret": "farm-ca"}, "tokensSecret": "farm-tokens"},
         },
     }
     for label, values in variants.items():
@@ -73,7 +74,18 @@ def main():
         service = by_kind(docs, "Service")
         assert coordinator["spec"]["template"]["spec"]["containers"][0]["args"] == ["coordinator"]
         assert worker["spec"]["template"]["spec"]["containers"][0]["args"] == ["worker"]
-        probe = coordinator["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"]
+        api = values.get("api", {})
+        probe_kind = "tcpSocket" if api else "grpc"
+        probe = coordinator["spec"]["template"]["spec"]["containers"][0]["readinessProbe"][probe_kind]["port"]
+        mounts = {m["mountPath"]: m["name"] for m in coordinator["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+        secrets = {v["name"]: v["secret"]["secretName"] for v in coordinator["spec"]["template"]["spec"]["volumes"] if "secret" in v}
+        if api:
+            # Every file the config names is in a mounted Secret.
+            for key, secret in [("tls_cert", "farm-tls"), ("tls_key", "farm-tls"), ("tls_client_ca", "farm-ca"), ("auth_tokens_file", "farm-tokens")]:
+                folder = config["server"][key].rsplit("/", 1)[0]
+                assert secrets[mounts[folder]] == secret, f"{key}: {config['server'][key]} {mounts} {secrets}"
+        else:
+            assert not secrets and not {"tls_cert", "auth_tokens_file"} & set(config["server"]), f"{label}: plaintext, no tokens"
         assert probe == service["spec"]["ports"][0]["port"] == int(config["server"]["listen"].rsplit(":", 1)[1])
         assert service["spec"]["selector"] == coordinator["spec"]["selector"]["matchLabels"]
         assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 60, "workers need time to drain"

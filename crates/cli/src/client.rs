@@ -8,14 +8,50 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::transport::Channel;
+use crate::settings::ClientSettings;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use vidfarm_api::pb::{self, render_service_client::RenderServiceClient};
 
-pub type Client = RenderServiceClient<Channel>;
+pub type Client = RenderServiceClient<InterceptedService<Channel, BearerToken>>;
 
-pub async fn connect(addr: &str) -> Result<Client> {
+/// Adds `authorization: Bearer <token>` to every call, when a token is set.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Connects to the coordinator at `addr` (`host:port` means `http://`); `https://` speaks TLS,
+/// trusting `client.tls_ca` (or the system's roots) and presenting `client.tls_cert` when set.
+pub async fn connect(addr: &str, client: &ClientSettings) -> Result<Client> {
     let addr = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    RenderServiceClient::connect(addr.clone()).await.with_context(|| format!("connecting to {addr}"))
+    let mut endpoint = Endpoint::from_shared(addr.clone()).with_context(|| format!("coordinator address {addr:?}"))?;
+    let read = |key: &str, path: &str| std::fs::read(path).with_context(|| format!("client.{key}: reading {path}"));
+    if addr.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        tls = if client.tls_ca.is_empty() { tls.with_native_roots() } else { tls.ca_certificate(Certificate::from_pem(read("tls_ca", &client.tls_ca)?)) };
+        match (client.tls_cert.is_empty(), client.tls_key.is_empty()) {
+            (true, true) => {}
+            (false, false) => tls = tls.identity(Identity::from_pem(read("tls_cert", &client.tls_cert)?, read("tls_key", &client.tls_key)?)),
+            _ => bail!("client.tls_cert and client.tls_key go together: set both or neither"),
+        }
+        endpoint = endpoint.tls_config(tls).with_context(|| format!("TLS for {addr}"))?;
+    }
+    let token = match client.token.as_str() {
+        "" => None,
+        token => Some(format!("Bearer {token}").parse().map_err(|_| anyhow::anyhow!("client.token: not printable ASCII"))?),
+    };
+    let channel = endpoint.connect().await.with_context(|| format!("connecting to {addr}"))?;
+    Ok(RenderServiceClient::with_interceptor(channel, BearerToken(token)))
 }
 
 fn print(json: bool, value: serde_json::Value, text: String) {

@@ -65,6 +65,7 @@ async fn connect(settings: &Settings, args: &RedisArgs) -> Result<FarmState> {
 pub async fn coordinator(settings: &Settings, redis: &RedisArgs, listen: &str, store: &str, model: &Path) -> Result<()> {
     let model_dir = resolve_model_dir(model);
     let profile = ModelProfile::load(&model_dir).with_context(|| format!("model {}", model_dir.display()))?;
+    let security = settings.server.security()?;
     crate::start_metrics(settings).await?;
     let store = open_store(store, settings).await?;
     let farm = connect(settings, redis).await?;
@@ -85,7 +86,7 @@ pub async fn coordinator(settings: &Settings, redis: &RedisArgs, listen: &str, s
     // Scripts and tests read the bound address (the port may have been 0) from this line.
     crate::output::emit(format!("listening on {local}"));
     tracing::info!(%local, "coordinator serving");
-    vidfarm_coordinator::serve(coordinator, listener, crate::shutdown_signal()).await?;
+    vidfarm_coordinator::serve(coordinator, listener, security, crate::shutdown_signal()).await?;
     Ok(())
 }
 

@@ -252,29 +252,29 @@ async fn run_command(command: Command, settings: &Settings) -> Result<()> {
             distributed::worker(&settings, &redis, &store, &model, name).await
         }
         Command::Submit { spec, idempotency_key, wait, conn } => {
-            client::submit(&mut client::connect(&addr(&conn)).await?, &spec, idempotency_key, wait, conn.json).await
+            client::submit(&mut client::connect(&addr(&conn), &settings.client).await?, &spec, idempotency_key, wait, conn.json).await
         }
-        Command::Watch { job_id, conn } => client::watch(&mut client::connect(&addr(&conn)).await?, &job_id, conn.json).await,
-        Command::Get { job_id, conn } => client::get(&mut client::connect(&addr(&conn)).await?, &job_id, conn.json).await,
+        Command::Watch { job_id, conn } => client::watch(&mut client::connect(&addr(&conn), &settings.client).await?, &job_id, conn.json).await,
+        Command::Get { job_id, conn } => client::get(&mut client::connect(&addr(&conn), &settings.client).await?, &job_id, conn.json).await,
         Command::List { states, page_size, page_token, conn } => {
-            client::list(&mut client::connect(&addr(&conn)).await?, &states, page_size, page_token, conn.json).await
+            client::list(&mut client::connect(&addr(&conn), &settings.client).await?, &states, page_size, page_token, conn.json).await
         }
         Command::Cancel { job_id, conn } => {
-            client::control(&mut client::connect(&addr(&conn)).await?, &job_id, ControlVerb::Cancel, conn.json).await
+            client::control(&mut client::connect(&addr(&conn), &settings.client).await?, &job_id, ControlVerb::Cancel, conn.json).await
         }
         Command::Pause { job_id, conn } => {
-            client::control(&mut client::connect(&addr(&conn)).await?, &job_id, ControlVerb::Pause, conn.json).await
+            client::control(&mut client::connect(&addr(&conn), &settings.client).await?, &job_id, ControlVerb::Pause, conn.json).await
         }
         Command::Resume { job_id, conn } => {
-            client::control(&mut client::connect(&addr(&conn)).await?, &job_id, ControlVerb::Resume, conn.json).await
+            client::control(&mut client::connect(&addr(&conn), &settings.client).await?, &job_id, ControlVerb::Resume, conn.json).await
         }
         Command::Delete { job_id, conn } => {
-            client::control(&mut client::connect(&addr(&conn)).await?, &job_id, ControlVerb::Delete, conn.json).await
+            client::control(&mut client::connect(&addr(&conn), &settings.client).await?, &job_id, ControlVerb::Delete, conn.json).await
         }
-        Command::Workers { conn } => client::workers(&mut client::connect(&addr(&conn)).await?, conn.json).await,
-        Command::Drain { name, conn } => client::drain(&mut client::connect(&addr(&conn)).await?, &name, conn.json).await,
+        Command::Workers { conn } => client::workers(&mut client::connect(&addr(&conn), &settings.client).await?, conn.json).await,
+        Command::Drain { name, conn } => client::drain(&mut client::connect(&addr(&conn), &settings.client).await?, &name, conn.json).await,
         Command::Fetch { job_id, out, conn } => {
-            client::fetch(&mut client::connect(&addr(&conn)).await?, &job_id, &out, conn.json).await
+            client::fetch(&mut client::connect(&addr(&conn), &settings.client).await?, &job_id, &out, conn.json).await
         }
         Command::Model { command } => model_cmd::run(command).await,
     }
@@ -338,6 +338,7 @@ fn tempfile_dir() -> Result<PathBuf> {
 }
 
 async fn serve(settings: &Settings, listen: &str, store: &str, model: &PathBuf) -> Result<()> {
+    let security = settings.server.security()?;
     start_metrics(settings).await?;
     let farm = Farm::start(settings, model, store).await?;
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
@@ -345,7 +346,7 @@ async fn serve(settings: &Settings, listen: &str, store: &str, model: &PathBuf) 
     // Scripts and tests read the bound address (the port may have been 0) from this line.
     output::emit(format!("listening on {local}"));
     tracing::info!(%local, store, model = %model.display(), "serving");
-    vidfarm_coordinator::serve(farm.coordinator.clone(), listener, shutdown_signal()).await?;
+    vidfarm_coordinator::serve(farm.coordinator.clone(), listener, security, shutdown_signal()).await?;
     tracing::info!("shutting down: finishing tasks in hand");
     farm.stop().await;
     Ok(())

@@ -4,6 +4,9 @@
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use vidfarm_coordinator::ServerSecurity;
+use vidfarm_coordinator::auth::ApiTokens;
 
 /// The documented defaults: the repository's config file itself.
 const DEFAULTS: &str = include_str!("../../../config/vidfarm.toml");
@@ -27,6 +30,43 @@ pub struct ServerSettings {
     pub listen: String,
     pub store: String,
     pub model: PathBuf,
+    pub tls_cert: String,
+    pub tls_key: String,
+    pub tls_client_ca: String,
+    pub auth_tokens_file: String,
+}
+
+impl ServerSettings {
+    /// The API's TLS and tokens, read from the files the settings name; errors name the key.
+    pub fn security(&self) -> Result<ServerSecurity> {
+        let read = |key: &str, path: &str| std::fs::read(path).with_context(|| format!("server.{key}: reading {path}"));
+        let tls = match (self.tls_cert.is_empty(), self.tls_key.is_empty()) {
+            (true, true) if self.tls_client_ca.is_empty() => None,
+            (true, true) => bail!("server.tls_client_ca asks clients for certificates, which needs TLS: set server.tls_cert and server.tls_key"),
+            (false, false) => {
+                let identity = Identity::from_pem(read("tls_cert", &self.tls_cert)?, read("tls_key", &self.tls_key)?);
+                let tls = ServerTlsConfig::new().identity(identity);
+                let tls = match self.tls_client_ca.as_str() {
+                    "" => tls,
+                    path => tls.client_ca_root(Certificate::from_pem(read("tls_client_ca", path)?)),
+                };
+                // Checked now, before the server announces its address.
+                tonic::transport::Server::builder().tls_config(tls.clone()).map_err(|e| {
+                    anyhow::anyhow!("server.tls_cert, server.tls_key, server.tls_client_ca: not a usable PEM certificate chain, key and CA: {e:?}")
+                })?;
+                Some(tls)
+            }
+            _ => bail!("server.tls_cert and server.tls_key go together: set both or neither"),
+        };
+        let tokens = match self.auth_tokens_file.as_str() {
+            "" => None,
+            path => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("server.auth_tokens_file: reading {path}"))?;
+                Some(ApiTokens::parse(&text).with_context(|| format!("server.auth_tokens_file {path}"))?)
+            }
+        };
+        Ok(ServerSecurity { tls, tokens })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -42,6 +82,10 @@ pub struct WorkerSettings {
 #[serde(deny_unknown_fields)]
 pub struct ClientSettings {
     pub addr: String,
+    pub tls_ca: String,
+    pub tls_cert: String,
+    pub tls_key: String,
+    pub token: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -195,6 +239,40 @@ mod tests {
         let err = format!("{:#}", Settings::load_from(None, |n| (n == "VIDFARM_WORKER_COUNT").then(|| "many".into())).unwrap_err());
         assert!(err.contains("VIDFARM_WORKER_COUNT"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Half-set TLS and unreadable or bad token files are errors naming the keys; nothing set
+    /// serves plaintext to anyone.
+    #[test]
+    fn api_security_settings_that_cannot_work_are_errors_naming_the_key() {
+        let server = |pairs: &[(&str, &str)]| {
+            let mut server = Settings::load_from(None, |_| None).unwrap().server;
+            for &(key, value) in pairs {
+                let field = match key {
+                    "tls_cert" => &mut server.tls_cert,
+                    "tls_key" => &mut server.tls_key,
+                    "tls_client_ca" => &mut server.tls_client_ca,
+                    _ => &mut server.auth_tokens_file,
+                };
+                *field = value.to_string();
+            }
+            server.security().map(|_| ()).map_err(|e| format!("{e:#}"))
+        };
+        assert_eq!(server(&[]), Ok(()));
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, "too-short\n").unwrap();
+        let tokens = tokens.display().to_string();
+        for (pairs, says) in [
+            (vec![("tls_cert", "/x/tls.crt")], "server.tls_cert and server.tls_key go together"),
+            (vec![("tls_client_ca", "/x/ca.crt")], "server.tls_client_ca asks clients for certificates"),
+            (vec![("tls_cert", "/x/tls.crt"), ("tls_key", "/x/tls.key")], "server.tls_cert: reading /x/tls.crt"),
+            (vec![("auth_tokens_file", "/x/tokens")], "server.auth_tokens_file: reading /x/tokens"),
+            (vec![("auth_tokens_file", tokens.as_str())], "line 1: a token must be at least 32 characters"),
+        ] {
+            let error = server(&pairs).unwrap_err();
+            assert!(error.contains(says), "{pairs:?}: {error}");
+        }
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The coordinator: takes jobs in (validation, planning, queueing the chunk tasks), applies
 //! clients' control, and serves it all as the `RenderService` gRPC API. It does no rendering.
 
+pub mod auth;
 pub mod convert;
 pub mod coordinator;
 pub mod server;
 pub mod service;
 
 pub use coordinator::{Coordinator, CoordinatorError};
-pub use server::{ServeError, serve};
+pub use server::{ServeError, ServerSecurity, serve};
 pub use service::RenderApi;

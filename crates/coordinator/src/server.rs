@@ -1,10 +1,12 @@
 //! The gRPC server: RenderService, the standard health service and server reflection.
 
+use crate::auth::{ApiTokens, Authenticate};
 use crate::coordinator::Coordinator;
 use crate::service::RenderApi;
 use std::future::Future;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::ServerTlsConfig;
 use vidfarm_api::pb::{self, render_service_server::RenderServiceServer};
 
 #[derive(Debug, thiserror::Error)]
@@ -18,10 +20,20 @@ pub enum ServeError {
 /// How often a coordinator counts the tasks queued or leased, for `vidfarm_queue_depth`.
 const QUEUE_DEPTH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Who may call and how: TLS (mutual when the config names a client CA) and API tokens.
+/// The default serves plaintext to anyone, for a farm on a trusted network or the loopback.
+#[derive(Clone, Debug, Default)]
+pub struct ServerSecurity {
+    pub tls: Option<ServerTlsConfig>,
+    /// RenderService calls must carry one of these; health checks and reflection need none.
+    pub tokens: Option<ApiTokens>,
+}
+
 /// Serves on a bound listener until `shutdown` completes.
 pub async fn serve(
     coordinator: Coordinator,
     listener: TcpListener,
+    security: ServerSecurity,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -42,10 +54,14 @@ pub async fn serve(
             }
         }
     });
-    let served = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = security.tls {
+        server = server.tls_config(tls)?;
+    }
+    let served = server
         .add_service(health)
         .add_service(reflection)
-        .add_service(RenderServiceServer::new(RenderApi::new(coordinator)))
+        .add_service(RenderServiceServer::with_interceptor(RenderApi::new(coordinator), Authenticate(security.tokens)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     counting.abort();
