@@ -50,7 +50,7 @@ def main():
     variants = {
         "defaults": {},
         "secrets and a model volume": {
-            "redis": {"existingSecret": "farm-redis"},
+            "redis": {"existingSecret": "farm-redis", "url": "rediss://redis:6380", "tls": {"secret": "farm-redis-tls", "clientCertificate": True}},
             "store": {"s3": {"credentialsSecret": "farm-s3", "endpoint": "http://minio:9000", "allowHttp": True}},
             "model": {"path": "/models/wan", "volume": {"persistentVolumeClaim": {"claimName": "models"}}},
             "metrics": {"port": 0},
@@ -79,6 +79,15 @@ def main():
         probe = coordinator["spec"]["template"]["spec"]["containers"][0]["readinessProbe"][probe_kind]["port"]
         mounts = {m["mountPath"]: m["name"] for m in coordinator["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
         secrets = {v["name"]: v["secret"]["secretName"] for v in coordinator["spec"]["template"]["spec"]["volumes"] if "secret" in v}
+        for deployment in (coordinator, worker):
+            pod = deployment["spec"]["template"]["spec"]
+            pod_mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+            pod_secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+            for key in ["tls_ca", "tls_cert", "tls_key"]:
+                if key in config["redis"]:
+                    folder = config["redis"][key].rsplit("/", 1)[0]
+                    assert pod_secrets[pod_mounts[folder]] == "farm-redis-tls", f"redis.{key}: {pod_mounts} {pod_secrets}"
+        assert ("tls_cert" in config["redis"]) == bool(values), f"{label}: Redis client certificate"
         if api:
             # Every file the config names is in a mounted Secret.
             for key, secret in [("tls_cert", "farm-tls"), ("tls_key", "farm-tls"), ("tls_client_ca", "farm-ca"), ("auth_tokens_file", "farm-tokens")]:

@@ -39,9 +39,10 @@ pub struct RedisArgs {
 async fn connect(settings: &Settings, args: &RedisArgs) -> Result<FarmState> {
     let url = args.redis.as_deref().unwrap_or(&settings.redis.url);
     let namespace = args.redis_namespace.as_deref().unwrap_or(&settings.redis.namespace);
+    let tls = settings.redis.tls()?;
     let (mut attempt, mut backoff) = (1, FIRST_BACKOFF);
     loop {
-        match RedisNamespace::connect(url, namespace).await {
+        match RedisNamespace::connect_with_tls(url, namespace, &tls).await {
             Ok(ns) => {
                 return Ok(FarmState {
                     queue: Arc::new(RedisQueue::new(ns.clone())),

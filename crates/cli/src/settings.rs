@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use vidfarm_coordinator::ServerSecurity;
 use vidfarm_coordinator::auth::ApiTokens;
+use vidfarm_queue::RedisTls;
 
 /// The documented defaults: the repository's config file itself.
 const DEFAULTS: &str = include_str!("../../../config/vidfarm.toml");
@@ -93,6 +94,26 @@ pub struct ClientSettings {
 pub struct RedisSettings {
     pub url: String,
     pub namespace: String,
+    pub tls_ca: String,
+    pub tls_cert: String,
+    pub tls_key: String,
+}
+
+impl RedisSettings {
+    /// The CA and client certificate for a rediss:// URL, read from the files the settings name.
+    pub fn tls(&self) -> Result<RedisTls> {
+        let read = |key: &str, path: &str| std::fs::read(path).with_context(|| format!("redis.{key}: reading {path}"));
+        let ca = match self.tls_ca.as_str() {
+            "" => None,
+            path => Some(read("tls_ca", path)?),
+        };
+        let client_cert = match (self.tls_cert.as_str(), self.tls_key.as_str()) {
+            ("", "") => None,
+            (cert, key) if !cert.is_empty() && !key.is_empty() => Some((read("tls_cert", cert)?, read("tls_key", key)?)),
+            _ => bail!("redis.tls_cert and redis.tls_key go together: set both or neither"),
+        };
+        Ok(RedisTls { ca, client_cert })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -241,10 +262,10 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Half-set TLS and unreadable or bad token files are errors naming the keys; nothing set
-    /// serves plaintext to anyone.
+    /// Half-set TLS (the API's or Redis's) and unreadable or bad token files are errors naming
+    /// the keys; nothing set serves plaintext to anyone.
     #[test]
-    fn api_security_settings_that_cannot_work_are_errors_naming_the_key() {
+    fn security_settings_that_cannot_work_are_errors_naming_the_key() {
         let server = |pairs: &[(&str, &str)]| {
             let mut server = Settings::load_from(None, |_| None).unwrap().server;
             for &(key, value) in pairs {
@@ -273,6 +294,13 @@ mod tests {
             let error = server(&pairs).unwrap_err();
             assert!(error.contains(says), "{pairs:?}: {error}");
         }
+
+        let mut redis = Settings::load_from(None, |_| None).unwrap().redis;
+        assert!(redis.tls().unwrap().ca.is_none());
+        redis.tls_cert = "/x/client.crt".into();
+        assert!(format!("{:#}", redis.tls().err().unwrap()).contains("redis.tls_cert and redis.tls_key go together"));
+        redis.tls_key = "/x/client.key".into();
+        assert!(format!("{:#}", redis.tls().err().unwrap()).contains("redis.tls_cert: reading /x/client.crt"));
     }
 
     #[test]

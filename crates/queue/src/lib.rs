@@ -8,7 +8,7 @@ pub mod job;
 pub mod memory;
 pub use memory::{MemoryJobBook, MemoryQueue, MemoryWorkerRegistry, now_ms};
 pub mod redis;
-pub use redis::{RedisJobBook, RedisNamespace, RedisQueue, RedisWorkerRegistry};
+pub use redis::{RedisJobBook, RedisNamespace, RedisQueue, RedisTls, RedisWorkerRegistry};
 pub mod task;
 pub mod workers;
 

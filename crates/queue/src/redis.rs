@@ -44,10 +44,24 @@ pub struct RedisNamespace {
     url: String,
 }
 
+/// TLS for a `rediss://` URL, all PEM: a CA to trust instead of the system's roots, and a
+/// certificate and key to present to a server that asks clients for one (`tls-auth-clients`).
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    pub ca: Option<Vec<u8>>,
+    pub client_cert: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 impl RedisNamespace {
     /// Connects, failing fast with the (password-free) URL when Redis cannot be reached, so
-    /// the caller decides how to wait and retry.
+    /// the caller decides how to wait and retry. A `rediss://` URL speaks TLS, trusting the
+    /// system's roots.
     pub async fn connect(url: &str, namespace: &str) -> Result<Self, QueueError> {
+        Self::connect_with_tls(url, namespace, &RedisTls::default()).await
+    }
+
+    /// [`RedisNamespace::connect`] with a CA and client certificate of the farm's own.
+    pub async fn connect_with_tls(url: &str, namespace: &str, tls: &RedisTls) -> Result<Self, QueueError> {
         let shown = redacted(url);
         let valid = !namespace.is_empty() && namespace.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !valid {
@@ -55,7 +69,15 @@ impl RedisNamespace {
                 "Redis namespace {namespace:?}: use letters, digits, '-', '_' and '.'"
             )));
         }
-        let client = Client::open(url).map_err(|e| backend(&format!("Redis URL {shown}"), e))?;
+        let client = if tls.ca.is_none() && tls.client_cert.is_none() {
+            Client::open(url)
+        } else if url.starts_with("rediss://") {
+            let client_tls = tls.client_cert.clone().map(|(client_cert, client_key)| ::redis::ClientTlsConfig { client_cert, client_key });
+            Client::build_with_tls(url, ::redis::TlsCertificates { client_tls, root_cert: tls.ca.clone() })
+        } else {
+            return Err(QueueError::Backend(format!("Redis URL {shown}: a CA or client certificate needs a rediss:// URL")));
+        };
+        let client = client.map_err(|e| backend(&format!("Redis URL {shown}"), e))?;
         let config = ConnectionManagerConfig::new()
             .set_number_of_retries(2)
             .set_connection_timeout(Some(Duration::from_secs(3)))
@@ -706,6 +728,100 @@ mod tests {
         assert!(!text.contains("secret"), "{text}");
         let err = RedisNamespace::connect("redis://127.0.0.1:6379", "a b").await.err().expect("a space is refused");
         assert!(err.to_string().contains("namespace"), "{err}");
+    }
+
+    /// A Redis server that speaks TLS only, on a free port, with a CA of the test's making that
+    /// signed its certificate and the client's (Redis asks clients for one by default).
+    struct TlsRedis {
+        child: std::process::Child,
+        port: u16,
+        ca: Vec<u8>,
+        client_cert: (Vec<u8>, Vec<u8>),
+        _dir: tempfile::TempDir,
+    }
+
+    impl TlsRedis {
+        fn start() -> Self {
+            use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+            // Distinct subjects: a leaf named like its CA would read as self-signed.
+            let named = |names: Vec<String>, name: &str| {
+                let mut params = CertificateParams::new(names).unwrap();
+                params.distinguished_name = DistinguishedName::new();
+                params.distinguished_name.push(DnType::CommonName, name);
+                params
+            };
+            let mut ca_params = named(Vec::new(), "vidfarm test CA");
+            ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+            let ca_key = KeyPair::generate().unwrap();
+            let ca = ca_params.self_signed(&ca_key).unwrap();
+            let issuer = Issuer::new(ca_params, ca_key);
+            let leaf = |names: Vec<String>, usage| {
+                let mut params = named(names, &format!("vidfarm test {usage:?}"));
+                params.extended_key_usages = vec![usage];
+                let key = KeyPair::generate().unwrap();
+                (params.signed_by(&key, &issuer).unwrap().pem().into_bytes(), key.serialize_pem().into_bytes())
+            };
+            let server = leaf(vec!["127.0.0.1".into()], ExtendedKeyUsagePurpose::ServerAuth);
+            let client_cert = leaf(vec!["vidfarm".into()], ExtendedKeyUsagePurpose::ClientAuth);
+            let dir = tempfile::tempdir().unwrap();
+            let file = |name: &str, bytes: &[u8]| {
+                let path = dir.path().join(name);
+                std::fs::write(&path, bytes).unwrap();
+                path
+            };
+            let (ca_file, cert_file, key_file) = (file("ca.crt", ca.pem().as_bytes()), file("redis.crt", &server.0), file("redis.key", &server.1));
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", "0", "--tls-port", &port.to_string(), "--save", "", "--appendonly", "no"])
+                .arg("--tls-cert-file")
+                .arg(&cert_file)
+                .arg("--tls-key-file")
+                .arg(&key_file)
+                .arg("--tls-ca-cert-file")
+                .arg(&ca_file)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server starts");
+            let started = Instant::now();
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(started.elapsed() < Duration::from_secs(10), "redis-server listens on {port}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Self { child, port, ca: ca.pem().into_bytes(), client_cert, _dir: dir }
+        }
+    }
+
+    impl Drop for TlsRedis {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Whether a farm can work over this connection: connecting, then a command, succeed.
+    async fn usable(connected: Result<RedisNamespace, QueueError>) -> bool {
+        match connected {
+            Ok(ns) => RedisQueue::new(ns).depth().await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn over_rediss_with_the_farms_ca_and_client_certificate_the_queue_works() {
+        let server = TlsRedis::start();
+        let url = format!("rediss://127.0.0.1:{}", server.port);
+        let tls = RedisTls { ca: Some(server.ca.clone()), client_cert: Some(server.client_cert.clone()) };
+        let ns = RedisNamespace::connect_with_tls(&url, "tls", &tls).await.expect("a TLS connection");
+        crate::conformance::queue_orders_and_acks(&RedisQueue::new(ns)).await;
+
+        let untrusted = RedisTls { ca: None, ..tls.clone() };
+        assert!(!usable(RedisNamespace::connect_with_tls(&url, "tls", &untrusted).await).await, "the server's CA is not a system root");
+        let anonymous = RedisTls { client_cert: None, ..tls.clone() };
+        assert!(!usable(RedisNamespace::connect_with_tls(&url, "tls", &anonymous).await).await, "the server asks for a client certificate");
+        assert!(!usable(RedisNamespace::connect(&format!("redis://127.0.0.1:{}", server.port), "tls").await).await, "no plaintext");
+        let plain_url = RedisNamespace::connect_with_tls(&format!("redis://127.0.0.1:{}", server.port), "tls", &tls).await.err().unwrap();
+        assert!(plain_url.to_string().contains("needs a rediss:// URL"), "{plain_url}");
     }
 
     #[tokio::test]

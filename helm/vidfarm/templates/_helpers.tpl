@@ -67,6 +67,11 @@ app.kubernetes.io/component: {{ .component }}
 - name: models
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- if .Values.redis.tls.secret }}
+- name: redis-tls
+  secret:
+    secretName: {{ .Values.redis.tls.secret }}
+{{- end }}
 {{- end -}}
 
 {{- define "vidfarm.volumeMounts" -}}
@@ -78,6 +83,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.model.volume }}
 - name: models
   mountPath: {{ .Values.model.mountPath }}
+  readOnly: true
+{{- end }}
+{{- if .Values.redis.tls.secret }}
+- name: redis-tls
+  mountPath: /etc/vidfarm-redis-tls
   readOnly: true
 {{- end }}
 {{- end -}}
