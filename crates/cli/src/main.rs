@@ -227,7 +227,7 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 async fn run_command(command: Command, settings: &Settings) -> Result<()> {
-    let addr = |conn: &Conn| conn.addr.clone().unwrap_or_else(|| settings.client.addr.clone());
+    let connect = async |conn: &Conn| client::connect(conn.addr.as_deref().unwrap_or(&settings.client.addr), &settings.client).await;
     match command {
         Command::Render { spec, out, model, store, json } => render(&settings, &spec, &out, model, store, json).await,
         Command::Serve { listen, store, model, workers } => {
@@ -252,29 +252,29 @@ async fn run_command(command: Command, settings: &Settings) -> Result<()> {
             distributed::worker(&settings, &redis, &store, &model, name).await
         }
         Command::Submit { spec, idempotency_key, wait, conn } => {
-            client::submit(&mut client::connect(&addr(&conn), &settings.client).await?, &spec, idempotency_key, wait, conn.json).await
+            client::submit(&mut connect(&conn).await?, &spec, idempotency_key, wait, conn.json).await
         }
-        Command::Watch { job_id, conn } => client::watch(&mut client::connect(&addr(&conn), &settings.client).await?, &job_id, conn.json).await,
-        Command::Get { job_id, conn } => client::get(&mut client::connect(&addr(&conn), &settings.client).await?, &job_id, conn.json).await,
+        Command::Watch { job_id, conn } => client::watch(&mut connect(&conn).await?, &job_id, conn.json).await,
+        Command::Get { job_id, conn } => client::get(&mut connect(&conn).await?, &job_id, conn.json).await,
         Command::List { states, page_size, page_token, conn } => {
-            client::list(&mut client::connect(&addr(&conn), &settings.client).await?, &states, page_size, page_token, conn.json).await
+            client::list(&mut connect(&conn).await?, &states, page_size, page_token, conn.json).await
         }
         Command::Cancel { job_id, conn } => {
-            client::control(&mut client::connect(&addr(&conn), &settings.client).await?, &job_id, ControlVerb::Cancel, conn.json).await
+            client::control(&mut connect(&conn).await?, &job_id, ControlVerb::Cancel, conn.json).await
         }
         Command::Pause { job_id, conn } => {
-            client::control(&mut client::connect(&addr(&conn), &settings.client).await?, &job_id, ControlVerb::Pause, conn.json).await
+            client::control(&mut connect(&conn).await?, &job_id, ControlVerb::Pause, conn.json).await
         }
         Command::Resume { job_id, conn } => {
-            client::control(&mut client::connect(&addr(&conn), &settings.client).await?, &job_id, ControlVerb::Resume, conn.json).await
+            client::control(&mut connect(&conn).await?, &job_id, ControlVerb::Resume, conn.json).await
         }
         Command::Delete { job_id, conn } => {
-            client::control(&mut client::connect(&addr(&conn), &settings.client).await?, &job_id, ControlVerb::Delete, conn.json).await
+            client::control(&mut connect(&conn).await?, &job_id, ControlVerb::Delete, conn.json).await
         }
-        Command::Workers { conn } => client::workers(&mut client::connect(&addr(&conn), &settings.client).await?, conn.json).await,
-        Command::Drain { name, conn } => client::drain(&mut client::connect(&addr(&conn), &settings.client).await?, &name, conn.json).await,
+        Command::Workers { conn } => client::workers(&mut connect(&conn).await?, conn.json).await,
+        Command::Drain { name, conn } => client::drain(&mut connect(&conn).await?, &name, conn.json).await,
         Command::Fetch { job_id, out, conn } => {
-            client::fetch(&mut client::connect(&addr(&conn), &settings.client).await?, &job_id, &out, conn.json).await
+            client::fetch(&mut connect(&conn).await?, &job_id, &out, conn.json).await
         }
         Command::Model { command } => model_cmd::run(command).await,
     }
