@@ -42,6 +42,10 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = security.tls {
+        server = server.tls_config(tls)?;
+    }
     // The queue's depth for the metrics endpoint, while serving.
     let queue = coordinator.clone();
     let counting = tokio::spawn(async move {
@@ -54,10 +58,6 @@ pub async fn serve(
             }
         }
     });
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = security.tls {
-        server = server.tls_config(tls)?;
-    }
     let served = server
         .add_service(health)
         .add_service(reflection)
