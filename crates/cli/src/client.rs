@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use crate::settings::ClientSettings;
+use crate::settings::{ClientSettings, read_optional, read_pem_pair};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -35,14 +35,13 @@ impl Interceptor for BearerToken {
 pub async fn connect(addr: &str, client: &ClientSettings) -> Result<Client> {
     let addr = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
     let mut endpoint = Endpoint::from_shared(addr.clone()).with_context(|| format!("coordinator address {addr:?}"))?;
-    let read = |key: &str, path: &str| std::fs::read(path).with_context(|| format!("client.{key}: reading {path}"));
     if addr.starts_with("https://") {
-        let mut tls = ClientTlsConfig::new();
-        tls = if client.tls_ca.is_empty() { tls.with_native_roots() } else { tls.ca_certificate(Certificate::from_pem(read("tls_ca", &client.tls_ca)?)) };
-        match (client.tls_cert.is_empty(), client.tls_key.is_empty()) {
-            (true, true) => {}
-            (false, false) => tls = tls.identity(Identity::from_pem(read("tls_cert", &client.tls_cert)?, read("tls_key", &client.tls_key)?)),
-            _ => bail!("client.tls_cert and client.tls_key go together: set both or neither"),
+        let mut tls = match read_optional("client.tls_ca", &client.tls_ca)? {
+            Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        if let Some((cert, key)) = read_pem_pair("client", &client.tls_cert, &client.tls_key)? {
+            tls = tls.identity(Identity::from_pem(cert, key));
         }
         endpoint = endpoint.tls_config(tls).with_context(|| format!("TLS for {addr}"))?;
     }

@@ -40,16 +40,16 @@ pub struct ServerSettings {
 impl ServerSettings {
     /// The API's TLS and tokens, read from the files the settings name; errors name the key.
     pub fn security(&self) -> Result<ServerSecurity> {
-        let read = |key: &str, path: &str| std::fs::read(path).with_context(|| format!("server.{key}: reading {path}"));
-        let tls = match (self.tls_cert.is_empty(), self.tls_key.is_empty()) {
-            (true, true) if self.tls_client_ca.is_empty() => None,
-            (true, true) => bail!("server.tls_client_ca asks clients for certificates, which needs TLS: set server.tls_cert and server.tls_key"),
-            (false, false) => {
-                let identity = Identity::from_pem(read("tls_cert", &self.tls_cert)?, read("tls_key", &self.tls_key)?);
-                let tls = ServerTlsConfig::new().identity(identity);
-                let tls = match self.tls_client_ca.as_str() {
-                    "" => tls,
-                    path => tls.client_ca_root(Certificate::from_pem(read("tls_client_ca", path)?)),
+        let tls = match read_pem_pair("server", &self.tls_cert, &self.tls_key)? {
+            None if !self.tls_client_ca.is_empty() => {
+                bail!("server.tls_client_ca asks clients for certificates, which needs TLS: set server.tls_cert and server.tls_key")
+            }
+            None => None,
+            Some((cert, key)) => {
+                let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+                let tls = match read_optional("server.tls_client_ca", &self.tls_client_ca)? {
+                    Some(ca) => tls.client_ca_root(Certificate::from_pem(ca)),
+                    None => tls,
                 };
                 // Checked now, before the server announces its address.
                 tonic::transport::Server::builder().tls_config(tls.clone()).map_err(|e| {
@@ -57,7 +57,6 @@ impl ServerSettings {
                 })?;
                 Some(tls)
             }
-            _ => bail!("server.tls_cert and server.tls_key go together: set both or neither"),
         };
         let tokens = match self.auth_tokens_file.as_str() {
             "" => None,
@@ -102,18 +101,26 @@ pub struct RedisSettings {
 impl RedisSettings {
     /// The CA and client certificate for a rediss:// URL, read from the files the settings name.
     pub fn tls(&self) -> Result<RedisTls> {
-        let read = |key: &str, path: &str| std::fs::read(path).with_context(|| format!("redis.{key}: reading {path}"));
-        let ca = match self.tls_ca.as_str() {
-            "" => None,
-            path => Some(read("tls_ca", path)?),
-        };
-        let client_cert = match (self.tls_cert.as_str(), self.tls_key.as_str()) {
-            ("", "") => None,
-            (cert, key) if !cert.is_empty() && !key.is_empty() => Some((read("tls_cert", cert)?, read("tls_key", key)?)),
-            _ => bail!("redis.tls_cert and redis.tls_key go together: set both or neither"),
-        };
-        Ok(RedisTls { ca, client_cert })
+        Ok(RedisTls { ca: read_optional("redis.tls_ca", &self.tls_ca)?, client_cert: read_pem_pair("redis", &self.tls_cert, &self.tls_key)? })
     }
+}
+
+/// The file a setting names, if it names one; errors name the setting.
+pub fn read_optional(setting: &str, path: &str) -> Result<Option<Vec<u8>>> {
+    match path {
+        "" => Ok(None),
+        path => std::fs::read(path).map(Some).with_context(|| format!("{setting}: reading {path}")),
+    }
+}
+
+/// A certificate and its key, from `<section>.tls_cert` and `<section>.tls_key`: both or neither.
+pub fn read_pem_pair(section: &str, cert: &str, key: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    if cert.is_empty() != key.is_empty() {
+        bail!("{section}.tls_cert and {section}.tls_key go together: set both or neither");
+    }
+    let cert = read_optional(&format!("{section}.tls_cert"), cert)?;
+    let key = read_optional(&format!("{section}.tls_key"), key)?;
+    Ok(cert.zip(key))
 }
 
 #[derive(Clone, Debug, Deserialize)]
