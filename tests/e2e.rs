@@ -5,7 +5,7 @@ use futures::StreamExt;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tonic::Code;
 use tonic::transport::Channel;
 use vidfarm_api::pb::{self, render_service_client::RenderServiceClient};
@@ -614,6 +614,18 @@ async fn over_tls_only_callers_with_a_listed_token_get_in() {
     json(&cli(TOKEN));
     let stranger = cli("");
     assert!(!stranger.status.success() && String::from_utf8_lossy(&stranger.stderr).contains("authorization"), "{stranger:?}");
+
+    // Rotation without a restart: the file is swapped whole, as the kubelet swaps a Secret's.
+    const NEXT_TOKEN: &str = "e2e-rotated-0123456789abcdef0123456789";
+    std::fs::write(dir.path().join("tokens.new"), format!("{NEXT_TOKEN}\n")).unwrap();
+    std::fs::rename(dir.path().join("tokens.new"), &tokens).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.list_jobs(with_token(NEXT_TOKEN)).await.is_err() {
+        assert!(Instant::now() < deadline, "the rotated token was not accepted within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let revoked = client.list_jobs(with_token(TOKEN)).await.unwrap_err();
+    assert_eq!(revoked.code(), Code::Unauthenticated, "the token taken out of the file is refused: {revoked:?}");
 
     let bad_cert = write("bad.crt", "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n");
     let failed = Command::new(BIN).args(["serve", "--listen", "127.0.0.1:0", "--store", &store]).envs(settings(&bad_cert)).output().unwrap();

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use vidfarm_coordinator::ServerSecurity;
-use vidfarm_coordinator::auth::ApiTokens;
+use vidfarm_coordinator::auth::TokenFile;
 use vidfarm_queue::RedisTls;
 
 /// The documented defaults: the repository's config file itself.
@@ -62,7 +62,7 @@ impl ServerSettings {
             "" => None,
             path => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("server.auth_tokens_file: reading {path}"))?;
-                Some(ApiTokens::parse(&text).with_context(|| format!("server.auth_tokens_file {path}"))?)
+                Some(TokenFile::new(path, text).with_context(|| format!("server.auth_tokens_file {path}"))?)
             }
         };
         Ok(ServerSecurity { tls, tokens })

@@ -1,10 +1,12 @@
 //! Bearer-token authentication of RenderService calls: the farm's operators hand out API tokens
 //! (a file, one per line, usually mounted from a Secret), and every call must carry one as
 //! `authorization: Bearer TOKEN`. Only the tokens' SHA-256 digests are kept, compared in
-//! constant time.
+//! constant time. The file is read again while serving (`TokenFile`), so tokens are added and
+//! revoked without a restart.
 
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
@@ -19,30 +21,35 @@ pub enum TokenFileError {
     Empty,
 }
 
-/// The tokens a farm accepts.
+/// The tokens a farm accepts. Clones share one set, so a reload reaches the interceptor.
 #[derive(Clone, Debug)]
 pub struct ApiTokens {
-    digests: Arc<Vec<[u8; 32]>>,
+    digests: Arc<RwLock<Vec<[u8; 32]>>>,
+}
+
+/// The digests of a token file's tokens: one per line; blank lines and `#` comments are skipped.
+fn digests_of(text: &str) -> Result<Vec<[u8; 32]>, TokenFileError> {
+    let mut digests = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let token = line.trim();
+        if token.is_empty() || token.starts_with('#') {
+            continue;
+        }
+        if token.len() < MIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(TokenFileError::BadToken { line: index + 1 });
+        }
+        digests.push(Sha256::digest(token.as_bytes()).into());
+    }
+    if digests.is_empty() {
+        return Err(TokenFileError::Empty);
+    }
+    Ok(digests)
 }
 
 impl ApiTokens {
     /// Reads a token file's text: one token per line; blank lines and `#` comments are skipped.
     pub fn parse(text: &str) -> Result<Self, TokenFileError> {
-        let mut digests = Vec::new();
-        for (index, line) in text.lines().enumerate() {
-            let token = line.trim();
-            if token.is_empty() || token.starts_with('#') {
-                continue;
-            }
-            if token.len() < MIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(TokenFileError::BadToken { line: index + 1 });
-            }
-            digests.push(Sha256::digest(token.as_bytes()).into());
-        }
-        if digests.is_empty() {
-            return Err(TokenFileError::Empty);
-        }
-        Ok(Self { digests: Arc::new(digests) })
+        Ok(Self { digests: Arc::new(RwLock::new(digests_of(text)?)) })
     }
 
     /// Accepts a call whose `authorization` metadata is `Bearer` and one of the tokens.
@@ -57,11 +64,43 @@ impl ApiTokens {
             .ok_or_else(|| Status::unauthenticated("authorization: expected \"Bearer <token>\""))?;
         let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
         // Every digest is compared whole, so the time taken tells nothing of how close a guess was.
-        let known = self.digests.iter().fold(false, |found, listed| {
+        let digests = self.digests.read().unwrap_or_else(PoisonError::into_inner);
+        let known = digests.iter().fold(false, |found, listed| {
             let difference = listed.iter().zip(&digest).fold(0u8, |acc, (a, b)| acc | (a ^ b));
             found | (difference == 0)
         });
         if known { Ok(()) } else { Err(Status::unauthenticated("authorization: unknown token")) }
+    }
+}
+
+/// A token file and the tokens read from it. `serve` reads the file again every few seconds and
+/// hands the text to `reload`, so a Secret updated in place takes effect without a restart.
+#[derive(Clone, Debug)]
+pub struct TokenFile {
+    pub path: PathBuf,
+    pub tokens: ApiTokens,
+    /// The text last handed in, good or bad: an unchanged file is neither parsed nor reported again.
+    text: String,
+}
+
+impl TokenFile {
+    pub fn new(path: impl Into<PathBuf>, text: String) -> Result<Self, TokenFileError> {
+        Ok(Self { path: path.into(), tokens: ApiTokens::parse(&text)?, text })
+    }
+
+    /// Takes the file's current text: `Ok(Some(count))` when it changed and its tokens replace
+    /// the old ones, `Ok(None)` when it did not change. A bad text leaves the old tokens in
+    /// force, so a half-edited file never locks every caller out.
+    pub fn reload(&mut self, text: String) -> Result<Option<usize>, TokenFileError> {
+        if text == self.text {
+            return Ok(None);
+        }
+        let parsed = digests_of(&text);
+        self.text = text;
+        let digests = parsed?;
+        let count = digests.len();
+        *self.tokens.digests.write().unwrap_or_else(PoisonError::into_inner) = digests;
+        Ok(Some(count))
     }
 }
 
@@ -113,6 +152,24 @@ mod tests {
         assert_eq!(ApiTokens::parse(&format!("{TOKEN}\nshort\n")).unwrap_err(), TokenFileError::BadToken { line: 2 });
         assert_eq!(ApiTokens::parse(&format!("# a\n{TOKEN} {TOKEN}\n")).unwrap_err(), TokenFileError::BadToken { line: 2 });
         assert_eq!(ApiTokens::parse("# only a comment\n\n").unwrap_err(), TokenFileError::Empty);
+    }
+
+    #[test]
+    fn a_changed_token_file_replaces_the_tokens_everywhere_and_a_bad_one_keeps_them() {
+        let other = "c".repeat(MIN_TOKEN_LEN);
+        let mut file = TokenFile::new("/run/tokens", format!("{TOKEN}\n")).unwrap();
+        let interceptor_copy = file.tokens.clone();
+        let accepts = |token: &str| interceptor_copy.check(&with_authorization(&format!("Bearer {token}"))).is_ok();
+        assert_eq!(file.reload(format!("{TOKEN}\n")), Ok(None), "an unchanged file is not parsed again");
+
+        assert_eq!(file.reload(format!("{other}\n")), Ok(Some(1)));
+        assert!(accepts(&other) && !accepts(TOKEN), "the old token is revoked, the new one accepted");
+        assert_eq!(file.reload("short\n".into()), Err(TokenFileError::BadToken { line: 1 }));
+        assert_eq!(file.reload("short\n".into()), Ok(None), "a bad file is reported once");
+        assert_eq!(file.reload(String::new()), Err(TokenFileError::Empty));
+        assert!(accepts(&other) && !accepts(TOKEN), "a bad file keeps the tokens in force");
+        assert_eq!(file.reload(format!("{TOKEN}\n{other}\n")), Ok(Some(2)));
+        assert!(accepts(&other) && accepts(TOKEN));
     }
 
     #[test]
