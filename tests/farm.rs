@@ -640,6 +640,8 @@ struct CollectedSpan {
     span_id: String,
     parent_span_id: String,
     job_id: Option<String>,
+    /// The span's status is ERROR.
+    failed: bool,
 }
 
 struct TraceReceiver(Arc<Mutex<Vec<CollectedSpan>>>);
@@ -664,6 +666,7 @@ impl TraceService for TraceReceiver {
                     trace_id: hex(&span.trace_id),
                     span_id: hex(&span.span_id),
                     parent_span_id: hex(&span.parent_span_id),
+                    failed: span.status.as_ref().is_some_and(|status| status.code == 2),
                     name: span.name,
                 });
             }
@@ -717,18 +720,26 @@ async fn one_trace_follows_a_job_from_the_grpc_call_through_redis_to_every_worke
     let done = finish(&mut watch(&mut client, &job.job_id).await).await;
     succeeded(&done);
     assert_eq!(done.trace_id, caller_trace);
+    let unknown = client.get_job(pb::GetJobRequest { job_id: "no-such-job".into() }).await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::InvalidArgument, "a malformed job id");
 
     let of_job = |s: &&CollectedSpan| s.job_id.as_deref() == Some(job.job_id.as_str());
     let tasks_expected = done.chunks.len() + 1;
     let spans = collector
         .wait_for(|spans| {
             let tasks = spans.iter().filter(of_job).filter(|s| s.name == "task").count();
-            tasks >= tasks_expected && spans.iter().any(|s| s.name == "SubmitJob") && spans.iter().any(|s| s.name == "store_clip")
+            tasks >= tasks_expected
+                && ["SubmitJob", "WatchJob", "GetJob", "store_clip"].iter().all(|name| spans.iter().any(|s| s.name == *name))
         })
         .await;
+    // Every call has its span, named after the method, naming the job and failing when the call did.
+    let watch = spans.iter().find(|s| s.name == "WatchJob").unwrap();
+    assert_eq!((watch.job_id.as_deref(), watch.failed), (Some(job.job_id.as_str()), false));
+    let get = spans.iter().find(|s| s.name == "GetJob").unwrap();
+    assert_eq!((get.job_id.as_deref(), get.failed, get.service.as_str()), (Some("no-such-job"), true, "vidfarm-coordinator"));
     let submit = spans.iter().find(|s| s.name == "SubmitJob").unwrap();
     assert_eq!((submit.service.as_str(), submit.trace_id.as_str(), submit.parent_span_id.as_str()), ("vidfarm-coordinator", caller_trace, caller_span));
-    assert_eq!(submit.job_id.as_deref(), Some(job.job_id.as_str()));
+    assert_eq!((submit.job_id.as_deref(), submit.failed), (Some(job.job_id.as_str()), false));
     let tasks: Vec<&CollectedSpan> = spans.iter().filter(of_job).filter(|s| s.name == "task").collect();
     assert_eq!(tasks.len(), tasks_expected, "one span per task: {tasks:#?}");
     for task in &tasks {

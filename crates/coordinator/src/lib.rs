@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod convert;
 pub mod coordinator;
+pub mod rpc_span;
 pub mod server;
 pub mod service;
 

@@ -2,6 +2,7 @@
 
 use crate::auth::{Authenticate, TokenFile};
 use crate::coordinator::Coordinator;
+use crate::rpc_span::RpcSpans;
 use crate::service::RenderApi;
 use std::future::Future;
 use tokio::net::TcpListener;
@@ -68,7 +69,7 @@ pub async fn serve(
     let served = server
         .add_service(health)
         .add_service(reflection)
-        .add_service(RenderServiceServer::with_interceptor(RenderApi::new(coordinator), authenticate))
+        .add_service(RpcSpans(RenderServiceServer::with_interceptor(RenderApi::new(coordinator), authenticate)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     counting.abort();

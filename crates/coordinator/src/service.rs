@@ -2,11 +2,11 @@
 
 use crate::convert::{clip_to_pb, detail_to_pb, job_to_pb, state_from_pb, state_to_pb, worker_to_pb};
 use crate::coordinator::{Coordinator, CoordinatorError};
+use crate::rpc_span::record_job_id;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tonic::{Request, Response, Status};
 use vidfarm_api::pb::{self, render_service_server::RenderService};
-use tracing::Instrument;
 use vidfarm_queue::{Control, QueueError};
 
 pub struct RenderApi {
@@ -23,6 +23,7 @@ impl RenderApi {
     }
 
     async fn control(&self, job_id: &str, control: Control) -> Result<Response<pb::Job>, Status> {
+        record_job_id(job_id);
         let record = self.coordinator.control(job_id, control).await.map_err(status)?;
         Ok(Response::new(self.job(&record)))
     }
@@ -44,21 +45,18 @@ pub fn status(e: CoordinatorError) -> Status {
 #[tonic::async_trait]
 impl RenderService for RenderApi {
     async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        // The root of the job's trace, or a child of the caller's when it sends one.
-        let span = tracing::info_span!("SubmitJob", job_id = tracing::field::Empty);
-        if let Some(parent) = request.metadata().get("traceparent").and_then(|v| v.to_str().ok()) {
-            vidfarm_telemetry::traces::set_parent(&span, parent);
-        }
         let request = request.into_inner();
         let spec = request.spec.ok_or_else(|| Status::invalid_argument("spec: is required"))?;
-        let submitted = self.coordinator.submit(&spec, &request.idempotency_key).instrument(span.clone()).await;
-        let (record, created) = submitted.map_err(status)?;
-        span.record("job_id", record.id.as_str());
+        // Runs in the call's span (`RpcSpans`), which the job record keeps as its trace's root.
+        let (record, created) = self.coordinator.submit(&spec, &request.idempotency_key).await.map_err(status)?;
+        record_job_id(&record.id);
         Ok(Response::new(pb::SubmitJobResponse { job: Some(self.job(&record)), created }))
     }
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
-        let record = self.coordinator.get(&request.into_inner().job_id).await.map_err(status)?;
+        let job_id = request.into_inner().job_id;
+        record_job_id(&job_id);
+        let record = self.coordinator.get(&job_id).await.map_err(status)?;
         Ok(Response::new(self.job(&record)))
     }
 
@@ -83,6 +81,7 @@ impl RenderService for RenderApi {
 
     async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
         let job_id = request.into_inner().job_id;
+        record_job_id(&job_id);
         // Subscribe before reading the snapshot, so no change falls between the two.
         self.coordinator.get(&job_id).await.map_err(status)?;
         let updates = self.coordinator.book().subscribe(&job_id).await.map_err(|e| status(e.into()))?;
@@ -132,7 +131,9 @@ impl RenderService for RenderApi {
     }
 
     async fn get_clip(&self, request: Request<pb::GetClipRequest>) -> Result<Response<pb::Clip>, Status> {
-        let (record, url) = self.coordinator.clip(&request.into_inner().job_id).await.map_err(status)?;
+        let job_id = request.into_inner().job_id;
+        record_job_id(&job_id);
+        let (record, url) = self.coordinator.clip(&job_id).await.map_err(status)?;
         clip_to_pb(&record, url)
             .map(Response::new)
             .ok_or_else(|| Status::failed_precondition("job has no clip"))
@@ -149,7 +150,9 @@ impl RenderService for RenderApi {
     }
 
     async fn delete_job(&self, request: Request<pb::DeleteJobRequest>) -> Result<Response<pb::Job>, Status> {
-        let record = self.coordinator.delete(&request.into_inner().job_id).await.map_err(status)?;
+        let job_id = request.into_inner().job_id;
+        record_job_id(&job_id);
+        let record = self.coordinator.delete(&job_id).await.map_err(status)?;
         Ok(Response::new(self.job(&record)))
     }
 }
