@@ -122,6 +122,11 @@ pub fn denoise_chunk<B: Backend>(
     let span = clip_span(spec, chunk);
     let mut step_started = Instant::now();
     let latents = pipeline.denoise(noise, &cond, &uncond, prefix.as_ref(), span, &sampling_options(spec), &mut |progress| {
+        // On an asynchronous device (CUDA) the step's kernels may still be queued: wait for them,
+        // so the step's time is its own and not partly the next one's.
+        if let Err(error) = B::sync(pipeline.device()) {
+            tracing::warn!(?error, "device sync after a step failed");
+        }
         vidfarm_telemetry::metrics().step_finished(step_started.elapsed().as_secs_f64());
         on_step(progress);
         loop {
