@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building and running vidfarm needs on Debian/Ubuntu: FFmpeg's libraries and
 # x264 (MP4 encoding), clang (FFmpeg bindings), protoc (the gRPC contract), ffprobe (checks)
-# and Redis (the distributed farm's queue). Skips apt entirely when everything is present.
+# Redis (the distributed farm's queue), and umoci and runc (the container image: built by
+# deploy/image/build.sh, run by its check). Skips apt entirely when everything is present.
 set -euo pipefail
 
 packages=(
   pkg-config clang libclang-dev protobuf-compiler
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libx264-dev ffmpeg
-  redis-server redis-tools python3-venv
+  redis-server redis-tools python3-venv umoci runc
 )
 missing=()
 for p in "${packages[@]}"; do

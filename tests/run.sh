@@ -34,6 +34,9 @@ helm_venv="${VIDFARM_HELM_VENV:-$target/helm-venv}"
 [ -x "$helm_venv/bin/python" ] || { python3 -m venv "$helm_venv" && "$helm_venv/bin/pip" install -q -r tests/helm/requirements.txt; }
 "$helm_venv/bin/python" tests/helm/check_chart.py
 
+# The container image the chart runs, built from the debug binary and run with runc.
+bash tests/image/check.sh "$target/debug/vidfarm"
+
 venv="${VIDFARM_TEST_VENV:-$target/py-test-venv}"
 [ -x "$venv/bin/pytest" ] || { python3 -m venv "$venv" && "$venv/bin/pip" install -q -r tests/python/requirements.txt; }
 VIDFARM_BIN="$target/debug/vidfarm" "$venv/bin/pytest" -q tests/python
