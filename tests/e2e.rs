@@ -627,6 +627,28 @@ async fn over_tls_only_callers_with_a_listed_token_get_in() {
     let revoked = client.list_jobs(with_token(TOKEN)).await.unwrap_err();
     assert_eq!(revoked.code(), Code::Unauthenticated, "the token taken out of the file is refused: {revoked:?}");
 
+    // A renewed certificate is served to new connections, as cert-manager renews one in place.
+    let rcgen::CertifiedKey { cert: renewed, signing_key: renewed_key } =
+        rcgen::generate_simple_self_signed(["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    for (name, path, pem) in [("tls.crt.new", &cert_file, renewed.pem()), ("tls.key.new", &key_file, renewed_key.serialize_pem())] {
+        std::fs::write(dir.path().join(name), pem).unwrap();
+        std::fs::rename(dir.path().join(name), path).unwrap();
+    }
+    let trusting = |cert: &rcgen::Certificate| {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(cert.pem()));
+        Endpoint::from_shared(addr.clone()).unwrap().tls_config(tls).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let renewed_channel = loop {
+        if let Ok(channel) = trusting(&renewed).connect().await {
+            break channel;
+        }
+        assert!(Instant::now() < deadline, "the renewed certificate was not served within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    RenderServiceClient::new(renewed_channel).list_jobs(with_token(NEXT_TOKEN)).await.expect("calls over the renewed certificate");
+    assert!(trusting(&cert).connect().await.is_err(), "new connections no longer get the old certificate");
+
     let bad_cert = write("bad.crt", "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n");
     let failed = Command::new(BIN).args(["serve", "--listen", "127.0.0.1:0", "--store", &store]).envs(settings(&bad_cert)).output().unwrap();
     let stderr = String::from_utf8_lossy(&failed.stderr);

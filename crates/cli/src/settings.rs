@@ -4,9 +4,10 @@
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use vidfarm_coordinator::ServerSecurity;
-use vidfarm_coordinator::auth::TokenFile;
+use vidfarm_coordinator::auth::ApiTokens;
+use vidfarm_coordinator::reload::WatchedFiles;
+use vidfarm_coordinator::tls::ServerTls;
 use vidfarm_queue::RedisTls;
 
 /// The documented defaults: the repository's config file itself.
@@ -46,23 +47,21 @@ impl ServerSettings {
             }
             None => None,
             Some((cert, key)) => {
-                let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-                let tls = match read_optional("server.tls_client_ca", &self.tls_client_ca)? {
-                    Some(ca) => tls.client_ca_root(Certificate::from_pem(ca)),
-                    None => tls,
-                };
+                let ca = read_optional("server.tls_client_ca", &self.tls_client_ca)?;
                 // Checked now, before the server announces its address.
-                tonic::transport::Server::builder().tls_config(tls.clone()).map_err(|e| {
-                    anyhow::anyhow!("server.tls_cert, server.tls_key, server.tls_client_ca: not a usable PEM certificate chain, key and CA: {e:?}")
+                let tls = ServerTls::new(&cert, &key, ca.as_deref()).map_err(|e| {
+                    anyhow::anyhow!("server.tls_cert, server.tls_key, server.tls_client_ca: not a usable PEM certificate chain, key and CA: {e}")
                 })?;
-                Some(tls)
+                let files = vec![PathBuf::from(&self.tls_cert), PathBuf::from(&self.tls_key)];
+                Some((tls, WatchedFiles::new(files, vec![cert, key])))
             }
         };
         let tokens = match self.auth_tokens_file.as_str() {
             "" => None,
             path => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("server.auth_tokens_file: reading {path}"))?;
-                Some(TokenFile::new(path, text).with_context(|| format!("server.auth_tokens_file {path}"))?)
+                let tokens = ApiTokens::parse(&text).with_context(|| format!("server.auth_tokens_file {path}"))?;
+                Some((tokens, WatchedFiles::new(vec![PathBuf::from(path)], vec![text.into_bytes()])))
             }
         };
         Ok(ServerSecurity { tls, tokens })

@@ -1,11 +1,10 @@
 //! Bearer-token authentication of RenderService calls: the farm's operators hand out API tokens
 //! (a file, one per line, usually mounted from a Secret), and every call must carry one as
 //! `authorization: Bearer TOKEN`. Only the tokens' SHA-256 digests are kept, compared in
-//! constant time. The file is read again while serving (`TokenFile`), so tokens are added and
-//! revoked without a restart.
+//! constant time. The file is read again while serving (`crate::reload`), so tokens are added
+//! and revoked without a restart.
 
 use sha2::{Digest, Sha256};
-use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
@@ -52,6 +51,15 @@ impl ApiTokens {
         Ok(Self { digests: Arc::new(RwLock::new(digests_of(text)?)) })
     }
 
+    /// Replaces the tokens, for every clone, with those of a token file's new text; returns
+    /// how many there are now. A bad text leaves the tokens as they were.
+    pub fn replace(&self, text: &str) -> Result<usize, TokenFileError> {
+        let digests = digests_of(text)?;
+        let count = digests.len();
+        *self.digests.write().unwrap_or_else(PoisonError::into_inner) = digests;
+        Ok(count)
+    }
+
     /// Accepts a call whose `authorization` metadata is `Bearer` and one of the tokens.
     pub fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
         let Some(value) = metadata.get("authorization") else {
@@ -70,37 +78,6 @@ impl ApiTokens {
             found | (difference == 0)
         });
         if known { Ok(()) } else { Err(Status::unauthenticated("authorization: unknown token")) }
-    }
-}
-
-/// A token file and the tokens read from it. `serve` reads the file again every few seconds and
-/// hands the text to `reload`, so a Secret updated in place takes effect without a restart.
-#[derive(Clone, Debug)]
-pub struct TokenFile {
-    pub path: PathBuf,
-    pub tokens: ApiTokens,
-    /// The text last handed in, good or bad: an unchanged file is neither parsed nor reported again.
-    text: String,
-}
-
-impl TokenFile {
-    pub fn new(path: impl Into<PathBuf>, text: String) -> Result<Self, TokenFileError> {
-        Ok(Self { path: path.into(), tokens: ApiTokens::parse(&text)?, text })
-    }
-
-    /// Takes the file's current text: `Ok(Some(count))` when it changed and its tokens replace
-    /// the old ones, `Ok(None)` when it did not change. A bad text leaves the old tokens in
-    /// force, so a half-edited file never locks every caller out.
-    pub fn reload(&mut self, text: String) -> Result<Option<usize>, TokenFileError> {
-        if text == self.text {
-            return Ok(None);
-        }
-        let parsed = digests_of(&text);
-        self.text = text;
-        let digests = parsed?;
-        let count = digests.len();
-        *self.tokens.digests.write().unwrap_or_else(PoisonError::into_inner) = digests;
-        Ok(Some(count))
     }
 }
 
@@ -155,20 +132,17 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_token_file_replaces_the_tokens_everywhere_and_a_bad_one_keeps_them() {
+    fn new_tokens_replace_the_old_everywhere_and_a_bad_file_keeps_them() {
         let other = "c".repeat(MIN_TOKEN_LEN);
-        let mut file = TokenFile::new("/run/tokens", format!("{TOKEN}\n")).unwrap();
-        let interceptor_copy = file.tokens.clone();
+        let tokens = ApiTokens::parse(TOKEN).unwrap();
+        let interceptor_copy = tokens.clone();
         let accepts = |token: &str| interceptor_copy.check(&with_authorization(&format!("Bearer {token}"))).is_ok();
-        assert_eq!(file.reload(format!("{TOKEN}\n")), Ok(None), "an unchanged file is not parsed again");
-
-        assert_eq!(file.reload(format!("{other}\n")), Ok(Some(1)));
+        assert_eq!(tokens.replace(&format!("{other}\n")), Ok(1));
         assert!(accepts(&other) && !accepts(TOKEN), "the old token is revoked, the new one accepted");
-        assert_eq!(file.reload("short\n".into()), Err(TokenFileError::BadToken { line: 1 }));
-        assert_eq!(file.reload("short\n".into()), Ok(None), "a bad file is reported once");
-        assert_eq!(file.reload(String::new()), Err(TokenFileError::Empty));
+        assert_eq!(tokens.replace("short\n"), Err(TokenFileError::BadToken { line: 1 }));
+        assert_eq!(tokens.replace(""), Err(TokenFileError::Empty));
         assert!(accepts(&other) && !accepts(TOKEN), "a bad file keeps the tokens in force");
-        assert_eq!(file.reload(format!("{TOKEN}\n{other}\n")), Ok(Some(2)));
+        assert_eq!(tokens.replace(&format!("{TOKEN}\n{other}\n")), Ok(2));
         assert!(accepts(&other) && accepts(TOKEN));
     }
 

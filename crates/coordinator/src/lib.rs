@@ -4,9 +4,11 @@
 pub mod auth;
 pub mod convert;
 pub mod coordinator;
+pub mod reload;
 pub mod rpc_span;
 pub mod server;
 pub mod service;
+pub mod tls;
 
 pub use coordinator::{Coordinator, CoordinatorError};
 pub use server::{ServeError, ServerSecurity, serve};

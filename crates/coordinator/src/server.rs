@@ -1,13 +1,15 @@
 //! The gRPC server: RenderService, the standard health service and server reflection.
 
-use crate::auth::{Authenticate, TokenFile};
+use crate::auth::{ApiTokens, Authenticate};
 use crate::coordinator::Coordinator;
+use crate::reload::{WatchedFiles, follow};
 use crate::rpc_span::RpcSpans;
 use crate::service::RenderApi;
+use crate::tls::ServerTls;
 use std::future::Future;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::ServerTlsConfig;
 use vidfarm_api::pb::{self, render_service_server::RenderServiceServer};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,18 +23,16 @@ pub enum ServeError {
 /// How often a coordinator counts the tasks queued or leased, for `vidfarm_queue_depth`.
 const QUEUE_DEPTH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// How often the token file is read again. The kubelet takes up to a minute or so to bring a
-/// changed Secret into the pod; this adds at most a few seconds.
-const TOKEN_FILE_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// Who may call and how: TLS (mutual when the config names a client CA) and API tokens.
+/// Who may call and how: TLS (mutual when the config names a client CA) and API tokens, each
+/// with the files it was read from, which are read again while serving.
 /// The default serves plaintext to anyone, for a farm on a trusted network or the loopback.
 #[derive(Clone, Debug, Default)]
 pub struct ServerSecurity {
-    pub tls: Option<ServerTlsConfig>,
-    /// RenderService calls must carry one of the file's tokens; health checks and reflection
-    /// need none.
-    pub tokens: Option<TokenFile>,
+    /// With its certificate and key files, in that order.
+    pub tls: Option<(ServerTls, WatchedFiles)>,
+    /// RenderService calls must carry one of these; health checks and reflection need none.
+    /// With the token file.
+    pub tokens: Option<(ApiTokens, WatchedFiles)>,
 }
 
 /// Serves on a bound listener until `shutdown` completes.
@@ -48,13 +48,9 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = security.tls {
-        server = server.tls_config(tls)?;
-    }
     // The queue's depth for the metrics endpoint, while serving.
     let queue = coordinator.clone();
-    let counting = tokio::spawn(async move {
+    let mut background: Vec<JoinHandle<()>> = vec![tokio::spawn(async move {
         let mut tick = tokio::time::interval(QUEUE_DEPTH_EVERY);
         loop {
             tick.tick().await;
@@ -63,47 +59,30 @@ pub async fn serve(
                 Err(error) => tracing::warn!(%error, "queue depth not counted"),
             }
         }
-    });
-    let authenticate = Authenticate(security.tokens.as_ref().map(|file| file.tokens.clone()));
-    let reloading = security.tokens.map(|file| tokio::spawn(reload_tokens(file)));
-    let served = server
+    })];
+    let authenticate = Authenticate(security.tokens.as_ref().map(|(tokens, _)| tokens.clone()));
+    if let Some((tokens, files)) = security.tokens {
+        background.push(tokio::spawn(follow("API tokens", files, move |contents| {
+            let text = String::from_utf8_lossy(&contents[0]);
+            tokens.replace(&text).map(|count| format!("{count} API tokens in force")).map_err(|e| e.to_string())
+        })));
+    }
+    let router = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
-        .add_service(RpcSpans(RenderServiceServer::with_interceptor(RenderApi::new(coordinator), authenticate)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
-    counting.abort();
-    if let Some(reloading) = reloading {
-        reloading.abort();
+        .add_service(RpcSpans(RenderServiceServer::with_interceptor(RenderApi::new(coordinator), authenticate)));
+    let served = match security.tls {
+        None => router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await,
+        Some((tls, files)) => {
+            let incoming = tls.incoming(listener);
+            background.push(tokio::spawn(follow("TLS certificate", files, move |contents| {
+                tls.replace_certificate(&contents[0], &contents[1]).map(|()| "renewed certificate in force".into()).map_err(|e| e.to_string())
+            })));
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
+        }
+    };
+    for task in background {
+        task.abort();
     }
     Ok(served?)
-}
-
-/// Reads the token file every few seconds; a changed file's tokens replace the old ones.
-async fn reload_tokens(mut file: TokenFile) {
-    let mut tick = tokio::time::interval(TOKEN_FILE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let path = file.path.display().to_string();
-    // A read error (a volume gone) is reported once, like a bad text; the tokens in force stay.
-    let mut unreadable = None;
-    loop {
-        tick.tick().await;
-        let text = match tokio::fs::read_to_string(&file.path).await {
-            Ok(text) => text,
-            Err(error) => {
-                let error = error.to_string();
-                if unreadable.as_ref() != Some(&error) {
-                    tracing::warn!(path, %error, "token file not readable; the tokens read before stay in force");
-                }
-                unreadable = Some(error);
-                continue;
-            }
-        };
-        unreadable = None;
-        match file.reload(text) {
-            Ok(None) => {}
-            Ok(Some(tokens)) => tracing::info!(path, tokens, "API tokens reloaded"),
-            Err(error) => tracing::warn!(path, %error, "token file not reloaded; the tokens read before stay in force"),
-        }
-    }
 }
