@@ -10,6 +10,10 @@ pub mod server;
 pub mod service;
 pub mod tls;
 
+#[cfg(test)]
+#[path = "../../../tests/support/pki.rs"]
+mod test_pki;
+
 pub use coordinator::{Coordinator, CoordinatorError};
 pub use server::{ServeError, ServerSecurity, serve};
 pub use service::RenderApi;

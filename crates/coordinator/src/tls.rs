@@ -169,47 +169,20 @@ mod tests {
         assert_eq!(served_name(&handshakes_see), renewed_der.to_vec());
     }
 
-    /// A CA, and a leaf it signed for `names` and `usage`, as PEM certificate and key.
-    fn ca_and_leaf(usages: &[(Vec<String>, rcgen::ExtendedKeyUsagePurpose)]) -> (String, Vec<(String, String)>) {
-        use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-        // Distinct subjects: a leaf named like its CA would read as self-signed.
-        let named = |names: Vec<String>, name: &str| {
-            let mut params = CertificateParams::new(names).unwrap();
-            params.distinguished_name = DistinguishedName::new();
-            params.distinguished_name.push(DnType::CommonName, name);
-            params
-        };
-        let mut ca_params = named(Vec::new(), "vidfarm test CA");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        let ca_key = KeyPair::generate().unwrap();
-        let ca = ca_params.self_signed(&ca_key).unwrap().pem();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let leaves = usages
-            .iter()
-            .map(|(names, usage)| {
-                let mut params = named(names.clone(), &format!("vidfarm test {usage:?}"));
-                params.extended_key_usages = vec![usage.clone()];
-                let key = KeyPair::generate().unwrap();
-                (params.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
-            })
-            .collect();
-        (ca, leaves)
-    }
-
     #[tokio::test]
     async fn mutual_tls_hands_on_only_connections_whose_client_certificate_the_ca_signed() {
         use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
         use tokio_stream::StreamExt;
-        let (ca, leaves) = ca_and_leaf(&[(vec!["127.0.0.1".into()], ServerAuth), (vec!["client".into()], ClientAuth)]);
-        let [(server_cert, server_key), (client_cert, client_key)] = <[_; 2]>::try_from(leaves).unwrap();
-        let (_, strangers) = ca_and_leaf(&[(vec!["client".into()], ClientAuth)]);
-        let tls = ServerTls::new(server_cert.as_bytes(), server_key.as_bytes(), Some(ca.as_bytes())).unwrap();
+        use crate::test_pki::{Pem, ca_and_leaves};
+        let (ca, leaves) = ca_and_leaves(&[(&["127.0.0.1"], ServerAuth), (&["client"], ClientAuth)]);
+        let [server, client] = <[_; 2]>::try_from(leaves).ok().unwrap();
+        let (_, mut strangers) = ca_and_leaves(&[(&["client"], ClientAuth)]);
+        let tls = ServerTls::new(server.cert.as_bytes(), server.key.as_bytes(), Some(ca.as_bytes())).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut incoming = tls.incoming(listener);
 
-        let connect = |identity: Option<(String, String)>| {
+        let connect = |identity: Option<Pem>| {
             let ca = ca.clone();
             async move {
                 let mut roots = rustls::RootCertStore::empty();
@@ -219,7 +192,7 @@ mod tests {
                     .unwrap()
                     .with_root_certificates(roots);
                 let config = match identity {
-                    Some((cert, key)) => builder
+                    Some(Pem { cert, key }) => builder
                         .with_client_auth_cert(vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()], PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap())
                         .unwrap(),
                     None => builder.with_no_client_auth(),
@@ -231,13 +204,13 @@ mod tests {
             }
         };
         const WAIT: Duration = Duration::from_millis(1500);
-        let _member = connect(Some((client_cert, client_key))).await.expect("a client the CA signed");
+        let _member = connect(Some(client)).await.expect("a client the CA signed");
         let accepted = tokio::time::timeout(WAIT, incoming.next()).await.expect("handed on").unwrap().unwrap();
         assert!(accepted.get_ref().1.peer_certificates().is_some_and(|certs| !certs.is_empty()));
 
         // TLS 1.3 clients finish before the server has checked them, so watch the server side.
         let _anonymous = connect(None).await;
-        let _stranger = connect(Some(strangers[0].clone())).await;
+        let _stranger = connect(strangers.pop()).await;
         assert!(tokio::time::timeout(WAIT, incoming.next()).await.is_err(), "no connection without a certificate the CA signed is handed on");
     }
 

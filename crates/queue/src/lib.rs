@@ -12,6 +12,10 @@ pub use redis::{RedisJobBook, RedisNamespace, RedisQueue, RedisTls, RedisWorkerR
 pub mod task;
 pub mod workers;
 
+#[cfg(test)]
+#[path = "../../../tests/support/pki.rs"]
+mod test_pki;
+
 pub use book::{JobBook, JobUpdate, Page, update_and_count};
 pub use job::{ChunkStatus, ClipInfo, Control, JobChange, JobRecord, JobState, Stage, UpdateDetail};
 pub use task::{Lease, Queue, Task, TaskKind};

@@ -742,35 +742,17 @@ mod tests {
 
     impl TlsRedis {
         fn start() -> Self {
-            use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-            // Distinct subjects: a leaf named like its CA would read as self-signed.
-            let named = |names: Vec<String>, name: &str| {
-                let mut params = CertificateParams::new(names).unwrap();
-                params.distinguished_name = DistinguishedName::new();
-                params.distinguished_name.push(DnType::CommonName, name);
-                params
-            };
-            let mut ca_params = named(Vec::new(), "vidfarm test CA");
-            ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-            let ca_key = KeyPair::generate().unwrap();
-            let ca = ca_params.self_signed(&ca_key).unwrap();
-            let issuer = Issuer::new(ca_params, ca_key);
-            let leaf = |names: Vec<String>, usage| {
-                let mut params = named(names, &format!("vidfarm test {usage:?}"));
-                params.extended_key_usages = vec![usage];
-                let key = KeyPair::generate().unwrap();
-                (params.signed_by(&key, &issuer).unwrap().pem().into_bytes(), key.serialize_pem().into_bytes())
-            };
-            let server = leaf(vec!["127.0.0.1".into()], ExtendedKeyUsagePurpose::ServerAuth);
-            let client_cert = leaf(vec!["vidfarm".into()], ExtendedKeyUsagePurpose::ClientAuth);
+            use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+            let (ca, leaves) = crate::test_pki::ca_and_leaves(&[(&["127.0.0.1"], ServerAuth), (&["vidfarm"], ClientAuth)]);
+            let [server, client] = <[_; 2]>::try_from(leaves).ok().unwrap();
+            let client_cert = (client.cert.into_bytes(), client.key.into_bytes());
             let dir = tempfile::tempdir().unwrap();
             let file = |name: &str, bytes: &[u8]| {
                 let path = dir.path().join(name);
                 std::fs::write(&path, bytes).unwrap();
                 path
             };
-            let (ca_file, cert_file, key_file) = (file("ca.crt", ca.pem().as_bytes()), file("redis.crt", &server.0), file("redis.key", &server.1));
+            let (ca_file, cert_file, key_file) = (file("ca.crt", ca.as_bytes()), file("redis.crt", server.cert.as_bytes()), file("redis.key", server.key.as_bytes()));
             let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
             let child = std::process::Command::new("redis-server")
                 .args(["--port", "0", "--tls-port", &port.to_string(), "--save", "", "--appendonly", "no"])
@@ -788,7 +770,7 @@ mod tests {
                 assert!(started.elapsed() < Duration::from_secs(10), "redis-server listens on {port}");
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Self { child, port, ca: ca.pem().into_bytes(), client_cert, _dir: dir }
+            Self { child, port, ca: ca.into_bytes(), client_cert, _dir: dir }
         }
     }
 
