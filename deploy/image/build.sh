@@ -78,14 +78,17 @@ umoci new --image "$layout:$tag"
 rootless=()
 [ "$(id -u)" = 0 ] || rootless=(--rootless)
 umoci insert "${rootless[@]}" --image "$layout:$tag" "$root" /
+# Run bare, the image serves the embedded farm on port 7700 (`docker run -p 7700:7700`); the
+# chart's pods run `coordinator` and `worker` instead, configured by its ConfigMap.
 umoci config --image "$layout:$tag" \
-  --config.entrypoint /usr/local/bin/vidfarm --config.cmd serve \
+  --config.entrypoint /usr/local/bin/vidfarm \
+  --config.cmd=serve --config.cmd=--listen --config.cmd=0.0.0.0:7700 --config.cmd=--store --config.cmd=/tmp/vidfarm-data \
   --config.user 10001:10001 --config.workingdir /opt/vidfarm \
   --config.env PATH=/usr/local/bin \
   --config.env LD_LIBRARY_PATH=$libdir \
   --config.env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
   --config.env NVIDIA_DRIVER_CAPABILITIES=compute,utility \
-  --config.exposedports 50051/tcp --config.exposedports 9464/tcp \
+  --config.exposedports 7700/tcp --config.exposedports 9464/tcp \
   --config.label org.opencontainers.image.title=vidfarm \
   --config.label org.opencontainers.image.version="$tag" \
   --config.label org.opencontainers.image.description="vidfarm: a distributed text-to-video render farm"
