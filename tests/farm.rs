@@ -417,6 +417,23 @@ async fn a_chunk_that_always_fails_is_retried_with_backoff_then_fails_its_job_al
     succeeded(&finish(&mut watch(&mut client, &healthy).await).await);
 }
 
+#[tokio::test]
+async fn sigterm_ends_a_coordinators_watch_streams_so_it_exits_at_once() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let farm = Farm::new();
+    let coordinator = farm.coordinator();
+    let mut client = coordinator.client().await;
+    // No worker: the job stays queued and its watch stream open.
+    let job_id = submit(&mut client, spec(4.0, 8, pb::Priority::Normal)).await;
+    let mut events = watch(&mut client, &job_id).await;
+    events.next().await.expect("the job's current state").unwrap();
+    signal(&coordinator, "TERM");
+    let ended = tokio::time::timeout(Duration::from_secs(10), events.next()).await.expect("the stream ends at shutdown");
+    let status = ended.expect("a last word").unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "clients take it as: watch again ({status:?})");
+    assert!(coordinator.exits_within(Duration::from_secs(10)).await.success(), "a graceful exit");
+}
+
 fn signal(process: &Process, name: &str) {
     let sent = Command::new("kill").args([&format!("-{name}"), &process.child.id().to_string()]).status().unwrap();
     assert!(sent.success(), "kill -{name}");

@@ -60,6 +60,12 @@ pub async fn serve(
             }
         }
     })];
+    // Watch streams end when shutdown begins, or the graceful shutdown would wait on them.
+    let (begin_stopping, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = begin_stopping.send(true);
+    };
     let authenticate = Authenticate(security.tokens.as_ref().map(|(tokens, _)| tokens.clone()));
     if let Some((tokens, files)) = security.tokens {
         background.push(tokio::spawn(follow("API tokens", files, move |contents| {
@@ -70,7 +76,7 @@ pub async fn serve(
     let router = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
-        .add_service(RpcSpans(RenderServiceServer::with_interceptor(RenderApi::new(coordinator), authenticate)));
+        .add_service(RpcSpans(RenderServiceServer::with_interceptor(RenderApi::new(coordinator, stopping), authenticate)));
     let served = match security.tls {
         None => router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await,
         Some((tls, files)) => {

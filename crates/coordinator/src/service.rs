@@ -11,11 +11,14 @@ use vidfarm_queue::{Control, QueueError};
 
 pub struct RenderApi {
     coordinator: Coordinator,
+    /// Turns true when the server begins to shut down: open watch streams then end, so that
+    /// a graceful shutdown does not wait on them until the pod is killed.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl RenderApi {
-    pub fn new(coordinator: Coordinator) -> Self {
-        Self { coordinator }
+    pub fn new(coordinator: Coordinator, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self { coordinator, stopping }
     }
 
     fn job(&self, record: &vidfarm_queue::JobRecord) -> pb::Job {
@@ -114,7 +117,16 @@ impl RenderService for RenderApi {
             );
             Some((event, (updates, done)))
         });
-        let stream = futures::stream::once(async move { first }).chain(rest).map(Ok);
+        // On shutdown the stream ends with UNAVAILABLE, which clients take as "watch again"
+        // (another coordinator, or this one restarted); the job goes on regardless.
+        let (mut until_stopping, stopped) = (self.stopping.clone(), self.stopping.clone());
+        let stopping = async move {
+            let _ = until_stopping.wait_for(|stopping| *stopping).await;
+        };
+        let farewell = futures::stream::once(async move { *stopped.borrow() })
+            .filter(|stopped| futures::future::ready(*stopped))
+            .map(|_| Err(Status::unavailable("the coordinator is shutting down: watch the job again")));
+        let stream = futures::stream::once(async move { first }).chain(rest).map(Ok).take_until(stopping).chain(farewell);
         Ok(Response::new(stream.boxed()))
     }
 
