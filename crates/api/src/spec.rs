@@ -291,7 +291,7 @@ fn seconds_to_frames(field: &str, seconds: f64, fps: u32) -> Result<u32, FieldEr
 fn side(field: &str, value: u32, model: &ModelProfile) -> Result<u32, FieldError> {
     let factor = model.spatial_factor;
     in_range(field, value, factor, MAX_SIDE)?;
-    if value % factor != 0 {
+    if !value.is_multiple_of(factor) {
         return Err(FieldError::new(field, format!("must be a multiple of {factor} for model {}, got {value}", model.name)));
     }
     Ok(value)
