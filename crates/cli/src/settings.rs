@@ -52,8 +52,13 @@ impl ServerSettings {
                 let tls = ServerTls::new(&cert, &key, ca.as_deref()).map_err(|e| {
                     anyhow::anyhow!("server.tls_cert, server.tls_key, server.tls_client_ca: not a usable PEM certificate chain, key and CA: {e}")
                 })?;
-                let files = vec![PathBuf::from(&self.tls_cert), PathBuf::from(&self.tls_key)];
-                Some((tls, WatchedFiles::new(files, vec![cert, key])))
+                let mut files = vec![PathBuf::from(&self.tls_cert), PathBuf::from(&self.tls_key)];
+                let mut contents = vec![cert, key];
+                if let Some(ca) = ca {
+                    files.push(PathBuf::from(&self.tls_client_ca));
+                    contents.push(ca);
+                }
+                Some((tls, WatchedFiles::new(files, contents)))
             }
         };
         let tokens = match self.auth_tokens_file.as_str() {

@@ -28,7 +28,7 @@ const QUEUE_DEPTH_EVERY: std::time::Duration = std::time::Duration::from_secs(5)
 /// The default serves plaintext to anyone, for a farm on a trusted network or the loopback.
 #[derive(Clone, Debug, Default)]
 pub struct ServerSecurity {
-    /// With its certificate and key files, in that order.
+    /// With its certificate, key and (for mutual TLS) client CA files, in that order.
     pub tls: Option<(ServerTls, WatchedFiles)>,
     /// RenderService calls must carry one of these; health checks and reflection need none.
     /// With the token file.
@@ -81,8 +81,9 @@ pub async fn serve(
         None => router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await,
         Some((tls, files)) => {
             let incoming = tls.incoming(listener);
-            background.push(tokio::spawn(follow("TLS certificate", files, move |contents| {
-                tls.replace_certificate(&contents[0], &contents[1]).map(|()| "renewed certificate in force".into()).map_err(|e| e.to_string())
+            background.push(tokio::spawn(follow("TLS certificate, key and client CA", files, move |contents| {
+                let client_ca = contents.get(2).map(Vec::as_slice);
+                tls.replace(&contents[0], &contents[1], client_ca).map(|()| "renewed TLS files in force".into()).map_err(|e| e.to_string())
             })));
             router.serve_with_incoming_shutdown(incoming, shutdown).await
         }
