@@ -657,6 +657,8 @@ struct CollectedSpan {
     span_id: String,
     parent_span_id: String,
     job_id: Option<String>,
+    /// A call span's `rpc.method` attribute.
+    rpc_method: Option<String>,
     /// The span's status is ERROR.
     failed: bool,
 }
@@ -680,6 +682,7 @@ impl TraceService for TraceReceiver {
                 spans.push(CollectedSpan {
                     service: service.clone(),
                     job_id: text(&span.attributes, "job_id"),
+                    rpc_method: text(&span.attributes, "rpc.method"),
                     trace_id: hex(&span.trace_id),
                     span_id: hex(&span.span_id),
                     parent_span_id: hex(&span.parent_span_id),
@@ -754,6 +757,7 @@ async fn one_trace_follows_a_job_from_the_grpc_call_through_redis_to_every_worke
     assert_eq!((watch.job_id.as_deref(), watch.failed), (Some(job.job_id.as_str()), false));
     let get = spans.iter().find(|s| s.name == "GetJob").unwrap();
     assert_eq!((get.job_id.as_deref(), get.failed, get.service.as_str()), (Some("no-such-job"), true, "vidfarm-coordinator"));
+    assert_eq!(get.rpc_method.as_deref(), Some("GetJob"), "OpenTelemetry's rpc.* attributes");
     let submit = spans.iter().find(|s| s.name == "SubmitJob").unwrap();
     assert_eq!((submit.service.as_str(), submit.trace_id.as_str(), submit.parent_span_id.as_str()), ("vidfarm-coordinator", caller_trace, caller_span));
     assert_eq!((submit.job_id.as_deref(), submit.failed), (Some(job.job_id.as_str()), false));

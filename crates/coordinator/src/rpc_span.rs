@@ -32,13 +32,11 @@ where
         let span = tracing::info_span!(
             "rpc",
             otel.name = %method,
-            rpc.system = "grpc",
-            rpc.service = S::NAME,
-            rpc.method = %method,
             job_id = tracing::field::Empty,
             rpc.grpc.status_code = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
+        vidfarm_telemetry::traces::set_attributes(&span, &[("rpc.system", "grpc"), ("rpc.service", S::NAME), ("rpc.method", &method)]);
         if let Some(parent) = request.headers().get("traceparent").and_then(|v| v.to_str().ok()) {
             vidfarm_telemetry::traces::set_parent(&span, parent);
         }
