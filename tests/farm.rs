@@ -377,8 +377,7 @@ async fn sigterm_lets_a_worker_finish_its_chunk_and_take_no_more() {
     let mut client = coordinator.client().await;
     let job_id = submit(&mut client, spec(4.0, 12, pb::Priority::Normal)).await;
     let chunk = first_step(&mut watch(&mut client, &job_id).await).await;
-    let terminated = Command::new("kill").args(["-TERM", &worker.child.id().to_string()]).status().unwrap();
-    assert!(terminated.success());
+    signal(&worker, "TERM");
     assert!(worker.exits_within(Duration::from_secs(120)).await.success(), "a drained worker exits cleanly");
 
     let stored = farm.stored_job(&job_id);

@@ -1,6 +1,6 @@
-//! Files the coordinator serves from and reads again while serving (the API tokens, the TLS
-//! certificate and key), so that a Secret updated in place, or a certificate renewed by
-//! cert-manager, takes effect without a restart.
+//! Files the coordinator serves from and reads again while serving (the API tokens; the TLS
+//! certificate, key and client CA), so that a Secret updated in place, or a certificate renewed
+//! by cert-manager, takes effect without a restart.
 
 use std::path::PathBuf;
 use std::time::Duration;
