@@ -38,6 +38,24 @@ pub fn score(detection: &Detection, scene: &SceneSpec) -> Adherence {
     adherence
 }
 
+/// Where a clip's colour boundaries are, `[frames, height, width]`: the pixels with a pixel of
+/// another colour among their 8 neighbours (a band two pixels wide along every boundary), where a
+/// VAE's blur costs most (`vidfarm model eval` reports the PSNR there and elsewhere).
+pub fn edge_pixels(clip: &Clip) -> Vec<bool> {
+    let (width, height) = (clip.width, clip.height);
+    let mut edges = Vec::with_capacity(clip.frames.len() * width * height);
+    for frame in &clip.frames {
+        let rgb = |y: usize, x: usize| &frame[(y * width + x) * 3..(y * width + x) * 3 + 3];
+        for y in 0..height {
+            for x in 0..width {
+                let mut neighbours = (y.saturating_sub(1)..(y + 2).min(height)).flat_map(|yy| (x.saturating_sub(1)..(x + 2).min(width)).map(move |xx| (yy, xx)));
+                edges.push(neighbours.any(|(yy, xx)| rgb(yy, xx) != rgb(y, x)));
+            }
+        }
+    }
+    edges
+}
+
 /// Mean absolute difference between frames `i - 1` and `i`, per byte (0 to 255).
 fn frame_difference(clip: &Clip, i: usize) -> f64 {
     let (a, b) = (&clip.frames[i - 1], &clip.frames[i]);
@@ -74,4 +92,25 @@ pub fn seam_ratio(clip: &Clip, seams: &[usize], temporal_factor: usize) -> Optio
     let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
     let (across, inside) = (mean(&across)?, mean(&inside)?);
     (inside > 0.0).then(|| across / inside)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 2x2 square in a 5x4 frame: the square and the pixels around it are edges; the column
+    /// two pixels away is not, nor any pixel of a flat frame.
+    #[test]
+    fn edge_pixels_mark_both_sides_of_a_colour_boundary() {
+        let (width, height) = (5, 4);
+        let mut square = vec![255u8; width * height * 3];
+        for (y, x) in [(1, 1), (1, 2), (2, 1), (2, 2)] {
+            square[(y * width + x) * 3..(y * width + x) * 3 + 3].copy_from_slice(&[200, 0, 0]);
+        }
+        let flat = vec![255u8; width * height * 3];
+        let clip = Clip::new(width, height, 8, vec![square, flat]).expect("clip");
+        let row = [true, true, true, true, false];
+        let expected: Vec<bool> = row.repeat(height).into_iter().chain(std::iter::repeat_n(false, width * height)).collect();
+        assert_eq!(edge_pixels(&clip), expected);
+    }
 }

@@ -3,7 +3,7 @@
 //! latent windows with noise levels and captions for the DiT. Pure logic: no tensors.
 
 use serde::{Deserialize, Serialize};
-use vidfarm_synth::{ClipSettings, SceneSpec, Split, render_clip};
+use vidfarm_synth::{ClipSettings, SceneSpec, Split, edge_pixels, render_clip};
 
 use crate::error::TrainError;
 use crate::run::{DitRecipe, SigmaSampling};
@@ -87,13 +87,15 @@ pub fn training_scene(rng: &mut Rng) -> (u64, SceneSpec) {
     (scene_seed, SceneSpec::sample(scene_seed, Split::Train))
 }
 
-/// A training-split scene, its clip `[3, frames, height, width]` in [-1, 1], and where its
-/// objects are, `[frames, height, width]`: 1 on pixels that are not the background, else 0.
+/// A training-split scene, its clip `[3, frames, height, width]` in [-1, 1], where its
+/// objects are, `[frames, height, width]`: 1 on pixels that are not the background, else 0, and
+/// where its colour boundaries are, likewise ([`edge_pixels`]).
 #[derive(Clone, Debug)]
 pub struct TrainingClip {
     pub scene: SceneSpec,
     pub pixels: Vec<f32>,
     pub objects: Vec<f32>,
+    pub edges: Vec<f32>,
 }
 
 pub fn training_clip(rng: &mut Rng, shape: ClipShape) -> Result<TrainingClip, TrainError> {
@@ -101,7 +103,8 @@ pub fn training_clip(rng: &mut Rng, shape: ClipShape) -> Result<TrainingClip, Tr
     let clip = render_clip(&scene, &shape.settings(), scene_seed)?;
     let background = scene.background.rgb();
     let objects = clip.frames.iter().flat_map(|frame| frame.chunks_exact(3).map(|rgb| f32::from(u8::from(rgb != &background[..])))).collect();
-    Ok(TrainingClip { pixels: clip.to_planar_signed(), objects, scene })
+    let edges = edge_pixels(&clip).into_iter().map(|edge| f32::from(u8::from(edge))).collect();
+    Ok(TrainingClip { pixels: clip.to_planar_signed(), objects, edges, scene })
 }
 
 /// Where a training clip's objects are on the latent grid: `[frames, height, width]` of 1 where
@@ -147,12 +150,13 @@ pub struct Batch5 {
     pub shape: [usize; 5],
 }
 
-/// A VAE step's input: `video` `[batch, 3, frames, crop, crop]` and its `objects`
+/// A VAE step's input: `video` `[batch, 3, frames, crop, crop]` and its `objects` and `edges`
 /// `[batch, frames, crop, crop]` (see [`TrainingClip`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct VaeBatch {
     pub video: Batch5,
     pub objects: Vec<f32>,
+    pub edges: Vec<f32>,
 }
 
 /// Random `frames`-long windows of training clips, randomly cropped to `crop x crop` (the VAE is
@@ -160,6 +164,7 @@ pub struct VaeBatch {
 pub fn vae_batch(seed: u64, step: usize, batch: usize, clip: ClipShape, frames: usize, crop_side: usize) -> Result<VaeBatch, TrainError> {
     let mut values = Vec::with_capacity(batch * 3 * frames * crop_side * crop_side);
     let mut objects = Vec::with_capacity(batch * frames * crop_side * crop_side);
+    let mut edges = Vec::with_capacity(batch * frames * crop_side * crop_side);
     for item in 0..batch {
         let mut rng = Rng::for_item(seed, Purpose::VaeClip, step, item);
         let training = training_clip(&mut rng, clip)?;
@@ -171,13 +176,20 @@ pub fn vae_batch(seed: u64, step: usize, batch: usize, clip: ClipShape, frames: 
         let size = [frames, crop_side, crop_side];
         values.extend(crop(&training.pixels, [3, clip.frames, clip.height, clip.width], start, size));
         objects.extend(crop(&training.objects, [1, clip.frames, clip.height, clip.width], start, size));
+        edges.extend(crop(&training.edges, [1, clip.frames, clip.height, clip.width], start, size));
     }
-    Ok(VaeBatch { video: Batch5 { values, shape: [batch, 3, frames, crop_side, crop_side] }, objects })
+    Ok(VaeBatch { video: Batch5 { values, shape: [batch, 3, frames, crop_side, crop_side] }, objects, edges })
 }
 
 /// Loss weights of `1 + object_weight` on objects (a mask of 1s) and 1 elsewhere.
 pub fn object_weights(objects: &[f32], object_weight: f64) -> Vec<f32> {
     objects.iter().map(|&m| 1.0 + object_weight as f32 * m).collect()
+}
+
+/// A VAE batch's pixel loss weights: [`object_weights`] plus `edge_weight` on its edges.
+pub fn pixel_weights(batch: &VaeBatch, object_weight: f64, edge_weight: f64) -> Vec<f32> {
+    let weights = object_weights(&batch.objects, object_weight);
+    weights.into_iter().zip(&batch.edges).map(|(w, &edge)| w + edge_weight as f32 * edge).collect()
 }
 
 /// Raw (not normalised) VAE latents of the clips the DiT trains on, with their captions.

@@ -152,11 +152,11 @@ mod tests {
     }
 
     fn vae() -> StageRecipe {
-        StageRecipe::Vae(VaeRecipe { frames: 5, crop: 16, kl_weight: 1e-4, statistics_clips: 2, decoder_only: false, object_weight: 0.0, posterior_noise: 1.0 })
+        StageRecipe::Vae(VaeRecipe { frames: 5, crop: 16, kl_weight: 1e-4, statistics_clips: 2, decoder_only: false, object_weight: 0.0, edge_weight: 0.0, posterior_noise: 1.0 })
     }
 
     fn vae_decoder() -> StageRecipe {
-        StageRecipe::Vae(VaeRecipe { frames: 5, crop: 16, kl_weight: 0.0, statistics_clips: 2, decoder_only: true, object_weight: 2.0, posterior_noise: 1.0 })
+        StageRecipe::Vae(VaeRecipe { frames: 5, crop: 16, kl_weight: 0.0, statistics_clips: 2, decoder_only: true, object_weight: 2.0, edge_weight: 0.0, posterior_noise: 1.0 })
     }
 
     /// Options out of range are refused before anything loads, with the option's name.

@@ -93,6 +93,9 @@ pub struct VaeRecipe {
     /// Extra weight of the squared error on pixels that show an object (0: plain MSE).
     #[serde(default)]
     pub object_weight: f64,
+    /// Extra weight of the squared error on pixels next to a pixel of another colour (0: plain MSE).
+    #[serde(default)]
+    pub edge_weight: f64,
     /// Scale of the noise that samples the posterior in whole-VAE training: 1 samples it, 0
     /// decodes the means (as the pipeline does), a plain autoencoder.
     #[serde(default = "sampled_posterior")]

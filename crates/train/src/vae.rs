@@ -4,8 +4,8 @@
 //! VAE config's `latents_mean` / `latents_std` from the trained encoder, since the pipeline
 //! normalises latents for the DiT with them. A decoder-only run ([`VaeRecipe::decoder_only`])
 //! decodes the encoder's posterior means and trains the decoder alone, so the latents a DiT was
-//! trained on stay as they were. With [`VaeRecipe::object_weight`] the squared error weighs more
-//! on the objects' pixels.
+//! trained on stay as they were. With [`VaeRecipe::object_weight`] and [`VaeRecipe::edge_weight`]
+//! the squared error weighs more on the objects' pixels and along colour boundaries.
 
 use std::path::Path;
 
@@ -17,7 +17,7 @@ use burn::tensor::{ElementConversion, Tensor, TensorData};
 use vidfarm_model::Pipeline;
 use vidfarm_model::vae::AutoencoderKLWan;
 
-use crate::data::{Batch5, ClipShape, Purpose, Rng, VaeBatch, channel_statistics, object_weights, training_clip, vae_batch};
+use crate::data::{Batch5, ClipShape, Purpose, Rng, VaeBatch, channel_statistics, pixel_weights, training_clip, vae_batch};
 use crate::error::{TrainError, tensor_values};
 use crate::run::{self, TrainOptions, TrainState, VaeRecipe};
 use crate::{Progress, Stage, optimizer_config, run_steps, weighted_mean};
@@ -83,7 +83,7 @@ pub struct VaeTrainer<B: AutodiffBackend> {
     /// The whole pipeline, so checkpoints are complete model folders; only its VAE trains.
     pub pipeline: Pipeline<B>,
     optim: OptimizerAdaptor<Adam, AutoencoderKLWan<B>, B>,
-    /// The loss's settings: `kl_weight`, `decoder_only`, `object_weight`, `posterior_noise`.
+    /// The loss's settings: `kl_weight`, `decoder_only`, `object_weight`, `edge_weight`, `posterior_noise`.
     recipe: VaeRecipe,
 }
 
@@ -101,7 +101,8 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
         let latent_shape = latent_shape(&self.pipeline.vae, video.shape);
         let video = Tensor::<B, 5>::from_data(TensorData::new(video.values.clone(), video.shape), &device);
         let noise = Tensor::<B, 5>::from_data(TensorData::new(noise.to_vec(), latent_shape), &device) * self.recipe.posterior_noise;
-        let weights = (self.recipe.object_weight > 0.0).then(|| object_weights(&batch.objects, self.recipe.object_weight));
+        let weighted = self.recipe.object_weight > 0.0 || self.recipe.edge_weight > 0.0;
+        let weights = weighted.then(|| pixel_weights(batch, self.recipe.object_weight, self.recipe.edge_weight));
         let terms = if self.recipe.decoder_only {
             decoder_loss(&self.pipeline.vae, video, weights.as_deref())?
         } else {
@@ -193,7 +194,7 @@ mod tests {
     fn steps_on_a_fixed_batch_lower_the_loss() {
         let dir = tempfile::tempdir().expect("tempdir");
         write_tiny_model(dir.path());
-        let recipe = VaeRecipe { frames: 5, crop: 16, kl_weight: 1e-4, statistics_clips: 2, decoder_only: false, object_weight: 0.0, posterior_noise: 1.0 };
+        let recipe = VaeRecipe { frames: 5, crop: 16, kl_weight: 1e-4, statistics_clips: 2, decoder_only: false, object_weight: 0.0, edge_weight: 0.0, posterior_noise: 1.0 };
         let mut trainer = VaeTrainer::new(load::<TestBackend>(dir.path()), recipe);
         let batch = vae_batch(0, 0, 2, CLIP, 5, 16).expect("batch");
         let noise = Rng::for_item(0, Purpose::VaeNoise, 0, 0).normals(latent_shape(&trainer.pipeline.vae, batch.video.shape).iter().product());
@@ -212,7 +213,7 @@ mod tests {
         write_tiny_model(dir.path());
         let batch = vae_batch(0, 0, 1, CLIP, 5, 16).expect("batch");
         let first_loss = |posterior_noise: f64, noise_seed: u64| {
-            let recipe = VaeRecipe { frames: 5, crop: 16, kl_weight: 0.0, statistics_clips: 2, decoder_only: false, object_weight: 0.0, posterior_noise };
+            let recipe = VaeRecipe { frames: 5, crop: 16, kl_weight: 0.0, statistics_clips: 2, decoder_only: false, object_weight: 0.0, edge_weight: 0.0, posterior_noise };
             let mut trainer = VaeTrainer::new(load::<TestBackend>(dir.path()), recipe);
             let noise = Rng::for_item(noise_seed, Purpose::VaeNoise, 0, 0).normals(latent_shape(&trainer.pipeline.vae, batch.video.shape).iter().product());
             trainer.step(&batch, &noise, 1e-3).expect("step").reconstruction
@@ -221,9 +222,9 @@ mod tests {
         assert_ne!(first_loss(1.0, 1), first_loss(1.0, 2));
     }
 
-    /// Weights of 1 everywhere are the plain error; weight on the objects changes it.
+    /// Weights of 1 everywhere are the plain error; weight on the objects or the edges changes it.
     #[test]
-    fn object_weights_change_the_reconstruction_error() {
+    fn pixel_weights_change_the_reconstruction_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         write_tiny_model(dir.path());
         let vae = load::<TestBackend>(dir.path()).vae;
@@ -232,7 +233,9 @@ mod tests {
         let video = || Tensor::<TestBackend, 5>::from_data(TensorData::new(batch.video.values.clone(), batch.video.shape), &Default::default());
         let error = |weights: Option<Vec<f32>>| -> f32 { decoder_loss(&vae, video(), weights.as_deref()).expect("loss").total.into_scalar().elem() };
         let plain = error(None);
-        assert!((error(Some(object_weights(&batch.objects, 0.0))) - plain).abs() <= 1e-6 * plain);
-        assert!((error(Some(object_weights(&batch.objects, 4.0))) - plain).abs() > 1e-3 * plain);
+        assert!(batch.edges.contains(&1.0) && batch.edges.contains(&0.0), "the crops show edges and flat areas");
+        assert!((error(Some(pixel_weights(&batch, 0.0, 0.0))) - plain).abs() <= 1e-6 * plain);
+        assert!((error(Some(pixel_weights(&batch, 4.0, 0.0))) - plain).abs() > 1e-3 * plain);
+        assert!((error(Some(pixel_weights(&batch, 0.0, 4.0))) - plain).abs() > 1e-3 * plain);
     }
 }

@@ -16,7 +16,7 @@ use vidfarm_model::pipeline::{DefaultBackend, Pipeline};
 use vidfarm_plan::{ChunkPlan, Latents, plan_chunks, seam_frames, stitch};
 use burn::tensor::{Tensor, TensorData};
 use vidfarm_synth::{
-    Adherence, Clip, ClipSettings, DetectorConfig, SceneSpec, Split, detect, mean_abs_frame_difference, render_clip, score, seam_ratio,
+    Adherence, Clip, ClipSettings, DetectorConfig, SceneSpec, Split, detect, edge_pixels, mean_abs_frame_difference, render_clip, score, seam_ratio,
 };
 use vidfarm_video::{RgbFrames, decode_mp4, encode_mp4};
 use vidfarm_model::scheduler::FlowMatchEulerDiscreteScheduler;
@@ -108,6 +108,10 @@ struct PromptResult {
     seam_ratio: Option<f64>,
     /// PSNR in dB of the prompt's synthetic clip (the seed's) through the VAE and back.
     vae_psnr_db: f64,
+    /// The same on the pixels along colour boundaries (`vidfarm_synth::edge_pixels`), and on
+    /// the others: where the VAE blurs, and where it shifts flat colours.
+    vae_edge_psnr_db: f64,
+    vae_flat_psnr_db: f64,
     /// Whether the detector finds every attribute in that round trip, and what it saw there.
     vae_all_correct: bool,
     vae_detected: String,
@@ -125,6 +129,8 @@ struct Summary {
     mean_abs_frame_difference: Option<f64>,
     seam_ratio: Option<f64>,
     vae_psnr_db: Option<f64>,
+    vae_edge_psnr_db: Option<f64>,
+    vae_flat_psnr_db: Option<f64>,
     /// Adherence of the synthetic clips after the VAE round trip: the ceiling the VAE sets.
     vae_adherence: f64,
 }
@@ -218,14 +224,13 @@ fn denoise_from_clip(
     Ok(latents)
 }
 
-/// `scene`'s synthetic clip from `seed`, as values in [-1, 1] (planar, frame-major per channel),
-/// and its VAE latents.
-fn encode_scene(pipeline: &Pipeline<DefaultBackend>, scene: &SceneSpec, settings: &ClipSettings, seed: u64) -> Result<(Vec<f32>, Tensor<DefaultBackend, 5>)> {
+/// `scene`'s synthetic clip from `seed` and its VAE latents.
+fn encode_scene(pipeline: &Pipeline<DefaultBackend>, scene: &SceneSpec, settings: &ClipSettings, seed: u64) -> Result<(Clip, Tensor<DefaultBackend, 5>)> {
     let clip = render_clip(scene, settings, seed)?;
     let shape = [1, 3, settings.frames, settings.height, settings.width];
-    let original = clip.to_planar_signed();
-    let video = Tensor::<DefaultBackend, 5>::from_data(TensorData::new(original.clone(), shape), pipeline.device());
-    Ok((original, pipeline.vae.encode(video)?))
+    let video = Tensor::<DefaultBackend, 5>::from_data(TensorData::new(clip.to_planar_signed(), shape), pipeline.device());
+    let latents = pipeline.vae.encode(video)?;
+    Ok((clip, latents))
 }
 
 /// The DiT-space (normalised) latents of a clip's VAE latents.
@@ -235,14 +240,28 @@ fn normalised_latents(pipeline: &Pipeline<DefaultBackend>, latents: Tensor<Defau
     Ok(Latents::new([c, f, h, w], values)?)
 }
 
-/// The clip `original` after the VAE's decode of its `latents`, and its PSNR (peak 255).
-fn vae_round_trip(pipeline: &Pipeline<DefaultBackend>, original: &[f32], latents: Tensor<DefaultBackend, 5>, settings: &ClipSettings) -> Result<(Clip, f64)> {
+/// PSNR in dB of a clip's VAE round trip: over every pixel, along its colour boundaries, elsewhere.
+struct VaePsnr {
+    all: f64,
+    edges: f64,
+    flat: f64,
+}
+
+/// The clip `original` after the VAE's decode of its `latents`, and its PSNR.
+fn vae_round_trip(pipeline: &Pipeline<DefaultBackend>, original: &Clip, latents: Tensor<DefaultBackend, 5>, settings: &ClipSettings) -> Result<(Clip, VaePsnr)> {
     let decoded = pipeline.vae.decode(latents)?;
     let decoded = decoded.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| anyhow::anyhow!("decoded video: {e:?}"))?;
-    let squared: f64 = original.iter().zip(&decoded).map(|(a, b)| f64::from(a - b).powi(2)).sum();
+    let edges = edge_pixels(original);
+    // Squared errors and pixel counts, on the edges and off them (planar: the mask repeats per channel).
+    let mut sums = [(0.0f64, 0usize); 2];
+    for (i, (a, b)) in original.to_planar_signed().iter().zip(&decoded).enumerate() {
+        let sum = &mut sums[usize::from(edges[i % edges.len()])];
+        sum.0 += f64::from(a - b).powi(2);
+        sum.1 += 1;
+    }
     // Values span [-1, 1], so the peak-to-peak range is 2.
-    let mse = squared / original.len() as f64;
-    let psnr = 10.0 * (4.0 / mse.max(1e-12)).log10();
+    let psnr = |(squared, count): (f64, usize)| 10.0 * (4.0 / (squared / count.max(1) as f64).max(1e-12)).log10();
+    let psnr = VaePsnr { all: psnr((sums[0].0 + sums[1].0, sums[0].1 + sums[1].1)), edges: psnr(sums[1]), flat: psnr(sums[0]) };
     let frames = RgbFrames::from_planar_signed(&decoded, settings.frames, settings.height, settings.width, settings.fps)?;
     Ok((Clip::new(settings.width, settings.height, settings.fps, frames.frames)?, psnr))
 }
@@ -291,7 +310,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let mp4 = std::env::temp_dir().join(format!("vidfarm-eval-{}-{index}.mp4", std::process::id()));
         let clip = render(&pipeline, &spec, &chunks, &start, &mp4).with_context(|| format!("rendering {prompt:?}"))?;
         let render_s = started.elapsed().as_secs_f64();
-        let (round_trip, vae_psnr_db) =
+        let (round_trip, vae_psnr) =
             vae_round_trip(&pipeline, &original, latents, &settings).with_context(|| format!("VAE round trip of {prompt:?}"))?;
         let detection = detect(&clip, &DetectorConfig::default());
         let adherence = score(&detection, scene);
@@ -302,7 +321,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
             adherence,
             mean_abs_frame_difference: mean_abs_frame_difference(&clip),
             seam_ratio: seam_ratio(&clip, &seam_frames(&chunks, spec.temporal_factor), spec.temporal_factor as usize),
-            vae_psnr_db,
+            vae_psnr_db: vae_psnr.all,
+            vae_edge_psnr_db: vae_psnr.edges,
+            vae_flat_psnr_db: vae_psnr.flat,
             vae_all_correct: score(&round_trip, scene).all_correct(),
             vae_detected: describe(&round_trip),
             render_s,
@@ -327,6 +348,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         mean_abs_frame_difference: mean(results.iter().filter_map(|r| r.mean_abs_frame_difference)),
         seam_ratio: mean(results.iter().filter_map(|r| r.seam_ratio)),
         vae_psnr_db: mean(results.iter().map(|r| r.vae_psnr_db)),
+        vae_edge_psnr_db: mean(results.iter().map(|r| r.vae_edge_psnr_db)),
+        vae_flat_psnr_db: mean(results.iter().map(|r| r.vae_flat_psnr_db)),
         vae_adherence: fraction(results.iter().filter(|r| r.vae_all_correct).count(), results.len()),
     };
     print_table(&results, &summary);
@@ -385,7 +408,7 @@ fn print_table(results: &[PromptResult], summary: &Summary) {
         ));
     }
     crate::output::emit(format!(
-        "{} prompts: adherence {:.3}, colour {:.3}, shape {:.3}, motion {:.3}, background {:.3}, mean frame difference {}, seam ratio {}, VAE PSNR {} dB, VAE adherence {:.3}",
+        "{} prompts: adherence {:.3}, colour {:.3}, shape {:.3}, motion {:.3}, background {:.3}, mean frame difference {}, seam ratio {}, VAE PSNR {} dB (edges {} dB, flat {} dB), VAE adherence {:.3}",
         summary.prompts,
         summary.adherence,
         summary.colour_accuracy,
@@ -395,6 +418,8 @@ fn print_table(results: &[PromptResult], summary: &Summary) {
         cell(summary.mean_abs_frame_difference),
         cell(summary.seam_ratio),
         cell(summary.vae_psnr_db),
+        cell(summary.vae_edge_psnr_db),
+        cell(summary.vae_flat_psnr_db),
         summary.vae_adherence
     ));
 }
