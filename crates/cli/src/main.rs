@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use tracing::Instrument;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tokio::net::TcpListener;
 use vidfarm_queue::JobState;
 use vidfarm_telemetry::{LogFormat, TraceExport};
@@ -229,7 +229,7 @@ async fn run(cli: Cli) -> Result<()> {
 async fn run_command(command: Command, settings: &Settings) -> Result<()> {
     let connect = async |conn: &Conn| client::connect(conn.addr.as_deref().unwrap_or(&settings.client.addr), &settings.client).await;
     match command {
-        Command::Render { spec, out, model, store, json } => render(&settings, &spec, &out, model, store, json).await,
+        Command::Render { spec, out, model, store, json } => render(settings, &spec, &out, model, store, json).await,
         Command::Serve { listen, store, model, workers } => {
             let mut settings = settings.clone();
             if let Some(w) = workers {
@@ -244,12 +244,12 @@ async fn run_command(command: Command, settings: &Settings) -> Result<()> {
             let listen = listen.unwrap_or_else(|| settings.server.listen.clone());
             let store = store.unwrap_or_else(|| settings.server.store.clone());
             let model = model.unwrap_or_else(|| settings.server.model.clone());
-            distributed::coordinator(&settings, &redis, &listen, &store, &model).await
+            distributed::coordinator(settings, &redis, &listen, &store, &model).await
         }
         Command::Worker { redis, store, model, name } => {
             let store = store.unwrap_or_else(|| settings.server.store.clone());
             let model = model.unwrap_or_else(|| settings.server.model.clone());
-            distributed::worker(&settings, &redis, &store, &model, name).await
+            distributed::worker(settings, &redis, &store, &model, name).await
         }
         Command::Submit { spec, idempotency_key, wait, conn } => {
             client::submit(&mut connect(&conn).await?, &spec, idempotency_key, wait, conn.json).await
@@ -337,7 +337,7 @@ fn tempfile_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-async fn serve(settings: &Settings, listen: &str, store: &str, model: &PathBuf) -> Result<()> {
+async fn serve(settings: &Settings, listen: &str, store: &str, model: &Path) -> Result<()> {
     let security = settings.server.security()?;
     start_metrics(settings).await?;
     let farm = Farm::start(settings, model, store).await?;

@@ -112,10 +112,10 @@ impl<'a> ClipSource<'a> {
 
     /// Refuses captions no training scene has, and filters no scene passes, before anything is drawn.
     pub fn check(&self) -> Result<(), TrainError> {
-        if let Some(count) = self.only_objects {
-            if !(1..=SceneSpec::MAX_OBJECTS).contains(&count) {
-                return Err(TrainError::InvalidOption(format!("--only-objects {count}: a scene has 1 to {} objects", SceneSpec::MAX_OBJECTS)));
-            }
+        if let Some(count) = self.only_objects
+            && !(1..=SceneSpec::MAX_OBJECTS).contains(&count)
+        {
+            return Err(TrainError::InvalidOption(format!("--only-objects {count}: a scene has 1 to {} objects", SceneSpec::MAX_OBJECTS)));
         }
         for caption in self.only_captions {
             let scene = SceneSpec::parse(caption)?;

@@ -241,10 +241,8 @@ impl WanTransformerConfig {
         if self.input_skip && self.out_channels() != self.in_channels {
             return Err(unsupported(path, "input_skip", true, "needs out_channels equal to in_channels"));
         }
-        if self.prediction(path)? == Prediction::Sample {
-            if self.out_channels() != self.in_channels {
-                return Err(unsupported(path, "prediction_type", "sample", "needs out_channels equal to in_channels"));
-            }
+        if self.prediction(path)? == Prediction::Sample && self.out_channels() != self.in_channels {
+            return Err(unsupported(path, "prediction_type", "sample", "needs out_channels equal to in_channels"));
         }
         if self.patch_size.contains(&0) {
             return Err(unsupported(path, "patch_size", self.patch_size, "must be positive"));
