@@ -12,7 +12,7 @@ use vidfarm_api::ModelProfile;
 use vidfarm_api::spec::causal_frame_count;
 
 use crate::data::ClipShape;
-use crate::{DitRecipe, FlowLoss, LrSchedule, Progress, Recipe, SigmaSampling, StageRecipe, TrainBackend, TrainOptions, VaeRecipe};
+use crate::{DitRecipe, FlowLoss, LrSchedule, PixelError, Progress, Recipe, SigmaSampling, StageRecipe, TrainBackend, TrainOptions, VaeRecipe};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TrainStage {
@@ -58,7 +58,7 @@ pub struct TrainArgs {
     /// vae: side of the random square crop, a multiple of 8.
     #[arg(long, default_value_t = 32)]
     pub crop: usize,
-    /// vae: weight of the KL term (mean per latent value) against the reconstruction MSE (mean per pixel).
+    /// vae: weight of the KL term (mean per latent value) against the reconstruction error (mean per pixel).
     #[arg(long, default_value_t = 1e-6)]
     pub kl_weight: f64,
     /// vae: clips encoded at each checkpoint to set latents_mean / latents_std.
@@ -72,10 +72,13 @@ pub struct TrainArgs {
     /// the posterior means, which is what the pipeline decodes.
     #[arg(long, default_value_t = 1.0)]
     pub posterior_noise: f64,
-    /// vae: extra weight of the squared error along colour boundaries (pixels with a neighbour of
+    /// vae: extra weight of the error along colour boundaries (pixels with a neighbour of
     /// another colour), where the reconstruction blurs; 4 makes an edge pixel count 5 times.
     #[arg(long, default_value_t = 0.0)]
     pub edge_weight: f64,
+    /// vae: how a pixel's reconstruction error counts: `squared` (MSE) or `absolute` (L1).
+    #[arg(long, value_enum, default_value_t = PixelError::Squared)]
+    pub pixel_error: PixelError,
     /// dit: clips pre-encoded once (cached in --out) and sampled from.
     #[arg(long, default_value_t = 4096)]
     pub clips: usize,
@@ -147,6 +150,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 object_weight: args.object_weight,
                 edge_weight: args.edge_weight,
                 posterior_noise: args.posterior_noise,
+                pixel_error: args.pixel_error,
             }),
             1,
         ),

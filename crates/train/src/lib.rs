@@ -26,7 +26,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 
 pub use error::TrainError;
-pub use run::{DitRecipe, FlowLoss, LrSchedule, Recipe, SigmaSampling, StageRecipe, TrainOptions, TrainState, VaeRecipe};
+pub use run::{DitRecipe, FlowLoss, LrSchedule, PixelError, Recipe, SigmaSampling, StageRecipe, TrainOptions, TrainState, VaeRecipe};
 
 /// The backend training runs on: autodiff over the farm's backend (CPU, or CUDA with its feature).
 pub type TrainBackend = burn::backend::Autodiff<vidfarm_model::DefaultBackend>;
@@ -89,15 +89,15 @@ fn run_steps(
     Ok(state)
 }
 
-/// The mean of `squared` `[items, channels, frames, height, width]` with each value weighted by
+/// The mean of `errors` `[items, channels, frames, height, width]` with each value weighted by
 /// `weights` `[items, frames, height, width]` (shared by the channels), divided by the mean
-/// weight so that a weighted loss keeps the scale of a plain mean squared error.
-fn weighted_mean<B: Backend>(squared: Tensor<B, 5>, weights: Option<&[f32]>) -> Tensor<B, 1> {
-    let Some(weights) = weights else { return squared.mean() };
-    let [items, channels, frames, height, width] = squared.dims();
+/// weight so that a weighted loss keeps the scale of a plain mean error.
+fn weighted_mean<B: Backend>(errors: Tensor<B, 5>, weights: Option<&[f32]>) -> Tensor<B, 1> {
+    let Some(weights) = weights else { return errors.mean() };
+    let [items, channels, frames, height, width] = errors.dims();
     let mean_weight = weights.iter().sum::<f32>() / weights.len() as f32;
-    let weights = Tensor::<B, 5>::from_data(TensorData::new(weights.to_vec(), [items, 1, frames, height, width]), &squared.device());
-    (squared * weights.repeat_dim(1, channels)).mean() / mean_weight
+    let weights = Tensor::<B, 5>::from_data(TensorData::new(weights.to_vec(), [items, 1, frames, height, width]), &errors.device());
+    (errors * weights.repeat_dim(1, channels)).mean() / mean_weight
 }
 
 /// Adam with per-parameter gradient-norm clipping at 1 (a bad batch cannot throw the weights far).
@@ -152,11 +152,11 @@ mod tests {
     }
 
     fn vae() -> StageRecipe {
-        StageRecipe::Vae(VaeRecipe { frames: 5, crop: 16, kl_weight: 1e-4, statistics_clips: 2, decoder_only: false, object_weight: 0.0, edge_weight: 0.0, posterior_noise: 1.0 })
+        StageRecipe::Vae(VaeRecipe { frames: 5, crop: 16, kl_weight: 1e-4, statistics_clips: 2, decoder_only: false, object_weight: 0.0, edge_weight: 0.0, posterior_noise: 1.0, pixel_error: PixelError::Squared })
     }
 
     fn vae_decoder() -> StageRecipe {
-        StageRecipe::Vae(VaeRecipe { frames: 5, crop: 16, kl_weight: 0.0, statistics_clips: 2, decoder_only: true, object_weight: 2.0, edge_weight: 0.0, posterior_noise: 1.0 })
+        StageRecipe::Vae(VaeRecipe { frames: 5, crop: 16, kl_weight: 0.0, statistics_clips: 2, decoder_only: true, object_weight: 2.0, edge_weight: 0.0, posterior_noise: 1.0, pixel_error: PixelError::Absolute })
     }
 
     /// Options out of range are refused before anything loads, with the option's name.

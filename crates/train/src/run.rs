@@ -82,7 +82,7 @@ pub struct VaeRecipe {
     pub frames: usize,
     /// Side of the random square crop (a multiple of the VAE's 8).
     pub crop: usize,
-    /// Weight of the KL term (mean over latent values) against the reconstruction MSE (mean over pixels).
+    /// Weight of the KL term (mean over latent values) against the reconstruction error (mean over pixels).
     pub kl_weight: f64,
     /// Clips encoded to recompute `latents_mean` / `latents_std` at each checkpoint.
     pub statistics_clips: usize,
@@ -90,16 +90,19 @@ pub struct VaeRecipe {
     /// DiT trained on them, stay valid.
     #[serde(default)]
     pub decoder_only: bool,
-    /// Extra weight of the squared error on pixels that show an object (0: plain MSE).
+    /// Extra weight of the error on pixels that show an object (0: a plain mean).
     #[serde(default)]
     pub object_weight: f64,
-    /// Extra weight of the squared error on pixels next to a pixel of another colour (0: plain MSE).
+    /// Extra weight of the error on pixels next to a pixel of another colour (0: a plain mean).
     #[serde(default)]
     pub edge_weight: f64,
     /// Scale of the noise that samples the posterior in whole-VAE training: 1 samples it, 0
     /// decodes the means (as the pipeline does), a plain autoencoder.
     #[serde(default = "sampled_posterior")]
     pub posterior_noise: f64,
+    /// How a pixel's reconstruction error counts (squared unless a recipe says otherwise).
+    #[serde(default)]
+    pub pixel_error: PixelError,
 }
 
 /// Runs saved before `posterior_noise` existed sampled the posterior.
@@ -148,6 +151,20 @@ pub enum FlowLoss {
     /// The clean latents implied by the predicted flow (`x_t - sigma v`): every noise level
     /// weighs alike, so the high ones, where the caption places the object, count as much.
     Sample,
+}
+
+/// How the VAE stage counts a pixel's reconstruction error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "snake_case")]
+pub enum PixelError {
+    /// Its square (MSE, what PSNR measures): where the encoder is unsure of a boundary the
+    /// decoder is pushed to the mean of the two colours, a blur.
+    #[default]
+    Squared,
+    /// Its absolute value (L1, as Wan's VAE is trained): pushed to the median, one colour or the
+    /// other, and small errors pull as hard as large ones.
+    Absolute,
 }
 
 /// How a DiT step draws its noise levels.

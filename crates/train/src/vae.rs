@@ -1,11 +1,12 @@
-//! Stage 1: the causal VAE. Loss: mean squared reconstruction error of a sample of the posterior
+//! Stage 1: the causal VAE. Loss: mean squared (or, with [`PixelError::Absolute`], absolute)
+//! reconstruction error of a sample of the posterior
 //! plus `kl_weight` times the mean KL of the posterior to N(0, 1); [`VaeRecipe::posterior_noise`] 0
 //! decodes the posterior means instead of a sample. Each checkpoint also sets the
 //! VAE config's `latents_mean` / `latents_std` from the trained encoder, since the pipeline
 //! normalises latents for the DiT with them. A decoder-only run ([`VaeRecipe::decoder_only`])
 //! decodes the encoder's posterior means and trains the decoder alone, so the latents a DiT was
 //! trained on stay as they were. With [`VaeRecipe::object_weight`] and [`VaeRecipe::edge_weight`]
-//! the squared error weighs more on the objects' pixels and along colour boundaries.
+//! the error weighs more on the objects' pixels and along colour boundaries.
 
 use std::path::Path;
 
@@ -19,7 +20,7 @@ use vidfarm_model::vae::AutoencoderKLWan;
 
 use crate::data::{Batch5, ClipShape, Purpose, Rng, VaeBatch, channel_statistics, pixel_weights, training_clip, vae_batch};
 use crate::error::{TrainError, tensor_values};
-use crate::run::{self, TrainOptions, TrainState, VaeRecipe};
+use crate::run::{self, PixelError, TrainOptions, TrainState, VaeRecipe};
 use crate::{Progress, Stage, optimizer_config, run_steps, weighted_mean};
 
 /// Smallest `latents_std` written: a channel the encoder leaves unused must not blow up when
@@ -41,18 +42,30 @@ pub struct VaeLossTerms<B: Backend> {
     pub kl: Tensor<B, 1>,
 }
 
+/// The mean reconstruction error of `decoded` against `video`, each pixel's counted as `error`
+/// says and weighted by `weights` (when given, `[batch, frames, H, W]`).
+fn reconstruction_error<B: Backend>(decoded: Tensor<B, 5>, video: Tensor<B, 5>, error: PixelError, weights: Option<&[f32]>) -> Tensor<B, 1> {
+    let difference = decoded - video;
+    let per_value = match error {
+        PixelError::Squared => difference.powi_scalar(2),
+        PixelError::Absolute => difference.abs(),
+    };
+    weighted_mean(per_value, weights)
+}
+
 /// The loss of one batch: `video` `[batch, 3, frames, H, W]`, `noise` shaped like its latents,
-/// `weights` (when given) `[batch, frames, H, W]` those of the pixels' squared errors.
+/// `weights` (when given) `[batch, frames, H, W]` those of the pixels' errors.
 pub fn vae_loss<B: Backend>(
     vae: &AutoencoderKLWan<B>,
     video: Tensor<B, 5>,
     noise: Tensor<B, 5>,
     kl_weight: f64,
+    error: PixelError,
     weights: Option<&[f32]>,
 ) -> Result<VaeLossTerms<B>, TrainError> {
     let (mean, logvar) = vae.encode_posterior(video.clone())?;
     let z = mean.clone() + (logvar.clone() * 0.5).exp() * noise;
-    let reconstruction = weighted_mean((vae.decode_unclamped(z)? - video).powi_scalar(2), weights);
+    let reconstruction = reconstruction_error(vae.decode_unclamped(z)?, video, error, weights);
     let kl = ((mean.powi_scalar(2) + logvar.clone().exp() - logvar - 1.0) * 0.5).mean();
     Ok(VaeLossTerms { total: reconstruction.clone() + kl.clone() * kl_weight, reconstruction, kl })
 }
@@ -62,12 +75,13 @@ pub fn vae_loss<B: Backend>(
 pub fn decoder_loss<B: AutodiffBackend>(
     vae: &AutoencoderKLWan<B>,
     video: Tensor<B, 5>,
+    error: PixelError,
     weights: Option<&[f32]>,
 ) -> Result<VaeLossTerms<B>, TrainError> {
     // The encoder runs outside autodiff: a detached graph would still be recorded, and kept
     // (memory and step time grew with every step).
     let z = Tensor::from_inner(vae.valid().encode(video.clone().inner())?);
-    let reconstruction = weighted_mean((vae.decode_unclamped(z)? - video).powi_scalar(2), weights);
+    let reconstruction = reconstruction_error(vae.decode_unclamped(z)?, video, error, weights);
     let kl = reconstruction.zeros_like();
     Ok(VaeLossTerms { total: reconstruction.clone(), reconstruction, kl })
 }
@@ -104,9 +118,9 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
         let weighted = self.recipe.object_weight > 0.0 || self.recipe.edge_weight > 0.0;
         let weights = weighted.then(|| pixel_weights(batch, self.recipe.object_weight, self.recipe.edge_weight));
         let terms = if self.recipe.decoder_only {
-            decoder_loss(&self.pipeline.vae, video, weights.as_deref())?
+            decoder_loss(&self.pipeline.vae, video, self.recipe.pixel_error, weights.as_deref())?
         } else {
-            vae_loss(&self.pipeline.vae, video, noise, self.recipe.kl_weight, weights.as_deref())?
+            vae_loss(&self.pipeline.vae, video, noise, self.recipe.kl_weight, self.recipe.pixel_error, weights.as_deref())?
         };
         let loss = VaeLoss {
             total: terms.total.clone().into_scalar().elem(),
@@ -189,20 +203,34 @@ mod tests {
     use super::*;
     use crate::test_model::{CLIP, TestBackend, load, write_tiny_model};
 
-    /// Training on one fixed batch must fit it: the loss falls, so gradients reach the weights.
+    /// Training on one fixed batch must fit it, with either pixel error: the loss falls, so
+    /// gradients reach the weights.
     #[test]
     fn steps_on_a_fixed_batch_lower_the_loss() {
         let dir = tempfile::tempdir().expect("tempdir");
         write_tiny_model(dir.path());
-        let recipe = VaeRecipe { frames: 5, crop: 16, kl_weight: 1e-4, statistics_clips: 2, decoder_only: false, object_weight: 0.0, edge_weight: 0.0, posterior_noise: 1.0 };
-        let mut trainer = VaeTrainer::new(load::<TestBackend>(dir.path()), recipe);
         let batch = vae_batch(0, 0, 2, CLIP, 5, 16).expect("batch");
-        let noise = Rng::for_item(0, Purpose::VaeNoise, 0, 0).normals(latent_shape(&trainer.pipeline.vae, batch.video.shape).iter().product());
-        let losses: Vec<VaeLoss> = (0..12).map(|_| trainer.step(&batch, &noise, 1e-2).expect("step")).collect();
-        let (first, last) = (losses[0], losses[losses.len() - 1]);
-        println!("vae losses: {:?}", losses.iter().map(|l| l.total).collect::<Vec<_>>());
-        assert!(first.kl >= 0.0 && last.kl >= 0.0 && first.reconstruction > 0.0);
-        assert!(last.total < 0.5 * first.total, "loss {} -> {}", first.total, last.total);
+        for pixel_error in [PixelError::Squared, PixelError::Absolute] {
+            let recipe = VaeRecipe { frames: 5, crop: 16, kl_weight: 1e-4, statistics_clips: 2, decoder_only: false, object_weight: 0.0, edge_weight: 0.0, posterior_noise: 1.0, pixel_error };
+            let mut trainer = VaeTrainer::new(load::<TestBackend>(dir.path()), recipe);
+            let noise = Rng::for_item(0, Purpose::VaeNoise, 0, 0).normals(latent_shape(&trainer.pipeline.vae, batch.video.shape).iter().product());
+            let losses: Vec<VaeLoss> = (0..12).map(|_| trainer.step(&batch, &noise, 1e-2).expect("step")).collect();
+            let (first, last) = (losses[0], losses[losses.len() - 1]);
+            println!("vae losses ({pixel_error:?}): {:?}", losses.iter().map(|l| l.total).collect::<Vec<_>>());
+            assert!(first.kl >= 0.0 && last.kl >= 0.0 && first.reconstruction > 0.0);
+            assert!(last.total < 0.5 * first.total, "{pixel_error:?}: loss {} -> {}", first.total, last.total);
+        }
+    }
+
+    /// The reconstruction error is the mean of the differences' squares or absolute values.
+    #[test]
+    fn pixel_errors_are_squares_or_absolute_values() {
+        let device = Default::default();
+        let video = Tensor::<TestBackend, 5>::zeros([1, 1, 1, 2, 2], &device);
+        let decoded = Tensor::<TestBackend, 5>::from_data(TensorData::new(vec![0.5f32, -1.0, 2.0, 0.0], [1, 1, 1, 2, 2]), &device);
+        let error = |kind| -> f32 { reconstruction_error(decoded.clone(), video.clone(), kind, None).into_scalar().elem() };
+        assert!((error(PixelError::Squared) - (0.25 + 1.0 + 4.0) / 4.0).abs() < 1e-6);
+        assert!((error(PixelError::Absolute) - (0.5 + 1.0 + 2.0) / 4.0).abs() < 1e-6);
     }
 
     /// With `posterior_noise` 0 the decoder sees the posterior means: the loss does not depend
@@ -213,7 +241,7 @@ mod tests {
         write_tiny_model(dir.path());
         let batch = vae_batch(0, 0, 1, CLIP, 5, 16).expect("batch");
         let first_loss = |posterior_noise: f64, noise_seed: u64| {
-            let recipe = VaeRecipe { frames: 5, crop: 16, kl_weight: 0.0, statistics_clips: 2, decoder_only: false, object_weight: 0.0, edge_weight: 0.0, posterior_noise };
+            let recipe = VaeRecipe { frames: 5, crop: 16, kl_weight: 0.0, statistics_clips: 2, decoder_only: false, object_weight: 0.0, edge_weight: 0.0, posterior_noise, pixel_error: PixelError::Squared };
             let mut trainer = VaeTrainer::new(load::<TestBackend>(dir.path()), recipe);
             let noise = Rng::for_item(noise_seed, Purpose::VaeNoise, 0, 0).normals(latent_shape(&trainer.pipeline.vae, batch.video.shape).iter().product());
             trainer.step(&batch, &noise, 1e-3).expect("step").reconstruction
@@ -231,7 +259,7 @@ mod tests {
         let batch = vae_batch(0, 0, 2, CLIP, 5, 16).expect("batch");
         assert!(batch.objects.contains(&1.0) && batch.objects.contains(&0.0), "the crops show objects and background");
         let video = || Tensor::<TestBackend, 5>::from_data(TensorData::new(batch.video.values.clone(), batch.video.shape), &Default::default());
-        let error = |weights: Option<Vec<f32>>| -> f32 { decoder_loss(&vae, video(), weights.as_deref()).expect("loss").total.into_scalar().elem() };
+        let error = |weights: Option<Vec<f32>>| -> f32 { decoder_loss(&vae, video(), PixelError::Squared, weights.as_deref()).expect("loss").total.into_scalar().elem() };
         let plain = error(None);
         assert!(batch.edges.contains(&1.0) && batch.edges.contains(&0.0), "the crops show edges and flat areas");
         assert!((error(Some(pixel_weights(&batch, 0.0, 0.0))) - plain).abs() <= 1e-6 * plain);
