@@ -418,6 +418,7 @@ async fn a_chunk_that_always_fails_is_retried_with_backoff_then_fails_its_job_al
 
 #[tokio::test]
 async fn sigterm_ends_a_coordinators_watch_streams_so_it_exits_at_once() {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
     let _turn = ONE_AT_A_TIME.lock().await;
     let farm = Farm::new();
     let coordinator = farm.coordinator();
@@ -426,10 +427,18 @@ async fn sigterm_ends_a_coordinators_watch_streams_so_it_exits_at_once() {
     let job_id = submit(&mut client, spec(4.0, 8, pb::Priority::Normal)).await;
     let mut events = watch(&mut client, &job_id).await;
     events.next().await.expect("the job's current state").unwrap();
+    // A load balancer's health watch, as Envoy and gRPC clients keep one open.
+    let mut health = HealthClient::new(Channel::from_shared(coordinator.addr.clone()).unwrap().connect().await.unwrap());
+    let mut health = health.watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    assert_eq!(health.next().await.unwrap().unwrap().status(), ServingStatus::Serving);
     signal(&coordinator, "TERM");
     let ended = tokio::time::timeout(Duration::from_secs(10), events.next()).await.expect("the stream ends at shutdown");
     let status = ended.expect("a last word").unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "clients take it as: watch again ({status:?})");
+    let said = tokio::time::timeout(Duration::from_secs(10), health.next()).await.expect("the health watch hears of the shutdown");
+    assert_eq!(said.expect("a last status").unwrap().status(), ServingStatus::NotServing, "sent elsewhere from now on");
+    let ended = tokio::time::timeout(Duration::from_secs(10), health.next()).await.expect("the health watch ends at shutdown");
+    assert!(!matches!(ended, Some(Ok(_))), "no status after NOT_SERVING: {ended:?}");
     assert!(coordinator.exits_within(Duration::from_secs(10)).await.success(), "a graceful exit");
 }
 

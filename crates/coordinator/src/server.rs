@@ -42,7 +42,7 @@ pub async fn serve(
     security: ServerSecurity,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let (mut health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<RenderServiceServer<RenderApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -60,11 +60,19 @@ pub async fn serve(
             }
         }
     })];
-    // Watch streams end when shutdown begins, or the graceful shutdown would wait on them.
+    // Watch streams end when shutdown begins, or the graceful shutdown would wait on them:
+    // RenderService's, and health watches (a load balancer's), which hear NOT_SERVING first.
     let (begin_stopping, stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
         let _ = begin_stopping.send(true);
+        let services = ["", <RenderServiceServer<RenderApi> as tonic::server::NamedService>::NAME];
+        for service in services {
+            health_reporter.set_service_status(service, tonic_health::ServingStatus::NotServing).await;
+        }
+        for service in services {
+            health_reporter.clear_service_status(service).await;
+        }
     };
     let authenticate = Authenticate(security.tokens.as_ref().map(|(tokens, _)| tokens.clone()));
     if let Some((tokens, files)) = security.tokens {
