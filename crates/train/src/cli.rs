@@ -61,7 +61,8 @@ pub struct TrainArgs {
     /// vae: weight of the KL term (mean per latent value) against the reconstruction error (mean per pixel).
     #[arg(long, default_value_t = 1e-6)]
     pub kl_weight: f64,
-    /// vae: clips encoded at each checkpoint to set latents_mean / latents_std.
+    /// vae: clips encoded at each checkpoint to set latents_mean / latents_std (not in a
+    /// decoder-only run, which keeps them).
     #[arg(long, default_value_t = 16)]
     pub statistics_clips: usize,
     /// vae: train the decoder alone on the encoder's posterior means; the latents (and a DiT

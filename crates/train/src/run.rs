@@ -84,7 +84,8 @@ pub struct VaeRecipe {
     pub crop: usize,
     /// Weight of the KL term (mean over latent values) against the reconstruction error (mean over pixels).
     pub kl_weight: f64,
-    /// Clips encoded to recompute `latents_mean` / `latents_std` at each checkpoint.
+    /// Clips encoded to recompute `latents_mean` / `latents_std` at each checkpoint (a decoder-only
+    /// run keeps them).
     pub statistics_clips: usize,
     /// Train the decoder alone on the encoder's posterior means (no KL). The latents, and so a
     /// DiT trained on them, stay valid.

@@ -5,7 +5,7 @@
 //! VAE config's `latents_mean` / `latents_std` from the trained encoder, since the pipeline
 //! normalises latents for the DiT with them. A decoder-only run ([`VaeRecipe::decoder_only`])
 //! decodes the encoder's posterior means and trains the decoder alone, so the latents a DiT was
-//! trained on stay as they were. With [`VaeRecipe::object_weight`] and [`VaeRecipe::edge_weight`]
+//! trained on, and their statistics, stay as they were. With [`VaeRecipe::object_weight`] and [`VaeRecipe::edge_weight`]
 //! the error weighs more on the objects' pixels and along colour boundaries.
 
 use std::path::Path;
@@ -170,12 +170,16 @@ impl<B: AutodiffBackend> Stage for VaeStage<'_, B> {
     }
 
     fn checkpoint(&mut self, options: &TrainOptions, state: &TrainState) -> Result<(), TrainError> {
-        let pipeline = &mut self.trainer.pipeline;
-        let device = pipeline.device().clone();
-        let (mean, std) =
-            latent_statistics(&pipeline.vae.valid(), options.recipe.seed, options.recipe.clip, self.recipe.statistics_clips, &device)?;
-        pipeline.vae.config.latents_mean = mean;
-        pipeline.vae.config.latents_std = std.into_iter().map(|s| s.max(MIN_LATENT_STD)).collect();
+        // A decoder-only run keeps the statistics the DiT was trained with: its encoder did not
+        // change, and statistics drawn from other clips would shift every latent the DiT sees.
+        if !self.recipe.decoder_only {
+            let pipeline = &mut self.trainer.pipeline;
+            let device = pipeline.device().clone();
+            let (mean, std) =
+                latent_statistics(&pipeline.vae.valid(), options.recipe.seed, options.recipe.clip, self.recipe.statistics_clips, &device)?;
+            pipeline.vae.config.latents_mean = mean;
+            pipeline.vae.config.latents_std = std.into_iter().map(|s| s.max(MIN_LATENT_STD)).collect();
+        }
         let pipeline = &self.trainer.pipeline;
         run::write_checkpoint::<_, B>(options, state, self.trainer.optim.to_record(), |dir: &Path| Ok(pipeline.save(dir)?))
     }
