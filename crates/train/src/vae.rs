@@ -1,12 +1,12 @@
 //! Stage 1: the causal VAE. Loss: mean squared (or, with [`PixelError::Absolute`], absolute)
 //! reconstruction error of a sample of the posterior plus `kl_weight` times the mean KL of the
-//! posterior to N(0, 1); [`VaeRecipe::posterior_noise`] 0
-//! decodes the posterior means instead of a sample. Each checkpoint also sets the
-//! VAE config's `latents_mean` / `latents_std` from the trained encoder, since the pipeline
-//! normalises latents for the DiT with them. A decoder-only run ([`VaeRecipe::decoder_only`])
-//! decodes the encoder's posterior means and trains the decoder alone, so the latents a DiT was
-//! trained on, and their statistics, stay as they were. With [`VaeRecipe::object_weight`] and [`VaeRecipe::edge_weight`]
-//! the error weighs more on the objects' pixels and along colour boundaries.
+//! posterior to N(0, 1); [`VaeRecipe::posterior_noise`] 0 decodes the posterior means instead of
+//! a sample. Each checkpoint of a whole-VAE run also sets the VAE config's `latents_mean` /
+//! `latents_std` from the trained encoder, since the pipeline normalises latents for the DiT with
+//! them. A decoder-only run ([`VaeRecipe::decoder_only`]) decodes the encoder's posterior means
+//! and trains the decoder alone, so the latents a DiT was trained on, and their statistics, stay
+//! as they were. With [`VaeRecipe::object_weight`] and [`VaeRecipe::edge_weight`] the error
+//! weighs more on the objects' pixels and along colour boundaries.
 
 use std::path::Path;
 
