@@ -143,6 +143,22 @@ pub struct Pipeline<B: Backend> {
     device: B::Device,
 }
 
+/// A clone shares the weights (tensors are reference-counted).
+impl<B: Backend> Clone for Pipeline<B> {
+    fn clone(&self) -> Self {
+        Self {
+            text_encoder: self.text_encoder.clone(),
+            tokenizer: self.tokenizer.clone(),
+            tokenizer_json: self.tokenizer_json.clone(),
+            transformer: self.transformer.clone(),
+            vae: self.vae.clone(),
+            scheduler: self.scheduler.clone(),
+            max_sequence_length: self.max_sequence_length,
+            device: self.device.clone(),
+        }
+    }
+}
+
 /// Wan's `whitespace_clean`: runs of whitespace become one space, ends trimmed.
 fn clean_prompt(prompt: &str) -> String {
     prompt.split_whitespace().collect::<Vec<_>>().join(" ")

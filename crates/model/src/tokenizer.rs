@@ -18,6 +18,7 @@ const UNKNOWN_TOKENS: [&str; 2] = ["<unk>", "[UNK]"];
 /// Padding-token spellings tried when the file configures no padding.
 const PAD_TOKENS: [&str; 2] = ["<pad>", "[PAD]"];
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pad_id: u32,

@@ -80,6 +80,11 @@ pub struct TrainArgs {
     /// vae: how a pixel's reconstruction error counts: `squared` (MSE) or `absolute` (L1).
     #[arg(long, value_enum, default_value_t = PixelError::Squared)]
     pub pixel_error: PixelError,
+    /// dit: threads each step's batch is split across (data parallel, at most --batch): on the
+    /// CPU backend a run otherwise keeps one core busy. Other counts round differently, so a run
+    /// reproduces exactly only with the same count.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
     /// dit: clips pre-encoded once (cached in --out) and sampled from.
     #[arg(long, default_value_t = 4096)]
     pub clips: usize,
@@ -175,6 +180,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         out: args.out.clone(),
         steps: args.steps,
         checkpoint_every: args.checkpoint_every,
+        threads: args.threads,
         recipe: Recipe {
             batch: args.batch.unwrap_or(default_batch),
             lr: args.lr,

@@ -267,6 +267,43 @@ pub fn flow_batch(clips: &LatentClips, seed: u64, step: usize, batch: usize, rec
     }
 }
 
+impl FlowBatch {
+    /// The batch cut into `count` runs of consecutive items (sizes differing by at most one;
+    /// fewer when it has fewer items), each with its share of the batch's loss: the summed
+    /// weights of its values over the batch's (its items over the batch's when unweighted).
+    /// The shards' losses times their shares sum to the batch's loss, so their gradients sum to
+    /// the batch's gradient.
+    pub fn shards(&self, count: usize) -> Vec<(FlowBatch, f32)> {
+        let items = self.sigmas.len();
+        let count = count.clamp(1, items.max(1));
+        let latent_len = self.latents.values.len() / items.max(1);
+        let weight_len = self.loss_weights.as_ref().map_or(0, |weights| weights.len() / items.max(1));
+        let total_weight: f32 = self.loss_weights.as_ref().map_or(items as f32, |weights| weights.iter().sum());
+        let mut start = 0;
+        (0..count)
+            .map(|shard| {
+                let range = start..start + items / count + usize::from(shard < items % count);
+                start = range.end;
+                let values = |all: &[f32], per_item: usize| all[range.start * per_item..range.end * per_item].to_vec();
+                let loss_weights = self.loss_weights.as_ref().map(|weights| values(weights, weight_len));
+                let weight = loss_weights.as_ref().map_or(range.len() as f32, |weights| weights.iter().sum());
+                let mut shape = self.latents.shape;
+                shape[0] = range.len();
+                let batch = FlowBatch {
+                    latents: Batch5 { values: values(&self.latents.values, latent_len), shape },
+                    noise: values(&self.noise, latent_len),
+                    sigmas: self.sigmas[range.clone()].to_vec(),
+                    captions: self.captions[range.clone()].to_vec(),
+                    starts: self.starts[range].to_vec(),
+                    clip_frames: self.clip_frames,
+                    loss_weights,
+                };
+                (batch, weight / total_weight)
+            })
+            .collect()
+    }
+}
+
 /// Per-channel mean and standard deviation of `[batch, channels, ...]` values.
 pub fn channel_statistics(batch: &Batch5) -> (Vec<f64>, Vec<f64>) {
     let [items, channels, ..] = batch.shape;
@@ -428,5 +465,39 @@ mod tests {
         let (mean, std) = channel_statistics(&batch);
         assert_eq!(mean, vec![4.0, 15.0]);
         assert!((std[0] - 5f64.sqrt()).abs() < 1e-12 && (std[1] - 5.0).abs() < 1e-12, "{std:?}");
+    }
+
+    /// Shards are consecutive runs of items whose sizes differ by at most one, whose shares
+    /// (weights over the batch's) sum to 1, and which put the batch back together.
+    #[test]
+    fn flow_batches_shard_into_consecutive_items_with_their_loss_shares() {
+        let item = |i: usize| i as f32;
+        let batch = FlowBatch {
+            latents: Batch5 { values: (0..5 * 6).map(|v| v as f32).collect(), shape: [5, 2, 3, 1, 1] },
+            noise: (0..5 * 6).map(|v| -(v as f32)).collect(),
+            sigmas: (0..5).map(item).collect(),
+            captions: (0..5).map(|i| format!("caption {i}")).collect(),
+            starts: (0..5).collect(),
+            clip_frames: 7,
+            loss_weights: Some((0..5 * 3).map(|v| if v < 3 { 4.0 } else { 1.0 }).collect()),
+        };
+        for count in 1..=7 {
+            let shards = batch.shards(count);
+            assert_eq!(shards.len(), count.min(5));
+            let sizes: Vec<usize> = shards.iter().map(|(shard, _)| shard.latents.shape[0]).collect();
+            assert!(sizes.iter().max().expect("sizes") - sizes.iter().min().expect("sizes") <= 1, "{sizes:?}");
+            let joined = |part: fn(&FlowBatch) -> Vec<f32>| shards.iter().flat_map(|(shard, _)| part(shard)).collect::<Vec<f32>>();
+            assert_eq!(joined(|b| b.latents.values.clone()), batch.latents.values);
+            assert_eq!(joined(|b| b.noise.clone()), batch.noise);
+            assert_eq!(joined(|b| b.sigmas.clone()), batch.sigmas);
+            assert_eq!(joined(|b| b.loss_weights.clone().expect("weights")), batch.loss_weights.clone().expect("weights"));
+            assert!(shards.iter().all(|(shard, _)| shard.captions.len() == shard.starts.len() && shard.clip_frames == 7));
+            assert_eq!(shards.iter().flat_map(|(shard, _)| shard.starts.clone()).collect::<Vec<_>>(), batch.starts);
+            let total: f32 = shards.iter().map(|(_, share)| share).sum();
+            assert!((total - 1.0).abs() < 1e-6, "{count}: shares sum to {total}");
+        }
+        // The first item weighs 12 of the batch's 24: unweighted, 1 of 5.
+        assert_eq!(batch.shards(5)[0].1, 0.5);
+        assert_eq!(FlowBatch { loss_weights: None, ..batch.clone() }.shards(5)[0].1, 0.2);
     }
 }

@@ -5,9 +5,10 @@
 //! clean latents the predicted flow implies ([`FlowLoss::Sample`]). Latents are encoded once by
 //! the frozen VAE and cached in the run's folder.
 
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -61,29 +62,82 @@ pub struct DitTrainer<B: AutodiffBackend> {
     /// The whole pipeline: its VAE (frozen) gives the latent statistics, and checkpoints are complete.
     pub pipeline: Pipeline<B>,
     pub loss: FlowLoss,
+    /// Threads a step's batch is split across (data parallel: on the CPU backend a step alone
+    /// keeps about one core busy). Runs with other counts round differently.
+    pub threads: usize,
     optim: OptimizerAdaptor<Adam, TextToFlow<B>, B>,
 }
 
 impl<B: AutodiffBackend> DitTrainer<B> {
-    pub fn new(mut pipeline: Pipeline<B>, loss: FlowLoss) -> Self {
+    pub fn new(mut pipeline: Pipeline<B>, loss: FlowLoss, threads: usize) -> Self {
         let trained = run::canonical_params(TextToFlow { transformer: pipeline.transformer, text_encoder: pipeline.text_encoder });
         pipeline.transformer = trained.transformer;
         pipeline.text_encoder = trained.text_encoder;
-        Self { pipeline, loss, optim: optimizer_config().init() }
+        Self { pipeline, loss, threads, optim: optimizer_config().init() }
     }
 
     /// One optimizer step on `batch` at learning rate `lr`; returns the loss before the step.
     pub fn step(&mut self, batch: &FlowBatch, lr: f64) -> Result<f32, TrainError> {
-        let loss = flow_matching_loss(&self.pipeline, batch, self.loss)?;
-        let value = loss.clone().into_scalar().elem();
         // Clones share the parameters (and their ids), so the gradients map onto them.
         let trained = TextToFlow { transformer: self.pipeline.transformer.clone(), text_encoder: self.pipeline.text_encoder.clone() };
-        let grads = GradientsParams::from_grads(loss.backward(), &trained);
+        let (value, grads) = self.gradients(&trained, batch)?;
         let trained = self.optim.step(lr, trained, grads);
         self.pipeline.transformer = trained.transformer;
         self.pipeline.text_encoder = trained.text_encoder;
         Ok(value)
     }
+
+    /// The loss of `batch` and its gradients for `trained` (the pipeline's DiT and text encoder),
+    /// on [`Self::threads`] threads: each shard of the batch runs on its own fork of the two (the
+    /// same weights and parameter ids, a graph of its own), and the shards' gradients are summed.
+    fn gradients(&self, trained: &TextToFlow<B>, batch: &FlowBatch) -> Result<(f32, GradientsParams), TrainError> {
+        if self.threads <= 1 {
+            let loss = flow_matching_loss(&self.pipeline, batch, self.loss)?;
+            let value = loss.clone().into_scalar().elem();
+            return Ok((value, GradientsParams::from_grads(loss.backward(), trained)));
+        }
+        let kind = self.loss;
+        let shards = std::thread::scope(|scope| {
+            let workers: Vec<_> = batch
+                .shards(self.threads)
+                .into_iter()
+                .map(|(shard, share)| {
+                    let (mut pipeline, copy) = (self.pipeline.clone(), trained.clone());
+                    scope.spawn(move || {
+                        let copy = copy.fork(pipeline.device());
+                        (pipeline.transformer, pipeline.text_encoder) = (copy.transformer, copy.text_encoder);
+                        let loss = flow_matching_loss(&pipeline, &shard, kind)? * share;
+                        let value: f32 = loss.clone().into_scalar().elem();
+                        let copy = TextToFlow { transformer: pipeline.transformer, text_encoder: pipeline.text_encoder };
+                        Ok::<_, TrainError>((value, GradientsParams::from_grads(loss.backward(), &copy)))
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|worker| worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect::<Result<Vec<_>, _>>()
+        })?;
+        let (values, parts): (Vec<f32>, Vec<GradientsParams>) = shards.into_iter().unzip();
+        Ok((values.iter().sum(), sum_gradients(trained, parts)))
+    }
+}
+
+/// The sum of `parts`, per parameter of `module`.
+fn sum_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, parts: Vec<GradientsParams>) -> GradientsParams {
+    struct Sum<B: AutodiffBackend> {
+        parts: Vec<GradientsParams>,
+        total: GradientsParams,
+        backend: PhantomData<B>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Sum<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let grads = self.parts.iter_mut().filter_map(|part| part.remove::<B::InnerBackend, D>(param.id));
+            if let Some(sum) = grads.reduce(|sum, grad| sum + grad) {
+                self.total.register(param.id, sum);
+            }
+        }
+    }
+    let mut sum = Sum::<B> { parts, total: GradientsParams::new(), backend: PhantomData };
+    module.visit(&mut sum);
+    sum.total
 }
 
 /// Which clips the DiT stage pre-encodes: clip `index` comes from its own random stream of the
@@ -306,7 +360,7 @@ pub fn train_dit<B: AutodiffBackend>(
     if recipe.object_weight > 0.0 {
         clips.object_masks = Some(object_masks(&vae, source, options.recipe.clip, recipe.clips)?);
     }
-    let mut trainer = DitTrainer::new(pipeline, recipe.loss);
+    let mut trainer = DitTrainer::new(pipeline, recipe.loss, options.threads);
     if start.resumed {
         trainer.optim = trainer.optim.load_record(run::load_optimizer::<_, B>(&options.out, device)?);
     }
@@ -413,12 +467,71 @@ mod tests {
         assert_ne!(cache_path(out, &ClipSource::every_scene(8), 512), names[0]);
     }
 
+    /// Every parameter's gradient in `grads`, in visiting order.
+    fn gradient_values<M: AutodiffModule<TestBackend>>(module: &M, grads: &GradientsParams) -> Vec<f32> {
+        struct Collect<'a>(&'a GradientsParams, Vec<f32>);
+        impl ModuleVisitor<TestBackend> for Collect<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<TestBackend, D>>) {
+                if let Some(grad) = self.0.get::<<TestBackend as AutodiffBackend>::InnerBackend, D>(param.id) {
+                    self.1.extend(tensor_values(grad).expect("values"));
+                }
+            }
+        }
+        let mut collect = Collect(grads, Vec::new());
+        module.visit(&mut collect);
+        collect.1
+    }
+
+    /// A batch split across threads (into even shards and uneven ones) gives the whole batch's
+    /// loss and gradients, with the object-weighted loss and without.
+    #[test]
+    fn batches_split_across_threads_give_the_whole_batchs_gradients() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_tiny_model(dir.path());
+        let trainers: Vec<DitTrainer<TestBackend>> = [1, 2, 3].into_iter().map(|threads| DitTrainer::new(load(dir.path()), FlowLoss::Sample, threads)).collect();
+        let vae = trainers[0].pipeline.vae.valid();
+        let clips = encode_clips(&vae, ClipSource::every_scene(0), CLIP, 2, &Default::default(), &mut |_| {}).expect("encode");
+        let recipe = DitRecipe {
+            clips: 2,
+            window: 2,
+            caption_dropout: 0.3,
+            sigmas: SigmaSampling::Shifted,
+            object_weight: 0.0,
+            loss: FlowLoss::Sample,
+            pure_noise_fraction: 0.0,
+            only_captions: Vec::new(),
+            only_objects: None,
+        };
+        let plain = flow_batch(&clips, 0, 0, 4, &recipe, 3.0);
+        let weights = (0..4 * 2 * 4 * 4).map(|i| if i % 3 == 0 { 5.0 } else { 1.0 }).collect();
+        let weighted = FlowBatch { loss_weights: Some(weights), ..plain.clone() };
+        for (name, batch) in [("plain", plain), ("weighted", weighted)] {
+            let results: Vec<(f32, Vec<f32>)> = trainers
+                .iter()
+                .map(|trainer| {
+                    let trained = TextToFlow { transformer: trainer.pipeline.transformer.clone(), text_encoder: trainer.pipeline.text_encoder.clone() };
+                    let (loss, grads) = trainer.gradients(&trained, &batch).expect("gradients");
+                    (loss, gradient_values(&trained, &grads))
+                })
+                .collect();
+            let (loss, grads) = &results[0];
+            let largest = grads.iter().fold(0.0f32, |m, g| m.max(g.abs()));
+            assert!(largest > 0.0 && grads.len() > 1000, "{name}: {} gradients up to {largest}", grads.len());
+            for (threads, (split_loss, split_grads)) in [2, 3].iter().zip(&results[1..]) {
+                assert!((split_loss - loss).abs() < 1e-5 * loss, "{name}, {threads} threads: loss {split_loss} vs {loss}");
+                assert_eq!(split_grads.len(), grads.len(), "{name}, {threads} threads");
+                let worst = grads.iter().zip(split_grads).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                assert!(worst < 1e-4 * largest, "{name}, {threads} threads: a gradient differs by {worst} (largest {largest})");
+            }
+        }
+    }
+
     /// Training on one fixed batch must fit it, through the DiT and the text encoder both.
     #[test]
     fn steps_on_a_fixed_batch_lower_the_loss_and_train_the_text_encoder() {
         let dir = tempfile::tempdir().expect("tempdir");
         write_tiny_model(dir.path());
-        let mut trainer = DitTrainer::new(load::<TestBackend>(dir.path()), FlowLoss::Flow);
+        let mut trainer = DitTrainer::new(load::<TestBackend>(dir.path()), FlowLoss::Flow, 1);
         let device = Default::default();
         let vae = trainer.pipeline.vae.valid();
         let clips = encode_clips(&vae, ClipSource::every_scene(0), CLIP, 2, &device, &mut |_| {}).expect("encode");

@@ -118,6 +118,7 @@ mod tests {
             out: out.to_path_buf(),
             steps,
             checkpoint_every: 2,
+            threads: 1,
             recipe: Recipe {
                 batch: 2,
                 lr: 1e-3,
@@ -177,28 +178,39 @@ mod tests {
         let mut no_lr = base.clone();
         no_lr.recipe.lr = 0.0;
         assert!(no_lr.validate().expect_err("lr 0").to_string().contains("lr"));
+        // Threads split a DiT batch: at most one per item, and the VAE stage runs on one.
+        let mut threads = options(Path::new("model"), Path::new("out"), 2, dit());
+        threads.threads = 2;
+        assert!(threads.validate().is_ok());
+        for (count, stage) in [(3, dit()), (0, dit()), (2, vae())] {
+            threads.threads = count;
+            threads.recipe.stage = stage;
+            assert!(threads.validate().expect_err("threads").to_string().contains("threads"), "{count}");
+        }
     }
 
     /// Stopping after 2 steps and running the same command for 4 gives the run that never stopped:
     /// the same losses and the same weights, bit for bit, in both stages (across the warm-up and
-    /// the decay of the learning rate).
+    /// the decay of the learning rate), with a DiT batch split across threads too.
     #[test]
     fn a_resumed_run_matches_an_uninterrupted_one() {
         let root = tempfile::tempdir().expect("tempdir");
         let model = root.path().join("model");
         write_tiny_model(&model);
         let original = load::<DefaultBackend>(&model);
-        for (stage, name) in [(dit(), "dit"), (vae(), "vae"), (vae_decoder(), "vae-decoder")] {
+        for (stage, name, threads) in [(dit(), "dit", 1), (dit(), "dit-2-threads", 2), (vae(), "vae", 1), (vae_decoder(), "vae-decoder", 1)] {
+            let is_dit = name.starts_with("dit");
+            let run_options = |out: &Path, steps| TrainOptions { threads, ..options(&model, out, steps, stage.clone()) };
             let whole = root.path().join(format!("{name}-whole"));
             let split = root.path().join(format!("{name}-split"));
-            let (uninterrupted, _) = train_quietly(&options(&model, &whole, 4, stage.clone()));
+            let (uninterrupted, _) = train_quietly(&run_options(&whole, 4));
             assert_eq!((uninterrupted.step, uninterrupted.losses.len()), (4, 4));
-            let (first, _) = train_quietly(&options(&model, &split, 2, stage.clone()));
+            let (first, _) = train_quietly(&run_options(&split, 2));
             assert_eq!(first.step, 2);
-            let (resumed, events) = train_quietly(&options(&model, &split, 4, stage.clone()));
+            let (resumed, events) = train_quietly(&run_options(&split, 4));
             assert!(events.contains(&Progress::Started { step: 2, steps: 4, resumed: true }), "{name}: {events:?}");
             assert!(!events.iter().any(|e| matches!(e, Progress::EncodingClips { .. })), "{name}: latents come from the cache");
-            assert_eq!(events.contains(&Progress::ReadCachedClips { count: 3 }), name == "dit", "{name}: {events:?}");
+            assert_eq!(events.contains(&Progress::ReadCachedClips { count: 3 }), is_dit, "{name}: {events:?}");
             assert_eq!(resumed.losses, uninterrupted.losses, "{name}");
 
             let (a, b) = (load::<DefaultBackend>(&whole), load::<DefaultBackend>(&split));
@@ -211,7 +223,7 @@ mod tests {
             // Each stage trains its own parts only.
             let dit_trained = !same(parameter_values(&a.transformer), parameter_values(&original.transformer));
             let vae_trained = !same(parameter_values(&a.vae), parameter_values(&original.vae));
-            assert_eq!((dit_trained, vae_trained), (name == "dit", name != "dit"), "{name}: what trained");
+            assert_eq!((dit_trained, vae_trained), (is_dit, !is_dit), "{name}: what trained");
             let encoder_trained = !same(parameter_values(&a.vae.encoder), parameter_values(&original.vae.encoder));
             assert_eq!(encoder_trained, name == "vae", "{name}: the encoder trains only in a whole-VAE run");
             // The DiT normalises latents with these: only a run that changes the encoder may move them.

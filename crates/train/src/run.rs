@@ -193,6 +193,9 @@ pub struct TrainOptions {
     /// Total steps; a resumed run stops there too.
     pub steps: usize,
     pub checkpoint_every: usize,
+    /// DiT stage: threads each batch is split across (not part of the recipe: a run may
+    /// continue with another count).
+    pub threads: usize,
     pub recipe: Recipe,
 }
 
@@ -202,6 +205,13 @@ impl TrainOptions {
         let recipe = &self.recipe;
         if recipe.batch == 0 || self.checkpoint_every == 0 {
             return bad(format!("batch ({}) and checkpoint_every ({}) must be positive", recipe.batch, self.checkpoint_every));
+        }
+        let threads_fit = match recipe.stage {
+            StageRecipe::Dit(_) => (1..=recipe.batch).contains(&self.threads),
+            StageRecipe::Vae(_) => self.threads == 1,
+        };
+        if !threads_fit {
+            return bad(format!("threads must be between 1 and the batch ({}) for the dit stage and 1 for the vae stage, got {}", recipe.batch, self.threads));
         }
         if !(recipe.lr > 0.0 && recipe.lr.is_finite()) {
             return bad(format!("lr must be a positive number, got {}", recipe.lr));
