@@ -172,7 +172,10 @@ impl RenderSpec {
         };
         let frames = causal_frame_count(requested_frames, model.temporal_factor);
         if frames > MAX_FRAMES {
-            return Err(FieldError::new("spec.frames", format!("at most {MAX_FRAMES} frames")));
+            // Seconds within range can still make too many frames at a high fps: name the field
+            // the client set.
+            let field = if matches!(spec.length, Some(pb::job_spec::Length::Frames(_))) { "spec.frames" } else { "spec.seconds" };
+            return Err(FieldError::new(field, format!("{frames} frames at {fps} fps: at most {MAX_FRAMES} frames")));
         }
 
         let width = side("spec.width", spec.width.unwrap_or(d.width), model)?;
@@ -407,6 +410,8 @@ mod tests {
         for s in [0.0, -1.0, f64::NAN, MAX_SECONDS + 1.0] {
             assert_eq!(field_of(pb::JobSpec { length: Some(pb::job_spec::Length::Seconds(s)), ..spec("a") }), "spec.seconds");
         }
+        // Each within its range, together too many frames: the length the client gave is named.
+        assert_eq!(field_of(pb::JobSpec { length: Some(pb::job_spec::Length::Seconds(MAX_SECONDS)), fps: Some(30), ..spec("a") }), "spec.seconds");
         for f in [0, MAX_FRAMES + 1] {
             assert_eq!(field_of(pb::JobSpec { length: Some(pb::job_spec::Length::Frames(f)), ..spec("a") }), "spec.frames");
         }
