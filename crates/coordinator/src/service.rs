@@ -105,17 +105,22 @@ impl RenderService for RenderApi {
                 detail: Some(detail_to_pb(&u.detail)),
             });
         // The stream ends with the event that makes the job final, without waiting for another.
+        // Updates that stop before it (the book's connection was lost: Redis restarted, the
+        // connection was killed) end it with UNAVAILABLE, so the client watches again instead
+        // of taking a running job's stream for a finished one.
         let rest = futures::stream::unfold((rest.boxed(), finished), |(mut updates, done)| async move {
             if done {
                 return None;
             }
-            let event = updates.next().await?;
+            let Some(event) = updates.next().await else {
+                return Some((Err(Status::unavailable("the job's updates were cut off: watch the job again")), (updates, true)));
+            };
             let state = event.job.as_ref().map(|j| j.state).unwrap_or_default();
             let done = matches!(
                 pb::JobState::try_from(state),
                 Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
             );
-            Some((event, (updates, done)))
+            Some((Ok(event), (updates, done)))
         });
         // On shutdown the stream ends with UNAVAILABLE, which clients take as "watch again"
         // (another coordinator, or this one restarted); the job goes on regardless.
@@ -126,7 +131,7 @@ impl RenderService for RenderApi {
         let farewell = futures::stream::once(async move { *stopped.borrow() })
             .filter(|stopped| futures::future::ready(*stopped))
             .map(|_| Err(Status::unavailable("the coordinator is shutting down: watch the job again")));
-        let stream = futures::stream::once(async move { first }).chain(rest).map(Ok).take_until(stopping).chain(farewell);
+        let stream = futures::stream::once(async move { Ok(first) }).chain(rest).take_until(stopping).chain(farewell);
         Ok(Response::new(stream.boxed()))
     }
 
@@ -166,5 +171,58 @@ impl RenderService for RenderApi {
         record_job_id(&job_id);
         let record = self.coordinator.delete(&job_id).await.map_err(status)?;
         Ok(Response::new(self.job(&record)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use vidfarm_queue::conformance::sample_record;
+    use vidfarm_queue::{
+        FarmState, JobBook, JobChange, JobRecord, JobState, JobUpdate, MemoryJobBook, MemoryQueue, MemoryWorkerRegistry, Page, UpdateDetail,
+    };
+    use vidfarm_store::ArtifactStore;
+
+    /// A job book whose update streams end at once, as a Redis subscription's does when its
+    /// connection drops.
+    struct CutUpdates(MemoryJobBook);
+
+    #[tonic::async_trait]
+    impl JobBook for CutUpdates {
+        async fn insert(&self, record: JobRecord) -> Result<(JobRecord, bool), QueueError> {
+            self.0.insert(record).await
+        }
+        async fn get(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
+            self.0.get(id).await
+        }
+        async fn list(&self, states: &[JobState], after: Option<&str>, limit: usize) -> Result<Page, QueueError> {
+            self.0.list(states, after, limit).await
+        }
+        async fn update(&self, id: &str, change: JobChange) -> Result<(JobRecord, Option<UpdateDetail>), QueueError> {
+            self.0.update(id, change).await
+        }
+        async fn subscribe(&self, _id: &str) -> Result<BoxStream<'static, JobUpdate>, QueueError> {
+            Ok(futures::stream::empty().boxed())
+        }
+    }
+
+    /// A watch whose updates stop before the job ends must not end as a finished job's does.
+    #[tokio::test]
+    async fn a_watch_whose_updates_are_cut_off_ends_with_unavailable() {
+        let book = Arc::new(CutUpdates(MemoryJobBook::new()));
+        book.insert(sample_record("job-a", None)).await.unwrap();
+        let farm = FarmState { queue: Arc::new(MemoryQueue::new()), book, registry: Arc::new(MemoryWorkerRegistry::new()) };
+        let store = ArtifactStore::local(&std::env::temp_dir()).unwrap();
+        let (_stop, stopping) = tokio::sync::watch::channel(false);
+        let api = RenderApi::new(Coordinator::new(farm, store, Vec::new()), stopping);
+
+        let request = Request::new(pb::WatchJobRequest { job_id: "job-a".into() });
+        let mut events = api.watch_job(request).await.expect("watch").into_inner();
+        let first = events.next().await.expect("the snapshot").expect("the snapshot");
+        assert_eq!(first.job.expect("job").state, pb::JobState::Queued as i32);
+        let end = events.next().await.expect("an answer saying why the stream ends").expect_err("not a clean end");
+        assert_eq!(end.code(), tonic::Code::Unavailable, "{end}");
+        assert!(events.next().await.is_none());
     }
 }
