@@ -73,8 +73,14 @@ impl Coordinator {
         record.traceparent = vidfarm_telemetry::traces::traceparent(&tracing::Span::current());
         let (record, created) = self.book.insert(record).await?;
         if created {
+            // The job is accepted once stored: a failed push must not answer UNAVAILABLE, which
+            // a client would retry into a second job. The requeue sweep (`requeue_unfinished`)
+            // queues what did not get pushed.
             for task in record.pending_tasks() {
-                self.queue.push(task).await?;
+                if let Err(error) = self.queue.push(task).await {
+                    tracing::warn!(job_id = %record.id, %error, "job stored but not all its tasks queued: the requeue sweep will queue them");
+                    break;
+                }
             }
             vidfarm_telemetry::metrics().job_accepted();
             tracing::info!(job_id = %record.id, chunks = record.chunks.len(), frames = record.spec.frames, "job accepted");
@@ -201,7 +207,63 @@ mod tests {
     use super::*;
     use std::time::Duration;
     use vidfarm_queue::conformance::sample_record;
-    use vidfarm_queue::{MemoryJobBook, MemoryQueue, MemoryWorkerRegistry};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use vidfarm_queue::{Lease, MemoryJobBook, MemoryQueue, MemoryWorkerRegistry, Task};
+
+    /// A queue whose pushes fail while `down` is set: Redis lost between storing a job and
+    /// queueing its tasks.
+    struct FlakyQueue {
+        inner: MemoryQueue,
+        down: AtomicBool,
+    }
+
+    #[tonic::async_trait]
+    impl Queue for FlakyQueue {
+        async fn push(&self, task: Task) -> Result<(), QueueError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(QueueError::Backend("the queue is down".into()));
+            }
+            self.inner.push(task).await
+        }
+        async fn pull(&self, worker: &str, lease_for: Duration, wait: Duration) -> Result<Option<Lease>, QueueError> {
+            self.inner.pull(worker, lease_for, wait).await
+        }
+        async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<bool, QueueError> {
+            self.inner.renew(lease, lease_for).await
+        }
+        async fn ack(&self, lease: &Lease) -> Result<bool, QueueError> {
+            self.inner.ack(lease).await
+        }
+        async fn retry(&self, lease: &Lease, delay: Duration) -> Result<bool, QueueError> {
+            self.inner.retry(lease, delay).await
+        }
+        async fn discard_job(&self, job_id: &str) -> Result<usize, QueueError> {
+            self.inner.discard_job(job_id).await
+        }
+        async fn depth(&self) -> Result<usize, QueueError> {
+            self.inner.depth().await
+        }
+    }
+
+    /// Once stored, a job is accepted even when its tasks could not be queued (an UNAVAILABLE
+    /// answer would be retried into a second job); the requeue sweep queues them.
+    #[tokio::test]
+    async fn a_stored_job_whose_push_failed_is_accepted_and_the_sweep_queues_it() {
+        let queue = Arc::new(FlakyQueue { inner: MemoryQueue::new(), down: AtomicBool::new(true) });
+        let store = ArtifactStore::local(&std::env::temp_dir()).unwrap();
+        let farm = FarmState { queue: queue.clone(), book: Arc::new(MemoryJobBook::new()), registry: Arc::new(MemoryWorkerRegistry::new()) };
+        let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/vidfarm-tiny");
+        let coordinator = Coordinator::new(farm, store, vec![ModelProfile::load(&model).unwrap()]);
+        let spec = pb::JobSpec { prompt: "a red circle moving up on a white background".into(), ..Default::default() };
+
+        let (record, created) = coordinator.submit(&spec, "").await.expect("a stored job is accepted");
+        assert!(created);
+        assert_eq!(queue.depth().await.unwrap(), 0);
+        queue.down.store(false, Ordering::SeqCst);
+        coordinator.requeue_unfinished().await.unwrap();
+        assert_eq!(queue.depth().await.unwrap(), record.pending_tasks().len());
+        assert!(queue.depth().await.unwrap() > 0);
+    }
 
     #[tokio::test]
     async fn requeue_restores_the_tasks_unfinished_jobs_need_and_only_those() {
