@@ -235,14 +235,13 @@ impl JobBook for MemoryJobBook {
     }
 
     async fn update(&self, id: &str, change: JobChange) -> Result<(JobRecord, Option<UpdateDetail>), QueueError> {
-        let (record, detail) = {
-            let mut s = self.lock();
-            let record = s.jobs.get_mut(id).ok_or_else(|| QueueError::JobNotFound(id.to_string()))?;
-            let detail = record.apply(&change, now_ms())?;
-            (record.clone(), detail)
-        };
+        let mut s = self.lock();
+        let record = s.jobs.get_mut(id).ok_or_else(|| QueueError::JobNotFound(id.to_string()))?;
+        let detail = record.apply(&change, now_ms())?;
+        let record = record.clone();
         if let Some(detail) = &detail {
-            // No receivers is fine: nobody is watching.
+            // Sent under the lock, so watchers see the changes in the order they were made
+            // (`send` does not block). No receivers is fine: nobody is watching.
             let _ = self.updates.send(JobUpdate { record: record.clone(), detail: detail.clone() });
         }
         Ok((record, detail))
