@@ -444,8 +444,23 @@ where
             return Ok(Outcome::Abandoned);
         };
         let (frames, width, height, seam_ratio) = result?;
-        let stored =
-            self.store.put_file(&ArtifactStore::clip_key(&record.id), &path, "video/mp4").instrument(tracing::info_span!("store_clip")).await?;
+        self.store_clip(record, &path, frames, width, height, seam_ratio).await
+    }
+
+    /// Stores the encoded clip at `path` and marks the job succeeded. A job that ended
+    /// otherwise meanwhile (cancelled while its clip was being decoded, maybe deleted already)
+    /// gets no clip: the object just written is removed, not left in the store for good.
+    async fn store_clip(
+        &self,
+        record: &JobRecord,
+        path: &std::path::Path,
+        frames: u32,
+        width: u32,
+        height: u32,
+        seam_ratio: Option<f64>,
+    ) -> Result<Outcome, WorkerError> {
+        let key = ArtifactStore::clip_key(&record.id);
+        let stored = self.store.put_file(&key, path, "video/mp4").instrument(tracing::info_span!("store_clip")).await?;
         let clip = ClipInfo {
             object_key: stored.key,
             size_bytes: stored.size_bytes,
@@ -456,9 +471,17 @@ where
             height,
             seam_ratio,
         };
-        tracing::info!(job_id = %record.id, bytes = clip.size_bytes, frames, seam_ratio, "clip stored");
+        let size_bytes = clip.size_bytes;
+        let (after, detail) = update_and_count(self.book.as_ref(), &record.id, JobChange::Succeeded(clip)).await?;
+        // Refused and not succeeded: it ended otherwise. (Refused and succeeded: another holder
+        // of a lapsed lease stored the same clip under the same key, which stays.)
+        if detail.is_none() && after.state != JobState::Succeeded {
+            tracing::info!(job_id = %record.id, state = after.state.name(), "the job ended while its clip was made: clip removed");
+            self.store.delete(&key).await?;
+            return Ok(Outcome::Abandoned);
+        }
+        tracing::info!(job_id = %record.id, bytes = size_bytes, frames, seam_ratio, "clip stored");
         vidfarm_telemetry::metrics().clip_assembled(record.spec.stitch_mode.name(), seam_ratio);
-        update_and_count(self.book.as_ref(), &record.id, JobChange::Succeeded(clip)).await?;
         if !record.spec.keep_intermediates {
             // The job is final, so no task reads its chunks again; a failure here only leaves
             // them behind.
@@ -480,6 +503,7 @@ where
         directive: &AtomicU8,
         progress: &mut mpsc::UnboundedReceiver<JobChange>,
     ) -> Result<Option<T>, WorkerError> {
+        let _stop = StopOnExit(directive);
         let mut tick = tokio::time::interval(self.config.lease / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -522,6 +546,17 @@ where
 }
 
 /// Blocking work that runs inside `span` (on the blocking pool, where no span is current).
+/// Stops the blocking work when its supervision ends, however it ends: a failed renew or job
+/// read returns early, and the render must not run on beside the next task, nor sleep in a
+/// pause for ever. (Work that finished reads the store as a no-op.)
+struct StopOnExit<'a>(&'a AtomicU8);
+
+impl Drop for StopOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.store(Directive::Stop as u8, Ordering::Release);
+    }
+}
+
 fn in_span<T>(span: tracing::Span, work: impl FnOnce() -> T) -> impl FnOnce() -> T {
     move || span.in_scope(work)
 }
@@ -533,6 +568,79 @@ mod tests {
     use vidfarm_model::pipeline::DefaultBackend;
     use vidfarm_queue::conformance::sample_record;
     use vidfarm_queue::{MemoryJobBook, MemoryQueue, MemoryWorkerRegistry};
+
+    /// A render whose supervision fails (here a progress update the book refuses; in a farm a
+    /// renew or job read that loses Redis) is told to stop, not left running or paused.
+    #[tokio::test]
+    async fn work_is_stopped_when_its_supervision_fails() {
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/vidfarm-tiny");
+        let pipeline = Arc::new(Pipeline::<DefaultBackend>::load(&model, &Default::default()).unwrap());
+        let farm = FarmState {
+            queue: Arc::new(MemoryQueue::new()),
+            book: Arc::new(MemoryJobBook::new()),
+            registry: Arc::new(MemoryWorkerRegistry::new()),
+        };
+        let lease_for = Duration::from_secs(60);
+        let config = WorkerConfig { name: "w".into(), lease: lease_for, max_attempts: 1, retry_base: Duration::from_millis(1) };
+        let store_dir = tempfile::tempdir().unwrap();
+        let worker = Worker::new(config, farm.clone(), ArtifactStore::local(store_dir.path()).unwrap(), pipeline);
+        let (record, _) = farm.book.insert(sample_record("job-stop", None)).await.unwrap();
+        for task in record.pending_tasks() {
+            farm.queue.push(task).await.unwrap();
+        }
+        let lease = farm.queue.pull("w", lease_for, Duration::ZERO).await.unwrap().expect("a task");
+
+        let directive = Arc::new(AtomicU8::new(Directive::Run as u8));
+        let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
+        let work = {
+            let directive = directive.clone();
+            // A render between steps: it ends when told to stop, or gives up after 30 s.
+            tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                while Directive::load(&directive) != Directive::Stop && started.elapsed() < Duration::from_secs(30) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let _ = stopped_tx.send(Directive::load(&directive) == Directive::Stop);
+            })
+        };
+        let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
+        progress_tx.send(JobChange::ChunkStarted { chunk: 99 }).unwrap();
+        let supervised = worker.supervise(&lease, &record.id, work, &directive, &mut progress_rx).await;
+        assert!(supervised.is_err(), "the book refuses a chunk the job does not have");
+        assert_eq!(stopped_rx.recv_timeout(Duration::from_secs(60)), Ok(true), "the work was told to stop");
+    }
+
+    /// A clip finished for a job cancelled meanwhile (and maybe deleted) is removed, not left
+    /// in the store for good; one for a running job is stored and recorded.
+    #[tokio::test]
+    async fn a_clip_made_for_a_job_that_ended_meanwhile_is_removed() {
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/vidfarm-tiny");
+        let pipeline = Arc::new(Pipeline::<DefaultBackend>::load(&model, &Default::default()).unwrap());
+        let farm = FarmState {
+            queue: Arc::new(MemoryQueue::new()),
+            book: Arc::new(MemoryJobBook::new()),
+            registry: Arc::new(MemoryWorkerRegistry::new()),
+        };
+        let store_dir = tempfile::tempdir().unwrap();
+        let config = WorkerConfig { name: "w".into(), lease: Duration::from_secs(60), max_attempts: 1, retry_base: Duration::from_millis(1) };
+        let worker = Worker::new(config, farm.clone(), ArtifactStore::local(store_dir.path()).unwrap(), pipeline);
+        let encoded = store_dir.path().join("encoded.mp4");
+        std::fs::write(&encoded, b"an encoded clip").unwrap();
+
+        let (cancelled, _) = farm.book.insert(sample_record("job-cancelled", None)).await.unwrap();
+        farm.book.update(&cancelled.id, JobChange::Control(vidfarm_queue::Control::Cancel)).await.unwrap();
+        let outcome = worker.store_clip(&cancelled, &encoded, 33, 64, 64, None).await.unwrap();
+        assert!(matches!(outcome, Outcome::Abandoned));
+        assert!(!worker.store.exists(&ArtifactStore::clip_key(&cancelled.id)).await.unwrap());
+        let after = farm.book.get(&cancelled.id).await.unwrap().unwrap();
+        assert_eq!((after.state, after.clip), (JobState::Cancelled, None));
+
+        let (running, _) = farm.book.insert(sample_record("job-running", None)).await.unwrap();
+        let outcome = worker.store_clip(&running, &encoded, 33, 64, 64, None).await.unwrap();
+        assert!(matches!(outcome, Outcome::Done));
+        assert_eq!(files_under(&store_dir.path().join("jobs")), ["job-running/clip.mp4"]);
+        assert_eq!(farm.book.get(&running.id).await.unwrap().unwrap().state, JobState::Succeeded);
+    }
 
     /// The files under a local folder, relative to it, sorted.
     fn files_under(root: &Path) -> Vec<String> {
