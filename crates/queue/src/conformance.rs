@@ -129,6 +129,13 @@ pub async fn book_stores_and_lists(book: &dyn JobBook) {
     let cancelled = book.list(&[JobState::Cancelled], None, 10).await.unwrap();
     assert_eq!(cancelled.jobs.len(), 1);
     assert_eq!(cancelled.jobs[0].id, "job-05");
+    // Only unfinished states (the requeue sweep's listing), paged.
+    let unfinished = [JobState::Queued, JobState::Running, JobState::Paused];
+    let page = book.list(&unfinished, None, 3).await.unwrap();
+    assert_eq!(page.jobs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["job-01", "job-03", "job-04"]);
+    let rest = book.list(&unfinished, page.next.as_deref(), 3).await.unwrap();
+    assert_eq!(rest.jobs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["job-06", "job-07"]);
+    assert!(rest.next.is_none());
 }
 
 /// Changes apply once, invalid control is refused, and watchers see each change.

@@ -403,8 +403,8 @@ impl Queue for RedisQueue {
     }
 }
 
-/// KEYS: job key, job index, idempotency key (the job key again when there is none).
-/// ARGV: id, record JSON, job key prefix, '1' when there is an idempotency key.
+/// KEYS: job key, job index, idempotency key (the job key again when there is none),
+/// unfinished index. ARGV: id, record JSON, job key prefix, '1' when there is an idempotency key.
 /// Returns false when stored, else the record the idempotency key already names ('' if gone).
 const INSERT_JOB: &str = r"
 if ARGV[4] == '1' then
@@ -414,41 +414,127 @@ if ARGV[4] == '1' then
 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
+redis.call('ZADD', KEYS[4], 0, ARGV[1])
 return false
 ";
 
-/// KEYS: job key, updates channel. ARGV: the record as read, the record after the change, the
-/// update message. Stores and announces only if nobody changed the record meanwhile.
+/// KEYS: job key, updates channel, unfinished index. ARGV: the record as read, the record after
+/// the change, the update message, the id, '1' when the change ended the job. Stores and
+/// announces only if nobody changed the record meanwhile.
 const UPDATE_JOB: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
+if ARGV[5] == '1' then redis.call('ZREM', KEYS[3], ARGV[4]) end
 redis.call('PUBLISH', KEYS[2], ARGV[3])
 return 1
 ";
 
-/// KEYS: job key, job index, malformed, set-aside key. ARGV: id, reason.
+/// KEYS: job key, job index, malformed, set-aside key, unfinished index. ARGV: id, reason.
 const SET_ASIDE_JOB: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[4]) end
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('HSET', KEYS[3], 'job:' .. ARGV[1], ARGV[2])
 return 1
 ";
+
+/// The key of the index of unfinished jobs, and of the flag that says it holds every one.
+const UNFINISHED: &str = "jobs:unfinished";
+const UNFINISHED_BUILT: &str = "jobs:unfinished:built";
 
 /// Jobs read per round trip while listing with a state filter.
 const LIST_BATCH: usize = 200;
 
 /// The job book in Redis. Keys: `job:<id>` (the record as JSON), `jobs` (zset of ids, all
-/// scored 0 so they page in id order), `idempotency:<key>` (job id); channel `updates:<id>`.
+/// scored 0 so they page in id order), `jobs:unfinished` (the same, of jobs not yet ended: what
+/// the requeue sweep lists, however long the history), `idempotency:<key>` (job id); channel
+/// `updates:<id>`.
 pub struct RedisJobBook {
     ns: RedisNamespace,
     insert: Script,
     update: Script,
     set_aside: Script,
+    /// Set once `jobs:unfinished` is known to hold every unfinished job (see `build_unfinished`).
+    unfinished_built: std::sync::atomic::AtomicBool,
 }
 
 impl RedisJobBook {
     pub fn new(ns: RedisNamespace) -> Self {
-        Self { ns, insert: Script::new(INSERT_JOB), update: Script::new(UPDATE_JOB), set_aside: Script::new(SET_ASIDE_JOB) }
+        Self {
+            ns,
+            insert: Script::new(INSERT_JOB),
+            update: Script::new(UPDATE_JOB),
+            set_aside: Script::new(SET_ASIDE_JOB),
+            unfinished_built: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Fills `jobs:unfinished` from the whole book, once per namespace: records stored before
+    /// the index existed are in `jobs` only. Ids it adds of jobs that ended meanwhile are
+    /// harmless (listing filters by state, and drops them from the index).
+    async fn build_unfinished(&self) -> Result<(), QueueError> {
+        use std::sync::atomic::Ordering;
+        if self.unfinished_built.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut conn = self.ns.conn.clone();
+        let built: bool = conn.exists(self.ns.key(UNFINISHED_BUILT)).await.map_err(|e| self.ns.err("list", e))?;
+        if !built {
+            let unfinished = [JobState::Queued, JobState::Running, JobState::Paused];
+            let mut after = None;
+            loop {
+                let page = self.list_in("jobs", &unfinished, after.as_deref(), LIST_BATCH).await?;
+                let ids: Vec<&str> = page.jobs.iter().map(|r| r.id.as_str()).collect();
+                if !ids.is_empty() {
+                    let members: Vec<(u8, &str)> = ids.iter().map(|id| (0, *id)).collect();
+                    let _: () = conn.zadd_multiple(self.ns.key(UNFINISHED), &members).await.map_err(|e| self.ns.err("list", e))?;
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            let _: () = conn.set(self.ns.key(UNFINISHED_BUILT), 1).await.map_err(|e| self.ns.err("list", e))?;
+        }
+        self.unfinished_built.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// `list` over the ids of the zset `index`.
+    async fn list_in(&self, index: &str, states: &[JobState], after: Option<&str>, limit: usize) -> Result<Page, QueueError> {
+        let mut conn = self.ns.conn.clone();
+        let mut jobs = Vec::new();
+        let mut cursor = after.map_or("-".to_string(), |a| format!("({a}"));
+        // One more than asked tells whether another page follows.
+        while jobs.len() <= limit {
+            let batch = if states.is_empty() { limit + 1 - jobs.len() } else { LIST_BATCH };
+            let ids: Vec<String> = conn
+                .zrangebylex_limit(self.ns.key(index), &cursor, "+", 0, batch as isize)
+                .await
+                .map_err(|e| self.ns.err("list", e))?;
+            let Some(last) = ids.last() else { break };
+            cursor = format!("({last}");
+            let keys: Vec<String> = ids.iter().map(|id| self.job_key(id)).collect();
+            let raws: Vec<Option<String>> = ::redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.map_err(|e| self.ns.err("list", e))?;
+            for (id, raw) in ids.iter().zip(raws) {
+                let Some(raw) = raw else { continue };
+                let Some(record) = self.parse(id, &raw).await? else { continue };
+                if index == UNFINISHED && record.state.is_final() {
+                    // Added by `build_unfinished` as the job ended.
+                    let _: () = conn.zrem(self.ns.key(UNFINISHED), id).await.map_err(|e| self.ns.err("list", e))?;
+                }
+                if (states.is_empty() || states.contains(&record.state)) && jobs.len() <= limit {
+                    jobs.push(record);
+                }
+            }
+            if ids.len() < batch {
+                break;
+            }
+        }
+        let more = jobs.len() > limit;
+        jobs.truncate(limit);
+        let next = if more { jobs.last().map(|r| r.id.clone()) } else { None };
+        Ok(Page { jobs, next })
     }
 
     fn job_key(&self, id: &str) -> String {
@@ -470,6 +556,7 @@ impl RedisJobBook {
             .key(self.ns.key("jobs"))
             .key(self.ns.malformed_key())
             .key(self.ns.key(&format!("malformed:job:{id}")))
+            .key(self.ns.key(UNFINISHED))
             .arg(id)
             .arg(reason)
             .invoke_async(&mut self.ns.conn.clone())
@@ -489,6 +576,7 @@ impl JobBook for RedisJobBook {
             .key(self.job_key(&record.id))
             .key(self.ns.key("jobs"))
             .key(idempotency.clone().unwrap_or_else(|| self.job_key(&record.id)))
+            .key(self.ns.key(UNFINISHED))
             .arg(&record.id)
             .arg(json)
             .arg(self.ns.key("job:"))
@@ -512,37 +600,13 @@ impl JobBook for RedisJobBook {
     }
 
     async fn list(&self, states: &[JobState], after: Option<&str>, limit: usize) -> Result<Page, QueueError> {
-        let mut conn = self.ns.conn.clone();
-        let mut jobs = Vec::new();
-        let mut cursor = after.map_or("-".to_string(), |a| format!("({a}"));
-        // One more than asked tells whether another page follows.
-        while jobs.len() <= limit {
-            let batch = if states.is_empty() { limit + 1 - jobs.len() } else { LIST_BATCH };
-            let ids: Vec<String> = conn
-                .zrangebylex_limit(self.ns.key("jobs"), &cursor, "+", 0, batch as isize)
-                .await
-                .map_err(|e| self.ns.err("list", e))?;
-            let Some(last) = ids.last() else { break };
-            cursor = format!("({last}");
-            let keys: Vec<String> = ids.iter().map(|id| self.job_key(id)).collect();
-            let raws: Vec<Option<String>> = ::redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.map_err(|e| self.ns.err("list", e))?;
-            for (id, raw) in ids.iter().zip(raws) {
-                let Some(raw) = raw else { continue };
-                if let Some(record) = self.parse(id, &raw).await?
-                    && (states.is_empty() || states.contains(&record.state))
-                    && jobs.len() <= limit
-                {
-                    jobs.push(record);
-                }
-            }
-            if ids.len() < batch {
-                break;
-            }
+        // Only unfinished states asked (the requeue sweep, every 30 s): read the unfinished
+        // index, not every job ever stored.
+        if !states.is_empty() && states.iter().all(|state| !state.is_final()) {
+            self.build_unfinished().await?;
+            return self.list_in(UNFINISHED, states, after, limit).await;
         }
-        let more = jobs.len() > limit;
-        jobs.truncate(limit);
-        let next = if more { jobs.last().map(|r| r.id.clone()) } else { None };
-        Ok(Page { jobs, next })
+        self.list_in("jobs", states, after, limit).await
     }
 
     async fn update(&self, id: &str, change: JobChange) -> Result<(JobRecord, Option<UpdateDetail>), QueueError> {
@@ -558,9 +622,12 @@ impl JobBook for RedisJobBook {
                 .update
                 .key(self.job_key(id))
                 .key(self.ns.key(&format!("updates:{id}")))
+                .key(self.ns.key(UNFINISHED))
                 .arg(&raw)
                 .arg(after)
                 .arg(message)
+                .arg(id)
+                .arg(if record.state.is_final() { "1" } else { "0" })
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| self.ns.err("update", e))?;
@@ -843,6 +910,40 @@ mod tests {
         assert!(reason.starts_with("unreadable task") && reason.ends_with("{not json"), "{reason}");
         assert!(queue.ack(&lease).await.unwrap());
         assert_eq!(queue.depth().await.unwrap(), 0, "the bad task left the queue");
+        ns.clear().await.unwrap();
+    }
+
+    /// The unfinished index holds only jobs that have not ended, and is built from the whole
+    /// book where records were stored before it existed.
+    #[tokio::test]
+    async fn unfinished_jobs_are_listed_from_their_index_built_once_for_older_records() {
+        let ns = test_namespace().await;
+        let mut conn = ns.conn.clone();
+        let book = RedisJobBook::new(ns.clone());
+        for id in ["job-1", "job-2", "job-3"] {
+            book.insert(sample_record(id, None)).await.unwrap();
+        }
+        book.update("job-2", JobChange::Control(crate::Control::Cancel)).await.unwrap();
+        let indexed: Vec<String> = conn.zrange(ns.key(UNFINISHED), 0, -1).await.unwrap();
+        assert_eq!(indexed, ["job-1", "job-3"]);
+
+        // As stored by a version without the index: a fresh book builds it on its first listing.
+        let _: () = conn.del(&[ns.key(UNFINISHED), ns.key(UNFINISHED_BUILT)]).await.unwrap();
+        let book = RedisJobBook::new(ns.clone());
+        let unfinished = [JobState::Queued, JobState::Running, JobState::Paused];
+        let page = book.list(&unfinished, None, 10).await.unwrap();
+        assert_eq!(page.jobs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["job-1", "job-3"]);
+        let indexed: Vec<String> = conn.zrange(ns.key(UNFINISHED), 0, -1).await.unwrap();
+        assert_eq!(indexed, ["job-1", "job-3"]);
+        assert!(conn.exists::<_, bool>(ns.key(UNFINISHED_BUILT)).await.unwrap());
+
+        // An id left in the index for a job that ended goes when listed.
+        book.update("job-3", JobChange::Control(crate::Control::Cancel)).await.unwrap();
+        let _: () = conn.zadd(ns.key(UNFINISHED), "job-3", 0).await.unwrap();
+        let page = book.list(&unfinished, None, 10).await.unwrap();
+        assert_eq!(page.jobs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["job-1"]);
+        let indexed: Vec<String> = conn.zrange(ns.key(UNFINISHED), 0, -1).await.unwrap();
+        assert_eq!(indexed, ["job-1"]);
         ns.clear().await.unwrap();
     }
 
