@@ -57,6 +57,16 @@ pub struct ChunkStatus {
     pub failures: u32,
 }
 
+impl ChunkStatus {
+    /// Starts that neither finished nor failed cleanly: renders cut off because their worker
+    /// died (out of memory, say) or lost its lease. `sync`: a start is one step, and each step
+    /// finished counts as finished. Taken before a start, so the one in hand is not counted.
+    pub fn lost_starts(&self, sync: bool) -> u32 {
+        let finished = if sync { self.steps_done } else { 0 };
+        self.attempts.saturating_sub(self.failures + finished)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClipInfo {
     pub object_key: String,
@@ -394,6 +404,21 @@ mod tests {
         assert_eq!(record.apply(&JobChange::ObjectsDeleted, 3).unwrap(), Some(UpdateDetail::State(JobState::Succeeded)));
         assert_eq!((record.clip.as_ref(), record.sequence), (None, sequence + 1));
         assert_eq!(record.apply(&JobChange::ObjectsDeleted, 4).unwrap(), None, "a second delete changes nothing");
+    }
+
+    /// Starts cut off are those neither failed nor, in sync mode, finished as a step.
+    #[test]
+    fn lost_starts_count_renders_that_neither_finished_nor_failed() {
+        let mut record = sample_record("job-l", None);
+        for _ in 0..3 {
+            record.apply(&JobChange::ChunkStarted { chunk: 0 }, 1).unwrap();
+        }
+        record.apply(&JobChange::TaskFailed { chunk: Some(0), error: "boom".into() }, 1).unwrap();
+        assert_eq!(record.chunks[0].lost_starts(false), 2);
+        record.spec.stitch_mode = StitchMode::Sync;
+        record.apply(&JobChange::Step { chunk: 0, step: 1, steps_total: 4 }, 1).unwrap();
+        assert_eq!(record.chunks[0].lost_starts(true), 1, "one start finished its step");
+        assert_eq!(record.chunks[1].lost_starts(true), 0);
     }
 
     #[test]

@@ -17,6 +17,11 @@ use vidfarm_queue::{
 };
 use vidfarm_store::{ArtifactStore, StoreError, SyncPart};
 
+/// Renders of a chunk cut off (its worker died or lost its lease), per `max_attempts`, before its
+/// job fails: workers are lost for reasons of their own too (a node drained, a spot instance
+/// taken back), so this allows more than clean failures.
+pub const LOST_STARTS_PER_ATTEMPT: u32 = 3;
+
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
     /// Shown in leases and logs.
@@ -270,6 +275,9 @@ where
                 }
                 _ => None,
             };
+            if self.fail_if_lost_too_often(record, chunk).await? {
+                return Ok(Outcome::Abandoned);
+            }
             self.book.update(&record.id, JobChange::ChunkStarted { chunk }).await?;
             let directive = Arc::new(AtomicU8::new(Directive::Run as u8));
             let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
@@ -327,6 +335,9 @@ where
                 if last { ArtifactStore::chunk_key(job_id, chunk) } else { ArtifactStore::sync_key(job_id, chunk, step + 1, SyncPart::Whole) };
             // Stored already: a previous holder finished the step, then lost its lease.
             if !self.store.exists(&out_key).await? {
+                if self.fail_if_lost_too_often(record, chunk).await? {
+                    return Ok(Outcome::Abandoned);
+                }
                 // Counted per step: a step retaken after a lost worker shows as one attempt more.
                 self.book.update(job_id, JobChange::ChunkStarted { chunk }).await?;
                 let latents = if step == 0 {
@@ -493,6 +504,22 @@ where
         Ok(Outcome::Done)
     }
 
+    /// Fails the job of a chunk whose renders were cut off `LOST_STARTS_PER_ATTEMPT` times
+    /// `max_attempts` (a chunk that kills each worker that takes it, out of memory say, fails
+    /// no delivery cleanly, so without this it would go round the farm for ever). `true` when
+    /// it did.
+    async fn fail_if_lost_too_often(&self, record: &JobRecord, chunk: u32) -> Result<bool, QueueError> {
+        let Some(status) = record.chunks.get(chunk as usize) else { return Ok(false) };
+        let lost = status.lost_starts(record.spec.stitch_mode == StitchMode::Sync);
+        if lost < self.config.max_attempts.saturating_mul(LOST_STARTS_PER_ATTEMPT) {
+            return Ok(false);
+        }
+        tracing::error!(job_id = %record.id, chunk, lost, "chunk cut off too often");
+        let reason = format!("chunk {chunk} was started {lost} times without finishing: each time its worker stopped (died or lost its lease)");
+        update_and_count(self.book.as_ref(), &record.id, JobChange::Failed(reason)).await?;
+        Ok(true)
+    }
+
     /// Waits for blocking work while renewing the lease, forwarding progress, and turning the
     /// job's state into directives. `None` when the work was stopped because it is not ours.
     async fn supervise<T>(
@@ -640,6 +667,48 @@ mod tests {
         assert!(matches!(outcome, Outcome::Done));
         assert_eq!(files_under(&store_dir.path().join("jobs")), ["job-running/clip.mp4"]);
         assert_eq!(farm.book.get(&running.id).await.unwrap().unwrap().state, JobState::Succeeded);
+    }
+
+    /// A chunk whose renders were cut off `LOST_STARTS_PER_ATTEMPT` x `max_attempts` times fails
+    /// its job instead of going round the farm for ever; one cut off fewer times renders.
+    #[tokio::test]
+    async fn a_chunk_cut_off_too_often_fails_its_job() {
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/vidfarm-tiny");
+        let pipeline = Arc::new(Pipeline::<DefaultBackend>::load(&model, &Default::default()).unwrap());
+        let farm = FarmState {
+            queue: Arc::new(MemoryQueue::new()),
+            book: Arc::new(MemoryJobBook::new()),
+            registry: Arc::new(MemoryWorkerRegistry::new()),
+        };
+        let lease_for = Duration::from_secs(60);
+        let config = WorkerConfig { name: "w".into(), lease: lease_for, max_attempts: 1, retry_base: Duration::from_millis(1) };
+        let store_dir = tempfile::tempdir().unwrap();
+        let worker = Worker::new(config, farm.clone(), ArtifactStore::local(store_dir.path()).unwrap(), pipeline);
+        let (record, _) = farm.book.insert(sample_record("job-lost", None)).await.unwrap();
+        // Workers that died on them: chunk 0 twice, chunk 1 three times.
+        for (chunk, lost) in [(0, 2), (1, LOST_STARTS_PER_ATTEMPT)] {
+            for _ in 0..lost {
+                farm.book.update(&record.id, JobChange::ChunkStarted { chunk }).await.unwrap();
+            }
+        }
+        for task in record.pending_tasks() {
+            farm.queue.push(task).await.unwrap();
+        }
+        let mut leases = Vec::new();
+        while let Some(lease) = farm.queue.pull("w", lease_for, Duration::ZERO).await.unwrap() {
+            leases.push(lease);
+        }
+        leases.sort_by_key(|lease| lease.task.id());
+        assert_eq!(leases.iter().map(|lease| lease.task.id()).collect::<Vec<_>>(), ["job-lost/denoise/0", "job-lost/denoise/1"]);
+        for lease in leases {
+            worker.handle(lease).await.unwrap();
+        }
+        let after = farm.book.get(&record.id).await.unwrap().unwrap();
+        assert!(after.chunks[0].done, "a chunk cut off fewer times renders");
+        assert_eq!(after.state, JobState::Failed);
+        let error = after.error.expect("the reason");
+        assert!(error.contains("chunk 1 was started 3 times without finishing"), "{error}");
+        assert_eq!(after.chunks[1].attempts, LOST_STARTS_PER_ATTEMPT, "no fourth start");
     }
 
     /// The files under a local folder, relative to it, sorted.
