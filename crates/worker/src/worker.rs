@@ -596,10 +596,12 @@ mod tests {
     use vidfarm_queue::conformance::sample_record;
     use vidfarm_queue::{MemoryJobBook, MemoryQueue, MemoryWorkerRegistry};
 
-    /// A render whose supervision fails (here a progress update the book refuses; in a farm a
-    /// renew or job read that loses Redis) is told to stop, not left running or paused.
-    #[tokio::test]
-    async fn work_is_stopped_when_its_supervision_fails() {
+    /// How long the tests' leases last.
+    const LEASE: Duration = Duration::from_secs(60);
+
+    /// A worker with the shipped model over an in-memory farm and a local store in a temporary
+    /// folder (returned, to keep it), failing a job at its first failed task.
+    fn test_worker() -> (Worker<DefaultBackend>, FarmState, tempfile::TempDir) {
         let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/vidfarm-tiny");
         let pipeline = Arc::new(Pipeline::<DefaultBackend>::load(&model, &Default::default()).unwrap());
         let farm = FarmState {
@@ -607,15 +609,22 @@ mod tests {
             book: Arc::new(MemoryJobBook::new()),
             registry: Arc::new(MemoryWorkerRegistry::new()),
         };
-        let lease_for = Duration::from_secs(60);
-        let config = WorkerConfig { name: "w".into(), lease: lease_for, max_attempts: 1, retry_base: Duration::from_millis(1) };
         let store_dir = tempfile::tempdir().unwrap();
+        let config = WorkerConfig { name: "w".into(), lease: LEASE, max_attempts: 1, retry_base: Duration::from_millis(1) };
         let worker = Worker::new(config, farm.clone(), ArtifactStore::local(store_dir.path()).unwrap(), pipeline);
+        (worker, farm, store_dir)
+    }
+
+    /// A render whose supervision fails (here a progress update the book refuses; in a farm a
+    /// renew or job read that loses Redis) is told to stop, not left running or paused.
+    #[tokio::test]
+    async fn work_is_stopped_when_its_supervision_fails() {
+        let (worker, farm, _store_dir) = test_worker();
         let (record, _) = farm.book.insert(sample_record("job-stop", None)).await.unwrap();
         for task in record.pending_tasks() {
             farm.queue.push(task).await.unwrap();
         }
-        let lease = farm.queue.pull("w", lease_for, Duration::ZERO).await.unwrap().expect("a task");
+        let lease = farm.queue.pull("w", LEASE, Duration::ZERO).await.unwrap().expect("a task");
 
         let directive = Arc::new(AtomicU8::new(Directive::Run as u8));
         let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
@@ -641,16 +650,7 @@ mod tests {
     /// in the store for good; one for a running job is stored and recorded.
     #[tokio::test]
     async fn a_clip_made_for_a_job_that_ended_meanwhile_is_removed() {
-        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/vidfarm-tiny");
-        let pipeline = Arc::new(Pipeline::<DefaultBackend>::load(&model, &Default::default()).unwrap());
-        let farm = FarmState {
-            queue: Arc::new(MemoryQueue::new()),
-            book: Arc::new(MemoryJobBook::new()),
-            registry: Arc::new(MemoryWorkerRegistry::new()),
-        };
-        let store_dir = tempfile::tempdir().unwrap();
-        let config = WorkerConfig { name: "w".into(), lease: Duration::from_secs(60), max_attempts: 1, retry_base: Duration::from_millis(1) };
-        let worker = Worker::new(config, farm.clone(), ArtifactStore::local(store_dir.path()).unwrap(), pipeline);
+        let (worker, farm, store_dir) = test_worker();
         let encoded = store_dir.path().join("encoded.mp4");
         std::fs::write(&encoded, b"an encoded clip").unwrap();
 
@@ -673,17 +673,7 @@ mod tests {
     /// its job instead of going round the farm for ever; one cut off fewer times renders.
     #[tokio::test]
     async fn a_chunk_cut_off_too_often_fails_its_job() {
-        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/vidfarm-tiny");
-        let pipeline = Arc::new(Pipeline::<DefaultBackend>::load(&model, &Default::default()).unwrap());
-        let farm = FarmState {
-            queue: Arc::new(MemoryQueue::new()),
-            book: Arc::new(MemoryJobBook::new()),
-            registry: Arc::new(MemoryWorkerRegistry::new()),
-        };
-        let lease_for = Duration::from_secs(60);
-        let config = WorkerConfig { name: "w".into(), lease: lease_for, max_attempts: 1, retry_base: Duration::from_millis(1) };
-        let store_dir = tempfile::tempdir().unwrap();
-        let worker = Worker::new(config, farm.clone(), ArtifactStore::local(store_dir.path()).unwrap(), pipeline);
+        let (worker, farm, _store_dir) = test_worker();
         let (record, _) = farm.book.insert(sample_record("job-lost", None)).await.unwrap();
         // Workers that died on them: chunk 0 twice, chunk 1 three times.
         for (chunk, lost) in [(0, 2), (1, LOST_STARTS_PER_ATTEMPT)] {
@@ -695,7 +685,7 @@ mod tests {
             farm.queue.push(task).await.unwrap();
         }
         let mut leases = Vec::new();
-        while let Some(lease) = farm.queue.pull("w", lease_for, Duration::ZERO).await.unwrap() {
+        while let Some(lease) = farm.queue.pull("w", LEASE, Duration::ZERO).await.unwrap() {
             leases.push(lease);
         }
         leases.sort_by_key(|lease| lease.task.id());
@@ -744,18 +734,7 @@ mod tests {
     /// (so the step's objects may be gone) abandons the step instead of failing the task.
     #[tokio::test]
     async fn sync_step_objects_go_at_the_barrier_and_a_stale_holder_abandons_its_step() {
-        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/vidfarm-tiny");
-        let pipeline = Arc::new(Pipeline::<DefaultBackend>::load(&model, &Default::default()).unwrap());
-        let farm = FarmState {
-            queue: Arc::new(MemoryQueue::new()),
-            book: Arc::new(MemoryJobBook::new()),
-            registry: Arc::new(MemoryWorkerRegistry::new()),
-        };
-        let store_dir = tempfile::tempdir().unwrap();
-        let store = ArtifactStore::local(store_dir.path()).unwrap();
-        let lease_for = Duration::from_secs(60);
-        let config = WorkerConfig { name: "w".into(), lease: lease_for, max_attempts: 1, retry_base: Duration::from_millis(1) };
-        let worker = Worker::new(config, farm.clone(), store, pipeline);
+        let (worker, farm, store_dir) = test_worker();
 
         let mut record = sample_record("job-sync", None);
         record.spec.stitch_mode = StitchMode::Sync;
@@ -766,7 +745,7 @@ mod tests {
             farm.queue.push(task).await.unwrap();
         }
         let mut stale = None;
-        while let Some(lease) = farm.queue.pull("w", lease_for, Duration::from_millis(10)).await.unwrap() {
+        while let Some(lease) = farm.queue.pull("w", LEASE, Duration::from_millis(10)).await.unwrap() {
             let now = farm.book.get(&record.id).await.unwrap().unwrap();
             match lease.task.kind {
                 TaskKind::SyncStep { chunk: 0, step: 1 } => stale = Some(now.clone()),
