@@ -572,10 +572,9 @@ where
     }
 }
 
-/// Blocking work that runs inside `span` (on the blocking pool, where no span is current).
 /// Stops the blocking work when its supervision ends, however it ends: a failed renew or job
 /// read returns early, and the render must not run on beside the next task, nor sleep in a
-/// pause for ever. (Work that finished reads the store as a no-op.)
+/// pause for ever. (Work that already finished never reads the directive again.)
 struct StopOnExit<'a>(&'a AtomicU8);
 
 impl Drop for StopOnExit<'_> {
@@ -584,6 +583,7 @@ impl Drop for StopOnExit<'_> {
     }
 }
 
+/// Blocking work that runs inside `span` (on the blocking pool, where no span is current).
 fn in_span<T>(span: tracing::Span, work: impl FnOnce() -> T) -> impl FnOnce() -> T {
     move || span.in_scope(work)
 }
