@@ -205,6 +205,9 @@ mod tests {
         async fn subscribe(&self, _id: &str) -> Result<BoxStream<'static, JobUpdate>, QueueError> {
             Ok(futures::stream::empty().boxed())
         }
+        async fn remove(&self, id: &str) -> Result<bool, QueueError> {
+            self.0.remove(id).await
+        }
     }
 
     /// A watch whose updates stop before the job ends must not end as a finished job's does.

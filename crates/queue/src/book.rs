@@ -32,6 +32,17 @@ pub trait JobBook: Send + Sync + 'static {
     async fn update(&self, id: &str, change: JobChange) -> Result<(JobRecord, Option<UpdateDetail>), QueueError>;
     /// The job's updates from now on. Subscribe, then `get`, to miss nothing.
     async fn subscribe(&self, id: &str) -> Result<BoxStream<'static, JobUpdate>, QueueError>;
+    /// Forgets a job that has ended: its record, and its idempotency key, which may then make
+    /// a new job. `false` when there is no such job; a job still in flight is refused.
+    async fn remove(&self, id: &str) -> Result<bool, QueueError>;
+}
+
+/// The refusal of `remove` for a job still in flight.
+pub(crate) fn refuse_removal(record: &JobRecord) -> Result<(), QueueError> {
+    if record.state.is_final() {
+        return Ok(());
+    }
+    Err(QueueError::Precondition(format!("cannot remove job {}: it is {}", record.id, record.state.name())))
 }
 
 /// `book.update`, counting the job's end in this process's metrics when the change ended it:

@@ -195,6 +195,29 @@ pub async fn book_pauses_and_resumes(book: &dyn JobBook) {
     assert_eq!(r.state, JobState::Cancelled);
 }
 
+/// A finished job is forgotten with its idempotency key; one in flight is kept.
+pub async fn book_removes_finished_jobs(book: &dyn JobBook) {
+    book.insert(sample_record("job-r1", Some("key-r"))).await.unwrap();
+    book.insert(sample_record("job-r2", None)).await.unwrap();
+    let err = book.remove("job-r1").await.unwrap_err();
+    assert!(matches!(err, QueueError::Precondition(ref m) if m.contains("queued")), "{err}");
+    assert!(book.get("job-r1").await.unwrap().is_some(), "a refused removal keeps the job");
+
+    book.update("job-r1", JobChange::Control(Control::Cancel)).await.unwrap();
+    assert!(book.remove("job-r1").await.unwrap());
+    assert!(book.get("job-r1").await.unwrap().is_none());
+    assert!(!book.remove("job-r1").await.unwrap(), "a job removed is not found again");
+    assert!(!book.remove("job-none").await.unwrap());
+    let ids: Vec<String> = book.list(&[], None, 10).await.unwrap().jobs.into_iter().map(|r| r.id).collect();
+    assert_eq!(ids, ["job-r2"]);
+    let cancelled = book.list(&[JobState::Cancelled], None, 10).await.unwrap();
+    assert!(cancelled.jobs.is_empty());
+
+    let (record, created) = book.insert(sample_record("job-r3", Some("key-r"))).await.unwrap();
+    assert!(created, "the removed job's idempotency key makes a new job");
+    assert_eq!(record.id, "job-r3");
+}
+
 fn worker(name: &str, state: WorkerState) -> WorkerInfo {
     WorkerInfo { name: name.into(), state, task: None, tasks_done: 0, started_ms: 1, heartbeat_ms: 2 }
 }
@@ -255,6 +278,10 @@ mod memory_backend {
         super::book_pauses_and_resumes(&MemoryJobBook::new()).await;
     }
     #[tokio::test]
+    async fn book_removes_finished_jobs() {
+        super::book_removes_finished_jobs(&MemoryJobBook::new()).await;
+    }
+    #[tokio::test]
     async fn registry_lists_drains_and_forgets() {
         super::registry_lists_drains_and_forgets(&MemoryWorkerRegistry::new()).await;
     }
@@ -283,6 +310,7 @@ mod redis_backend {
         book_stores_and_lists => RedisJobBook,
         book_applies_changes_and_streams_them => RedisJobBook,
         book_pauses_and_resumes => RedisJobBook,
+        book_removes_finished_jobs => RedisJobBook,
         registry_lists_drains_and_forgets => RedisWorkerRegistry,
     }
 }

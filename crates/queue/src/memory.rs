@@ -1,6 +1,6 @@
 //! In-memory backends for the embedded single-process farm.
 
-use crate::book::{JobBook, JobUpdate, Page};
+use crate::book::{JobBook, JobUpdate, Page, refuse_removal};
 use crate::job::{JobChange, JobRecord, JobState, UpdateDetail};
 use crate::task::{Lease, Queue, Task};
 use crate::workers::{WorkerInfo, WorkerRegistry};
@@ -256,6 +256,19 @@ impl JobBook for MemoryJobBook {
                 async move { keep }
             });
         Ok(stream.boxed())
+    }
+
+    async fn remove(&self, id: &str) -> Result<bool, QueueError> {
+        let mut s = self.lock();
+        let Some(record) = s.jobs.get(id) else { return Ok(false) };
+        refuse_removal(record)?;
+        if let Some(key) = record.idempotency_key.clone() {
+            if s.by_key.get(&key).is_some_and(|named| named == id) {
+                s.by_key.remove(&key);
+            }
+        }
+        s.jobs.remove(id);
+        Ok(true)
     }
 }
 

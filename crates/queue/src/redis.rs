@@ -3,7 +3,7 @@
 //! records changed by compare-and-set and announced on a per-job channel. `REDIS.md` beside
 //! this crate's manifest describes the keys and the guarantees.
 
-use crate::book::{JobBook, JobUpdate, Page};
+use crate::book::{JobBook, JobUpdate, Page, refuse_removal};
 use crate::job::{JobChange, JobRecord, JobState, UpdateDetail};
 use crate::memory::now_ms;
 use crate::task::{Lease, Queue, Task};
@@ -438,6 +438,18 @@ redis.call('HSET', KEYS[3], 'job:' .. ARGV[1], ARGV[2])
 return 1
 ";
 
+/// KEYS: job key, job index, unfinished index, idempotency key (the job key again when there
+/// is none). ARGV: the record as read, the id. Removes the job only if nobody changed its
+/// record meanwhile, and its idempotency key only while the key still names it.
+const REMOVE_JOB: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+if KEYS[4] ~= KEYS[1] and redis.call('GET', KEYS[4]) == ARGV[2] then redis.call('DEL', KEYS[4]) end
+return 1
+";
+
 /// The key of the index of unfinished jobs, and of the flag that says it holds every one.
 const UNFINISHED: &str = "jobs:unfinished";
 const UNFINISHED_BUILT: &str = "jobs:unfinished:built";
@@ -454,6 +466,7 @@ pub struct RedisJobBook {
     insert: Script,
     update: Script,
     set_aside: Script,
+    remove: Script,
     /// Set once `jobs:unfinished` is known to hold every unfinished job (see `build_unfinished`).
     unfinished_built: std::sync::atomic::AtomicBool,
 }
@@ -465,6 +478,7 @@ impl RedisJobBook {
             insert: Script::new(INSERT_JOB),
             update: Script::new(UPDATE_JOB),
             set_aside: Script::new(SET_ASIDE_JOB),
+            remove: Script::new(REMOVE_JOB),
             unfinished_built: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -652,6 +666,32 @@ impl JobBook for RedisJobBook {
             }
         });
         Ok(stream.boxed())
+    }
+
+    async fn remove(&self, id: &str) -> Result<bool, QueueError> {
+        let mut conn = self.ns.conn.clone();
+        for _ in 0..MAX_UPDATE_RACES {
+            let raw: Option<String> = conn.get(self.job_key(id)).await.map_err(|e| self.ns.err("remove", e))?;
+            let Some(raw) = raw else { return Ok(false) };
+            let Some(record) = self.parse(id, &raw).await? else { return Ok(false) };
+            refuse_removal(&record)?;
+            let idempotency = record.idempotency_key.as_ref().map(|k| self.ns.key(&format!("idempotency:{k}")));
+            let removed: i64 = self
+                .remove
+                .key(self.job_key(id))
+                .key(self.ns.key("jobs"))
+                .key(self.ns.key(UNFINISHED))
+                .key(idempotency.unwrap_or_else(|| self.job_key(id)))
+                .arg(&raw)
+                .arg(id)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.ns.err("remove", e))?;
+            if removed == 1 {
+                return Ok(true);
+            }
+        }
+        Err(QueueError::Backend(format!("job {id}: gave up removing it after {MAX_UPDATE_RACES} concurrent changes won the race")))
     }
 }
 
