@@ -57,6 +57,7 @@ def main():
             "traces": {"otlpEndpoint": "http://otel-collector.observability:4317"},
             "dashboard": {"enabled": False},
             "api": {"tls": {"secret": "farm-tls", "clientCaSecret": "farm-ca"}, "tokensSecret": "farm-tokens"},
+            "coordinator": {"retentionHours": 168},
         },
     }
     for label, values in variants.items():
@@ -126,12 +127,14 @@ def main():
             assert config["traces"]["otlp_endpoint"] == "http://otel-collector.observability:4317"
         else:
             assert config["traces"]["otlp_endpoint"] == "", "no traces unless a collector is named"
+        assert config["server"]["retention_hours"] == (168 if values else 0), f"{label}: retention"
         print(f"chart renders and validates ({label}): {len(docs)} manifests")
 
     for bad, key in [
         ({"worker": {"leaseSeconds": 60}}, "leaseSeconds"),
         ({"store": {"url": "ftp://x"}}, "url"),
         ({"traces": {"otlpEndpoint": "otel-collector:4317"}}, "otlpEndpoint"),
+        ({"coordinator": {"retentionHours": -1}}, "retentionHours"),
     ]:
         try:
             render(bad)

@@ -20,9 +20,6 @@ use crate::settings::Settings;
 const CONNECT_ATTEMPTS: u32 = 9;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// How often a coordinator queues again the tasks unfinished jobs still need (see
-/// `Coordinator::requeue_unfinished`); at start, then at this interval.
-const REQUEUE_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(clap::Args)]
 pub struct RedisArgs {
@@ -71,17 +68,7 @@ pub async fn coordinator(settings: &Settings, redis: &RedisArgs, listen: &str, s
     let store = open_store(store, settings).await?;
     let farm = connect(settings, redis).await?;
     let coordinator = Coordinator::new(farm, store, vec![profile]);
-    let sweeper = coordinator.clone();
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(REQUEUE_EVERY);
-        loop {
-            every.tick().await;
-            match sweeper.requeue_unfinished().await {
-                Ok(tasks) => tracing::debug!(tasks, "made sure the tasks of unfinished jobs are queued"),
-                Err(e) => tracing::warn!(error = %e, "could not check unfinished jobs for lost tasks"),
-            }
-        }
-    });
+    vidfarm_coordinator::spawn_sweeps(coordinator.clone(), settings.server.retention());
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let local = listener.local_addr()?;
     // Scripts and tests read the bound address (the port may have been 0) from this line.

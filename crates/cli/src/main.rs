@@ -341,12 +341,14 @@ async fn serve(settings: &Settings, listen: &str, store: &str, model: &Path) -> 
     let security = settings.server.security()?;
     start_metrics(settings).await?;
     let farm = Farm::start(settings, model, store).await?;
+    let sweeps = vidfarm_coordinator::spawn_sweeps(farm.coordinator.clone(), settings.server.retention());
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let local = listener.local_addr()?;
     // Scripts and tests read the bound address (the port may have been 0) from this line.
     output::emit(format!("listening on {local}"));
     tracing::info!(%local, store, model = %model.display(), "serving");
     vidfarm_coordinator::serve(farm.coordinator.clone(), listener, security, shutdown_signal()).await?;
+    sweeps.abort();
     tracing::info!("shutting down: finishing tasks in hand");
     farm.stop().await;
     Ok(())

@@ -4,6 +4,7 @@
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use vidfarm_coordinator::ServerSecurity;
 use vidfarm_coordinator::auth::ApiTokens;
 use vidfarm_coordinator::reload::WatchedFiles;
@@ -36,6 +37,7 @@ pub struct ServerSettings {
     pub tls_key: String,
     pub tls_client_ca: String,
     pub auth_tokens_file: String,
+    pub retention_hours: u64,
 }
 
 impl ServerSettings {
@@ -70,6 +72,11 @@ impl ServerSettings {
             }
         };
         Ok(ServerSecurity { tls, tokens })
+    }
+
+    /// How long ended jobs are kept; `None` (0 hours) keeps them for ever.
+    pub fn retention(&self) -> Option<Duration> {
+        (self.retention_hours > 0).then(|| Duration::from_secs(self.retention_hours.saturating_mul(3600)))
     }
 }
 
@@ -271,6 +278,13 @@ mod tests {
         let err = format!("{:#}", Settings::load_from(None, |n| (n == "VIDFARM_WORKER_COUNT").then(|| "many".into())).unwrap_err());
         assert!(err.contains("VIDFARM_WORKER_COUNT"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn jobs_are_kept_for_ever_unless_a_retention_is_set() {
+        assert_eq!(Settings::load_from(None, |_| None).unwrap().server.retention(), None);
+        let env = |name: &str| (name == "VIDFARM_SERVER_RETENTION_HOURS").then(|| "48".to_string());
+        assert_eq!(Settings::load_from(None, env).unwrap().server.retention(), Some(Duration::from_secs(48 * 3600)));
     }
 
     /// Half-set TLS (the API's or Redis's) and unreadable or bad token files are errors naming

@@ -140,6 +140,38 @@ impl Coordinator {
         }
     }
 
+    /// Forgets the jobs that ended more than `retention` before `now_ms`: their objects, then
+    /// their records and idempotency keys. Safe from any replica at any time; a job whose
+    /// objects went but whose record stayed (a crash in between) goes on the next sweep. Ids
+    /// sort by creation and a job ends after it begins, so the scan stops at the first job
+    /// created since the cutoff: it reads the expired jobs and the older ones still in flight,
+    /// not the whole history. Returns how many jobs it removed.
+    pub async fn expire_finished(&self, retention: std::time::Duration, now_ms: i64) -> Result<usize, CoordinatorError> {
+        let cutoff = now_ms.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        let (mut removed, mut after) = (0, None);
+        loop {
+            let page = self.book.list(&[], after.as_deref(), MAX_PAGE_SIZE as usize).await?;
+            for record in &page.jobs {
+                if record.created_ms > cutoff {
+                    return Ok(removed);
+                }
+                if !record.state.is_final() || record.updated_ms > cutoff {
+                    continue;
+                }
+                let objects = self.store.delete_under(&ArtifactStore::job_prefix(&record.id)).await.map_err(|e| CoordinatorError::Store(e.to_string()))?;
+                if self.book.remove(&record.id).await? {
+                    removed += 1;
+                    vidfarm_telemetry::metrics().job_removed();
+                    tracing::info!(job_id = %record.id, objects, state = record.state.name(), "job removed after its retention");
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(removed),
+            }
+        }
+    }
+
     /// The finished clip and a URL to fetch it.
     pub async fn clip(&self, job_id: &str) -> Result<(JobRecord, String), CoordinatorError> {
         let record = self.get(job_id).await?;
@@ -291,5 +323,47 @@ mod tests {
         assert_eq!(ids, ["job-a/denoise/0", "job-a/denoise/1", "job-b/denoise/1", "job-c/assemble"]);
         coordinator.requeue_unfinished().await.unwrap();
         assert_eq!(queue.depth().await.unwrap(), 4, "leased tasks are not queued twice");
+    }
+
+    #[tokio::test]
+    async fn jobs_past_their_retention_are_removed_with_their_objects() {
+        let root = std::env::temp_dir().join(format!("vidfarm-retention-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let store = ArtifactStore::local(&root).unwrap();
+        let book = Arc::new(MemoryJobBook::new());
+        let farm = FarmState { queue: Arc::new(MemoryQueue::new()), book: book.clone(), registry: Arc::new(MemoryWorkerRegistry::new()) };
+        let coordinator = Coordinator::new(farm, store.clone(), Vec::new());
+        let (hour, now) = (Duration::from_secs(3600), 10 * 3_600_000);
+        let old = now - 2 * 3_600_000;
+        let job = |id: &str, key: Option<&str>, state: JobState, created_ms: i64, updated_ms: i64| JobRecord { state, created_ms, updated_ms, ..sample_record(id, key) };
+        let jobs = [
+            job("job-a", Some("key-a"), JobState::Cancelled, old, old + 1),
+            job("job-b", None, JobState::Succeeded, old + 2, old + 3),
+            // Ended within the hour; in flight; ended within the hour.
+            job("job-c", None, JobState::Failed, old + 4, now - 60_000),
+            job("job-d", None, JobState::Running, old + 5, old + 6),
+            job("job-e", None, JobState::Failed, now - 60_000, now - 50_000),
+            // Created within the hour: the scan has stopped before it (no real job ends before
+            // it begins).
+            job("job-f", None, JobState::Failed, now - 40_000, old),
+        ];
+        let file = root.join("clip.mp4");
+        std::fs::write(&file, b"not really a clip").unwrap();
+        for record in jobs {
+            store.put_file(&ArtifactStore::clip_key(&record.id), &file, "video/mp4").await.unwrap();
+            book.insert(record).await.unwrap();
+        }
+
+        assert_eq!(coordinator.expire_finished(hour, now).await.unwrap(), 2);
+        let ids: Vec<String> = book.list(&[], None, 10).await.unwrap().jobs.into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, ["job-c", "job-d", "job-e", "job-f"]);
+        for (id, kept) in [("job-a", false), ("job-b", false), ("job-c", true), ("job-d", true), ("job-e", true), ("job-f", true)] {
+            assert_eq!(store.exists(&ArtifactStore::clip_key(id)).await.unwrap(), kept, "{id}'s clip");
+        }
+        let (again, created) = book.insert(sample_record("job-g", Some("key-a"))).await.unwrap();
+        assert!(created && again.id == "job-g", "a removed job's idempotency key is free again");
+        assert_eq!(coordinator.expire_finished(hour, now).await.unwrap(), 0, "nothing more is due");
+        assert_eq!(coordinator.expire_finished(hour, now + 3_600_000).await.unwrap(), 3, "an hour on, job-c, job-e and job-f are due");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

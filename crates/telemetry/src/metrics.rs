@@ -44,6 +44,7 @@ pub struct Metrics {
     jobs_accepted: Counter,
     jobs_ended: Family<JobEndLabels, Counter>,
     job_seconds: Family<JobEndLabels, Histogram>,
+    jobs_removed: Counter,
     step_seconds: Histogram,
     queue_depth: Gauge,
 }
@@ -77,11 +78,13 @@ impl Metrics {
         registry.register("jobs_ended", "Jobs that ended, by final state, counted by the process that ended them", jobs_ended.clone());
         let job_seconds = Family::<_, _, fn() -> Histogram>::new_with_constructor(|| Histogram::new(JOB_SECONDS_BUCKETS));
         registry.register("job_seconds", "Time from a job's acceptance to its end, by final state", job_seconds.clone());
+        let jobs_removed = Counter::default();
+        registry.register("jobs_removed", "Ended jobs a coordinator removed, objects and record, after their retention", jobs_removed.clone());
         let step_seconds = Histogram::new(SECONDS_BUCKETS);
         registry.register("step_seconds", "Time a worker spent on one denoising step of one chunk", step_seconds.clone());
         let queue_depth = Gauge::default();
         registry.register("queue_depth", "Tasks queued or leased, as a coordinator last counted them (every 5 s)", queue_depth.clone());
-        Self { registry, tasks, task_seconds, clips, seam_ratio, jobs_accepted, jobs_ended, job_seconds, step_seconds, queue_depth }
+        Self { registry, tasks, task_seconds, clips, seam_ratio, jobs_accepted, jobs_ended, job_seconds, jobs_removed, step_seconds, queue_depth }
     }
 
     /// A worker took one denoising step of one chunk in `seconds`.
@@ -120,6 +123,11 @@ impl Metrics {
         let labels = JobEndLabels { state };
         self.jobs_ended.get_or_create(&labels).inc();
         self.job_seconds.get_or_create(&labels).observe(seconds);
+    }
+
+    /// A coordinator removed a job past its retention.
+    pub fn job_removed(&self) {
+        self.jobs_removed.inc();
     }
 
     /// Everything recorded so far, in the OpenMetrics text format.
