@@ -7,7 +7,7 @@ use tokio::task::JoinHandle;
 use vidfarm_queue::now_ms;
 
 /// How often the sweeps run: at start, then at this interval.
-pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// Runs the sweeps until aborted: queueing again the tasks unfinished jobs lost
 /// (`Coordinator::requeue_unfinished`) and, given a retention, forgetting the jobs that ended
