@@ -140,29 +140,30 @@ impl Coordinator {
         }
     }
 
-    /// Forgets the jobs that ended more than `retention` before `now_ms`: their objects, then
-    /// their records and idempotency keys. Safe from any replica at any time; a job whose
-    /// objects went but whose record stayed (a crash in between) goes on the next sweep. Ids
-    /// sort by creation and a job ends after it begins, so the scan stops at the first job
-    /// created since the cutoff: it reads the expired jobs and the older ones still in flight,
-    /// not the whole history. Returns how many jobs it removed.
-    pub async fn expire_finished(&self, retention: std::time::Duration, now_ms: i64) -> Result<usize, CoordinatorError> {
+    /// Forgets at most `at_most` of the jobs whose last change (their end, or a `DeleteJob`)
+    /// is more than `retention` before `now_ms`: their objects, then their records and
+    /// idempotency keys. Safe from any replica at any time; a job whose objects went but whose
+    /// record stayed (a crash in between) goes on the next sweep, and one that cannot be
+    /// removed (its objects refuse deletion, say) is logged and passed over, so it holds up
+    /// no other. Ids sort by creation and a job ends after it begins, so the scan stops at the
+    /// first job created since the cutoff: it reads the expired jobs and the older ones still
+    /// in flight, not the whole history. Returns how many jobs it removed.
+    pub async fn expire_finished(&self, retention: std::time::Duration, now_ms: i64, at_most: usize) -> Result<usize, CoordinatorError> {
         let cutoff = now_ms.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
         let (mut removed, mut after) = (0, None);
         loop {
             let page = self.book.list(&[], after.as_deref(), MAX_PAGE_SIZE as usize).await?;
             for record in &page.jobs {
-                if record.created_ms > cutoff {
+                if record.created_ms > cutoff || removed == at_most {
                     return Ok(removed);
                 }
                 if !record.state.is_final() || record.updated_ms > cutoff {
                     continue;
                 }
-                let objects = self.store.delete_under(&ArtifactStore::job_prefix(&record.id)).await.map_err(|e| CoordinatorError::Store(e.to_string()))?;
-                if self.book.remove(&record.id).await? {
-                    removed += 1;
-                    vidfarm_telemetry::metrics().job_removed();
-                    tracing::info!(job_id = %record.id, objects, state = record.state.name(), "job removed after its retention");
+                match self.remove_job(record).await {
+                    Ok(true) => removed += 1,
+                    Ok(false) => {}
+                    Err(error) => tracing::warn!(job_id = %record.id, %error, "job past its retention not removed; passed over"),
                 }
             }
             match page.next {
@@ -170,6 +171,18 @@ impl Coordinator {
                 None => return Ok(removed),
             }
         }
+    }
+
+    /// Deletes an ended job's objects, then its record; `false` when another replica removed
+    /// it first.
+    async fn remove_job(&self, record: &JobRecord) -> Result<bool, CoordinatorError> {
+        let objects = self.store.delete_under(&ArtifactStore::job_prefix(&record.id)).await.map_err(|e| CoordinatorError::Store(e.to_string()))?;
+        if !self.book.remove(&record.id).await? {
+            return Ok(false);
+        }
+        vidfarm_telemetry::metrics().job_removed();
+        tracing::info!(job_id = %record.id, objects, state = record.state.name(), "job removed after its retention");
+        Ok(true)
     }
 
     /// The finished clip and a URL to fetch it.
@@ -337,6 +350,8 @@ mod tests {
         let old = now - 2 * 3_600_000;
         let job = |id: &str, key: Option<&str>, state: JobState, created_ms: i64, updated_ms: i64| JobRecord { state, created_ms, updated_ms, ..sample_record(id, key) };
         let jobs = [
+            // Its objects cannot be listed (below): passed over, holding up no other.
+            job("job-0", None, JobState::Succeeded, old - 1, old),
             job("job-a", Some("key-a"), JobState::Cancelled, old, old + 1),
             job("job-b", None, JobState::Succeeded, old + 2, old + 3),
             // Ended within the hour; in flight; ended within the hour.
@@ -350,20 +365,26 @@ mod tests {
         let file = root.join("clip.mp4");
         std::fs::write(&file, b"not really a clip").unwrap();
         for record in jobs {
-            store.put_file(&ArtifactStore::clip_key(&record.id), &file, "video/mp4").await.unwrap();
+            if record.id != "job-0" {
+                store.put_file(&ArtifactStore::clip_key(&record.id), &file, "video/mp4").await.unwrap();
+            }
             book.insert(record).await.unwrap();
         }
+        std::os::unix::fs::symlink("job-0", root.join("jobs/job-0")).unwrap();
+        assert!(store.delete_under(&ArtifactStore::job_prefix("job-0")).await.is_err(), "a folder that is a symlink loop cannot be listed");
 
-        assert_eq!(coordinator.expire_finished(hour, now).await.unwrap(), 2);
+        assert_eq!(coordinator.expire_finished(hour, now, 1).await.unwrap(), 1, "one job a sweep, as asked");
+        assert!(book.get("job-a").await.unwrap().is_none() && book.get("job-b").await.unwrap().is_some());
+        assert_eq!(coordinator.expire_finished(hour, now, 1000).await.unwrap(), 1);
         let ids: Vec<String> = book.list(&[], None, 10).await.unwrap().jobs.into_iter().map(|r| r.id).collect();
-        assert_eq!(ids, ["job-c", "job-d", "job-e", "job-f"]);
+        assert_eq!(ids, ["job-0", "job-c", "job-d", "job-e", "job-f"]);
         for (id, kept) in [("job-a", false), ("job-b", false), ("job-c", true), ("job-d", true), ("job-e", true), ("job-f", true)] {
             assert_eq!(store.exists(&ArtifactStore::clip_key(id)).await.unwrap(), kept, "{id}'s clip");
         }
         let (again, created) = book.insert(sample_record("job-g", Some("key-a"))).await.unwrap();
         assert!(created && again.id == "job-g", "a removed job's idempotency key is free again");
-        assert_eq!(coordinator.expire_finished(hour, now).await.unwrap(), 0, "nothing more is due");
-        assert_eq!(coordinator.expire_finished(hour, now + 3_600_000).await.unwrap(), 3, "an hour on, job-c, job-e and job-f are due");
+        assert_eq!(coordinator.expire_finished(hour, now, 1000).await.unwrap(), 0, "nothing more is due");
+        assert_eq!(coordinator.expire_finished(hour, now + 3_600_000, 1000).await.unwrap(), 3, "an hour on, job-c, job-e and job-f are due");
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -6,27 +6,40 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use vidfarm_queue::now_ms;
 
-/// How often the sweeps run: at start, then at this interval.
+/// How often each sweep runs: at start, then at this interval.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// Jobs one retention sweep removes at most, so that a long backlog (retention just turned
+/// on) is worked through a slice at a time and each sweep reports.
+const REMOVALS_PER_SWEEP: usize = 500;
 
 /// Runs the sweeps until aborted: queueing again the tasks unfinished jobs lost
 /// (`Coordinator::requeue_unfinished`) and, given a retention, forgetting the jobs that ended
-/// longer ago than that (`Coordinator::expire_finished`).
+/// longer ago than that (`Coordinator::expire_finished`). They run side by side, so a slow
+/// retention sweep never holds up the recovery of lost tasks.
 pub fn spawn_sweeps(coordinator: Coordinator, retention: Option<Duration>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(SWEEP_EVERY);
-        loop {
-            every.tick().await;
-            match coordinator.requeue_unfinished().await {
-                Ok(tasks) => tracing::debug!(tasks, "made sure the tasks of unfinished jobs are queued"),
-                Err(e) => tracing::warn!(error = %e, "could not check unfinished jobs for lost tasks"),
+        let requeue = async {
+            let mut every = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                every.tick().await;
+                match coordinator.requeue_unfinished().await {
+                    Ok(tasks) => tracing::debug!(tasks, "made sure the tasks of unfinished jobs are queued"),
+                    Err(e) => tracing::warn!(error = %e, "could not check unfinished jobs for lost tasks"),
+                }
             }
-            let Some(retention) = retention else { continue };
-            match coordinator.expire_finished(retention, now_ms()).await {
-                Ok(0) => {}
-                Ok(jobs) => tracing::info!(jobs, ?retention, "removed the jobs past their retention"),
-                Err(e) => tracing::warn!(error = %e, "could not remove the jobs past their retention"),
+        };
+        let expire = async {
+            let Some(retention) = retention else { return };
+            let mut every = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                every.tick().await;
+                match coordinator.expire_finished(retention, now_ms(), REMOVALS_PER_SWEEP).await {
+                    Ok(0) => {}
+                    Ok(jobs) => tracing::info!(jobs, ?retention, "removed the jobs past their retention"),
+                    Err(e) => tracing::warn!(error = %e, "could not remove the jobs past their retention"),
+                }
             }
-        }
+        };
+        tokio::join!(requeue, expire);
     })
 }
