@@ -341,6 +341,8 @@ mod tests {
     #[tokio::test]
     async fn jobs_past_their_retention_are_removed_with_their_objects() {
         let root = std::env::temp_dir().join(format!("vidfarm-retention-{}", std::process::id()));
+        // A failed run leaves its folder, symlink and all.
+        let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         let store = ArtifactStore::local(&root).unwrap();
         let book = Arc::new(MemoryJobBook::new());
