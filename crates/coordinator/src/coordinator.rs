@@ -176,7 +176,7 @@ impl Coordinator {
     /// Deletes an ended job's objects, then its record; `false` when another replica removed
     /// it first.
     async fn remove_job(&self, record: &JobRecord) -> Result<bool, CoordinatorError> {
-        let objects = self.store.delete_under(&ArtifactStore::job_prefix(&record.id)).await.map_err(|e| CoordinatorError::Store(e.to_string()))?;
+        let objects = self.delete_objects(&record.id).await?;
         if !self.book.remove(&record.id).await? {
             return Ok(false);
         }
@@ -206,10 +206,15 @@ impl Coordinator {
             let state = record.state.name();
             return Err(QueueError::Precondition(format!("cannot delete job {job_id}: it is {state}; cancel it first")).into());
         }
-        let count = self.store.delete_under(&ArtifactStore::job_prefix(job_id)).await.map_err(|e| CoordinatorError::Store(e.to_string()))?;
+        let count = self.delete_objects(job_id).await?;
         let (record, _) = self.book.update(job_id, JobChange::ObjectsDeleted).await?;
         tracing::info!(job_id, objects = count, "job objects deleted");
         Ok(record)
+    }
+
+    /// Deletes every object of a job (clip and intermediates); returns how many.
+    async fn delete_objects(&self, job_id: &str) -> Result<usize, CoordinatorError> {
+        self.store.delete_under(&ArtifactStore::job_prefix(job_id)).await.map_err(|e| CoordinatorError::Store(e.to_string()))
     }
 
     /// The live workers, by name.
