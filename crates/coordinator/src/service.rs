@@ -179,41 +179,15 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use vidfarm_queue::conformance::sample_record;
-    use vidfarm_queue::{
-        FarmState, JobBook, JobChange, JobRecord, JobState, JobUpdate, MemoryJobBook, MemoryQueue, MemoryWorkerRegistry, Page, UpdateDetail,
-    };
+    use vidfarm_queue::flaky::FlakyBook;
+    use vidfarm_queue::{FarmState, JobBook, MemoryQueue, MemoryWorkerRegistry};
     use vidfarm_store::ArtifactStore;
-
-    /// A job book whose update streams end at once, as a Redis subscription's does when its
-    /// connection drops.
-    struct CutUpdates(MemoryJobBook);
-
-    #[tonic::async_trait]
-    impl JobBook for CutUpdates {
-        async fn insert(&self, record: JobRecord) -> Result<(JobRecord, bool), QueueError> {
-            self.0.insert(record).await
-        }
-        async fn get(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
-            self.0.get(id).await
-        }
-        async fn list(&self, states: &[JobState], after: Option<&str>, limit: usize) -> Result<Page, QueueError> {
-            self.0.list(states, after, limit).await
-        }
-        async fn update(&self, id: &str, change: JobChange) -> Result<(JobRecord, Option<UpdateDetail>), QueueError> {
-            self.0.update(id, change).await
-        }
-        async fn subscribe(&self, _id: &str) -> Result<BoxStream<'static, JobUpdate>, QueueError> {
-            Ok(futures::stream::empty().boxed())
-        }
-        async fn remove(&self, id: &str) -> Result<bool, QueueError> {
-            self.0.remove(id).await
-        }
-    }
 
     /// A watch whose updates stop before the job ends must not end as a finished job's does.
     #[tokio::test]
     async fn a_watch_whose_updates_are_cut_off_ends_with_unavailable() {
-        let book = Arc::new(CutUpdates(MemoryJobBook::new()));
+        let book = Arc::new(FlakyBook::new());
+        book.cut_update_streams();
         book.insert(sample_record("job-a", None)).await.unwrap();
         let farm = FarmState { queue: Arc::new(MemoryQueue::new()), book, registry: Arc::new(MemoryWorkerRegistry::new()) };
         let store = ArtifactStore::local(&std::env::temp_dir()).unwrap();

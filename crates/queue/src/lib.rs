@@ -44,3 +44,5 @@ pub enum QueueError {
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+pub mod flaky;

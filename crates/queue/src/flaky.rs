@@ -1,0 +1,150 @@
+//! A queue and a job book that fail on demand, as a Redis that went away would: for tests of
+//! what their callers (coordinator, workers) do then.
+
+use crate::book::{JobBook, JobUpdate, Page};
+use crate::job::{JobChange, JobRecord, JobState, UpdateDetail};
+use crate::memory::{MemoryJobBook, MemoryQueue};
+use crate::task::{Lease, Queue, Task};
+use crate::QueueError;
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// An in-memory queue whose operations, named as the trait's methods ("push", "pull", ...),
+/// fail as many times as asked, and which counts the calls to each.
+#[derive(Default)]
+pub struct FlakyQueue {
+    inner: MemoryQueue,
+    /// Calls still to fail, per operation.
+    failing: Mutex<HashMap<&'static str, u32>>,
+    calls: Mutex<HashMap<&'static str, u32>>,
+}
+
+impl FlakyQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes the next `times` calls of `operation` fail (`u32::MAX`: until told otherwise; 0:
+    /// none from now on).
+    pub fn fail(&self, operation: &'static str, times: u32) {
+        self.failing.lock().unwrap().insert(operation, times);
+    }
+
+    /// How many times `operation` was called, failed calls included.
+    pub fn calls(&self, operation: &'static str) -> u32 {
+        self.calls.lock().unwrap().get(operation).copied().unwrap_or(0)
+    }
+
+    fn enter(&self, operation: &'static str) -> Result<(), QueueError> {
+        *self.calls.lock().unwrap().entry(operation).or_default() += 1;
+        let mut failing = self.failing.lock().unwrap();
+        match failing.get_mut(operation) {
+            Some(left) if *left > 0 => {
+                if *left != u32::MAX {
+                    *left -= 1;
+                }
+                Err(QueueError::Backend(format!("{operation}: connection refused (injected)")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Queue for FlakyQueue {
+    async fn push(&self, task: Task) -> Result<(), QueueError> {
+        self.enter("push")?;
+        self.inner.push(task).await
+    }
+    async fn pull(&self, worker: &str, lease_for: Duration, wait: Duration) -> Result<Option<Lease>, QueueError> {
+        self.enter("pull")?;
+        self.inner.pull(worker, lease_for, wait).await
+    }
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<bool, QueueError> {
+        self.enter("renew")?;
+        self.inner.renew(lease, lease_for).await
+    }
+    async fn ack(&self, lease: &Lease) -> Result<bool, QueueError> {
+        self.enter("ack")?;
+        self.inner.ack(lease).await
+    }
+    async fn retry(&self, lease: &Lease, delay: Duration) -> Result<bool, QueueError> {
+        self.enter("retry")?;
+        self.inner.retry(lease, delay).await
+    }
+    async fn discard_job(&self, job_id: &str) -> Result<usize, QueueError> {
+        self.enter("discard_job")?;
+        self.inner.discard_job(job_id).await
+    }
+    async fn depth(&self) -> Result<usize, QueueError> {
+        self.enter("depth")?;
+        self.inner.depth().await
+    }
+}
+
+/// Which updates a `FlakyBook` fails.
+type ChangeFilter = fn(&JobChange) -> bool;
+
+/// An in-memory job book whose updates of one kind fail as many times as asked, and whose
+/// update streams can be cut (they end at once, as a Redis subscription's does when its
+/// connection drops).
+#[derive(Default)]
+pub struct FlakyBook {
+    inner: MemoryJobBook,
+    /// Updates still to fail, and which.
+    failing_updates: Mutex<Option<(u32, ChangeFilter)>>,
+    streams_cut: AtomicBool,
+}
+
+impl FlakyBook {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes the next `times` updates whose change `matching` picks fail, unapplied.
+    pub fn fail_updates(&self, times: u32, matching: ChangeFilter) {
+        *self.failing_updates.lock().unwrap() = Some((times, matching));
+    }
+
+    /// Makes every update stream from now on end at once.
+    pub fn cut_update_streams(&self) {
+        self.streams_cut.store(true, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl JobBook for FlakyBook {
+    async fn insert(&self, record: JobRecord) -> Result<(JobRecord, bool), QueueError> {
+        self.inner.insert(record).await
+    }
+    async fn get(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
+        self.inner.get(id).await
+    }
+    async fn list(&self, states: &[JobState], after: Option<&str>, limit: usize) -> Result<Page, QueueError> {
+        self.inner.list(states, after, limit).await
+    }
+    async fn update(&self, id: &str, change: JobChange) -> Result<(JobRecord, Option<UpdateDetail>), QueueError> {
+        if let Some((left, matching)) = self.failing_updates.lock().unwrap().as_mut()
+            && *left > 0
+            && matching(&change)
+        {
+            *left -= 1;
+            return Err(QueueError::Backend(format!("update of job {id}: connection refused (injected)")));
+        }
+        self.inner.update(id, change).await
+    }
+    async fn subscribe(&self, id: &str) -> Result<BoxStream<'static, JobUpdate>, QueueError> {
+        if self.streams_cut.load(Ordering::SeqCst) {
+            return Ok(futures::stream::empty().boxed());
+        }
+        self.inner.subscribe(id).await
+    }
+    async fn remove(&self, id: &str) -> Result<bool, QueueError> {
+        self.inner.remove(id).await
+    }
+}
