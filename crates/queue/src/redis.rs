@@ -405,11 +405,15 @@ impl Queue for RedisQueue {
 
 /// KEYS: job key, job index, idempotency key (the job key again when there is none),
 /// unfinished index. ARGV: id, record JSON, job key prefix, '1' when there is an idempotency key.
-/// Returns false when stored, else the record the idempotency key already names ('' if gone).
+/// Returns false when stored, else the record the idempotency key already names. A key whose
+/// job's record is gone (set aside as malformed) names the new job.
 const INSERT_JOB: &str = r"
 if ARGV[4] == '1' then
   local existing = redis.call('GET', KEYS[3])
-  if existing then return redis.call('GET', ARGV[3] .. existing) or '' end
+  if existing then
+    local record = redis.call('GET', ARGV[3] .. existing)
+    if record then return record end
+  end
   redis.call('SET', KEYS[3], ARGV[1])
 end
 redis.call('SET', KEYS[1], ARGV[2])
@@ -532,7 +536,18 @@ impl RedisJobBook {
             let raws: Vec<Option<String>> = ::redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.map_err(|e| self.ns.err("list", e))?;
             for (id, raw) in ids.iter().zip(raws) {
                 let Some(raw) = raw else { continue };
-                let Some(record) = self.parse(id, &raw).await? else { continue };
+                let record = match StoredRecord::decode(id, &raw) {
+                    StoredRecord::Record(record) => record,
+                    StoredRecord::Malformed(reason) => {
+                        self.set_aside(id, reason).await?;
+                        continue;
+                    }
+                    // One job a newer version stored must not hide every other one.
+                    StoredRecord::Foreign(reason) => {
+                        tracing::warn!(job_id = %id, %reason, "job left out of a list");
+                        continue;
+                    }
+                };
                 if index == UNFINISHED && record.state.is_final() {
                     // Added by `build_unfinished` as the job ended.
                     let _: () = conn.zrem(self.ns.key(UNFINISHED), id).await.map_err(|e| self.ns.err("list", e))?;
@@ -555,14 +570,21 @@ impl RedisJobBook {
         self.ns.key(&format!("job:{id}"))
     }
 
-    /// Parses a stored record; an unreadable one is moved to `malformed:job:<id>` with its
-    /// reason recorded, and reads as absent.
+    /// Parses a stored record (see `StoredRecord`): a malformed one is set aside and reads as
+    /// absent; a foreign one reads as an error and stays.
     async fn parse(&self, id: &str, raw: &str) -> Result<Option<JobRecord>, QueueError> {
-        let reason = match serde_json::from_str::<JobRecord>(raw) {
-            Ok(record) if record.id == id => return Ok(Some(record)),
-            Ok(record) => format!("stored under id {id} but is job {}", record.id),
-            Err(e) => format!("unreadable job record: {e}"),
-        };
+        match StoredRecord::decode(id, raw) {
+            StoredRecord::Record(record) => Ok(Some(record)),
+            StoredRecord::Malformed(reason) => {
+                self.set_aside(id, reason).await?;
+                Ok(None)
+            }
+            StoredRecord::Foreign(reason) => Err(QueueError::Backend(reason)),
+        }
+    }
+
+    /// Moves a malformed record to `malformed:job:<id>`, with its reason recorded.
+    async fn set_aside(&self, id: &str, reason: String) -> Result<(), QueueError> {
         tracing::warn!(job_id = %id, %reason, "setting a malformed job record aside");
         let _: i64 = self
             .set_aside
@@ -576,7 +598,36 @@ impl RedisJobBook {
             .invoke_async(&mut self.ns.conn.clone())
             .await
             .map_err(|e| self.ns.err("setting a job aside", e))?;
-        Ok(None)
+        Ok(())
+    }
+}
+
+/// A job record as read from Redis.
+enum StoredRecord {
+    Record(JobRecord),
+    /// Not this job's record at all (broken JSON, another job's): set aside, so that it
+    /// stops failing every read and list.
+    Malformed(String),
+    /// Well-formed JSON of this job that this version's types do not fit (a state or sampler
+    /// it does not know): most likely stored by a newer vidfarm during a rolling upgrade, so
+    /// left in place for the versions that read it.
+    Foreign(String),
+}
+
+impl StoredRecord {
+    fn decode(id: &str, raw: &str) -> Self {
+        match serde_json::from_str::<JobRecord>(raw) {
+            Ok(record) if record.id == id => Self::Record(record),
+            Ok(record) => Self::Malformed(format!("stored under id {id} but is job {}", record.id)),
+            Err(e) => {
+                let names_this_job = serde_json::from_str::<serde_json::Value>(raw).is_ok_and(|value| value["id"] == id);
+                if e.classify() == serde_json::error::Category::Data && names_this_job {
+                    Self::Foreign(format!("job {id}: its record does not fit this vidfarm version (stored by a newer one?): {e}"))
+                } else {
+                    Self::Malformed(format!("unreadable job record: {e}"))
+                }
+            }
+        }
     }
 }
 
@@ -600,7 +651,7 @@ impl JobBook for RedisJobBook {
             .map_err(|e| self.ns.err("insert", e))?;
         let Some(raw) = existing else { return Ok((record, true)) };
         let found = serde_json::from_str::<JobRecord>(&raw).map_err(|e| {
-            QueueError::Backend(format!("the job named by idempotency key {:?} is missing or unreadable: {e}", record.idempotency_key))
+            QueueError::Backend(format!("the job named by idempotency key {:?} is unreadable by this vidfarm version: {e}", record.idempotency_key))
         })?;
         Ok((found, false))
     }
@@ -1003,6 +1054,56 @@ mod tests {
         assert!(reason.starts_with("unreadable job record"), "{reason}");
         let kept: String = conn.get(ns.key("malformed:job:job-1")).await.unwrap();
         assert_eq!(kept, "garbage");
+        ns.clear().await.unwrap();
+    }
+
+    /// A record this version cannot read but that is well-formed and this job's (a newer
+    /// version's, say, with a state this one does not know) stays where it is: reads of it
+    /// fail, naming it, and lists pass over it, so no version loses it during an upgrade.
+    #[tokio::test]
+    async fn a_record_from_a_newer_version_stays_in_place() {
+        let ns = test_namespace().await;
+        let book = RedisJobBook::new(ns.clone());
+        let (job, _) = book.insert(sample_record("job-1", None)).await.unwrap();
+        book.insert(sample_record("job-2", None)).await.unwrap();
+        let mut newer = serde_json::to_value(&job).unwrap();
+        newer["state"] = "archived".into();
+        let newer = newer.to_string();
+        let mut conn = ns.conn.clone();
+        let _: () = conn.set(book.job_key("job-1"), &newer).await.unwrap();
+
+        let page = book.list(&[], None, 10).await.unwrap();
+        assert_eq!(page.jobs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["job-2"]);
+        let unfinished = book.list(&[JobState::Queued, JobState::Running], None, 10).await.unwrap();
+        assert_eq!(unfinished.jobs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["job-2"]);
+        let err = book.get("job-1").await.expect_err("not readable by this version");
+        assert!(matches!(&err, QueueError::Backend(m) if m.contains("job job-1") && m.contains("archived")), "{err}");
+        assert!(book.update("job-1", JobChange::ChunkStarted { chunk: 0 }).await.is_err());
+
+        let stored: String = conn.get(book.job_key("job-1")).await.unwrap();
+        assert_eq!(stored, newer, "left in place, unchanged");
+        let indexed: Vec<String> = conn.zrange(ns.key("jobs"), 0, -1).await.unwrap();
+        assert_eq!(indexed, ["job-1", "job-2"]);
+        let set_aside: bool = conn.hexists(ns.malformed_key(), "job:job-1").await.unwrap();
+        assert!(!set_aside);
+        ns.clear().await.unwrap();
+    }
+
+    /// An idempotency key whose job's record was set aside makes a new job, rather than
+    /// failing every submission with that key.
+    #[tokio::test]
+    async fn an_idempotency_key_whose_job_was_set_aside_makes_a_new_job() {
+        let ns = test_namespace().await;
+        let book = RedisJobBook::new(ns.clone());
+        book.insert(sample_record("job-1", Some("key-1"))).await.unwrap();
+        let _: () = ns.conn.clone().set(book.job_key("job-1"), "garbage").await.unwrap();
+        assert!(book.get("job-1").await.unwrap().is_none(), "set aside");
+
+        let (record, created) = book.insert(sample_record("job-3", Some("key-1"))).await.unwrap();
+        assert!(created);
+        assert_eq!(record.id, "job-3");
+        let (again, created) = book.insert(sample_record("job-4", Some("key-1"))).await.unwrap();
+        assert_eq!((again.id.as_str(), created), ("job-3", false), "the key names the new job");
         ns.clear().await.unwrap();
     }
 }
