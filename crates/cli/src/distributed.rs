@@ -94,18 +94,7 @@ pub async fn worker(settings: &Settings, redis: &RedisArgs, store: &str, model: 
         let _ = shutdown.send(true);
     });
     crate::output::emit(format!("worker {name} started"));
-    let mut backoff = FIRST_BACKOFF;
-    loop {
-        match worker.run(shutdown_rx.clone()).await {
-            Ok(()) => return Ok(()),
-            Err(e) if !*shutdown_rx.borrow() => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "worker interrupted; starting again");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    Ok(worker.run_with_restarts(shutdown_rx).await?)
 }
 
 /// The pod name under Kubernetes (its HOSTNAME), else `worker`, with the process id.

@@ -95,7 +95,7 @@ impl Farm {
                 let worker = Worker::new(config, farm.clone(), store.clone(), pipeline.clone());
                 let rx = shutdown_rx.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = worker.run(rx).await {
+                    if let Err(e) = worker.run_with_restarts(rx).await {
                         tracing::error!(error = %e, "worker stopped on an error");
                     }
                 })

@@ -95,6 +95,9 @@ pub struct JobRecord {
     /// Failed deliveries of the assemble task.
     #[serde(default)]
     pub assemble_failures: u32,
+    /// Starts of the assemble task.
+    #[serde(default)]
+    pub assemble_starts: u32,
     pub idempotency_key: Option<String>,
     pub created_ms: i64,
     pub updated_ms: i64,
@@ -167,6 +170,7 @@ impl JobRecord {
             error: None,
             clip: None,
             assemble_failures: 0,
+            assemble_starts: 0,
             idempotency_key,
             created_ms: now_ms,
             updated_ms: now_ms,
@@ -207,6 +211,12 @@ impl JobRecord {
                     .collect()
             }
         }
+    }
+
+    /// Starts of the assemble task that neither finished nor failed cleanly (as
+    /// `ChunkStatus::lost_starts`). Taken before a start, so the one in hand is not counted.
+    pub fn lost_assemble_starts(&self) -> u32 {
+        self.assemble_starts.saturating_sub(self.assemble_failures)
     }
 
     /// Sync mode's barrier: the step every chunk has finished (the one all are at or past).
@@ -276,9 +286,9 @@ impl JobRecord {
                 Some(UpdateDetail::ChunkFinished(*chunk))
             }
             JobChange::AssembleStarted => {
-                if self.stage == Stage::Assemble {
-                    return Ok(None);
-                }
+                // Each start is counted: one cut off (its worker killed decoding a clip too big
+                // for it) fails nothing cleanly.
+                self.assemble_starts += 1;
                 self.stage = Stage::Assemble;
                 Some(UpdateDetail::Stage(Stage::Assemble))
             }
@@ -419,6 +429,12 @@ mod tests {
         record.apply(&JobChange::Step { chunk: 0, step: 1, steps_total: 4 }, 1).unwrap();
         assert_eq!(record.chunks[0].lost_starts(true), 1, "one start finished its step");
         assert_eq!(record.chunks[1].lost_starts(true), 0);
+
+        for _ in 0..3 {
+            record.apply(&JobChange::AssembleStarted, 1).unwrap().expect("each start is a change");
+        }
+        record.apply(&JobChange::TaskFailed { chunk: None, error: "boom".into() }, 1).unwrap();
+        assert_eq!(record.lost_assemble_starts(), 2);
     }
 
     #[test]

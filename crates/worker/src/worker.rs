@@ -22,6 +22,14 @@ use vidfarm_store::{ArtifactStore, StoreError, SyncPart};
 /// taken back), so this allows more than clean failures.
 pub const LOST_STARTS_PER_ATTEMPT: u32 = 3;
 
+/// Waits before a worker stopped by an error starts again: doubling from the first to the
+/// last, back to the first after a run that lasted longer than the last.
+const FIRST_RESTART_WAIT: Duration = Duration::from_millis(500);
+const LAST_RESTART_WAIT: Duration = Duration::from_secs(10);
+
+/// The longest wait before a failed task's next attempt, however many attempts are allowed.
+pub const LONGEST_RETRY_DELAY: Duration = Duration::from_secs(300);
+
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
     /// Shown in leases and logs.
@@ -115,6 +123,31 @@ where
         }
         tracing::info!(worker = %self.config.name, "worker stopped");
         result
+    }
+
+    /// `run`, started again after each error (the farm's state unreachable, say) until
+    /// `shutdown` turns true or a drain is requested. An error comes back only when it
+    /// happened during shutdown.
+    pub async fn run_with_restarts(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+        let mut wait = FIRST_RESTART_WAIT;
+        loop {
+            let started = Instant::now();
+            match self.run(shutdown.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(error) if *shutdown.borrow() => return Err(error),
+                Err(error) => {
+                    if started.elapsed() > LAST_RESTART_WAIT {
+                        wait = FIRST_RESTART_WAIT;
+                    }
+                    tracing::warn!(worker = %self.config.name, %error, retry_in = ?wait, "worker interrupted; starting again");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                    wait = (wait * 2).min(LAST_RESTART_WAIT);
+                }
+            }
+        }
     }
 
     async fn take_tasks(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
@@ -212,6 +245,11 @@ where
                 TaskKind::Assemble => self.assemble(&lease, &record).await,
             },
         };
+        let result = match result {
+            // Removed meanwhile (the retention sweep removes ended jobs): not ours any more.
+            Err(WorkerError::Queue(QueueError::JobNotFound(_))) => Ok(Outcome::Abandoned),
+            result => result,
+        };
         let outcome = match &result {
             Ok(Outcome::Done) => "done",
             Ok(Outcome::Abandoned) => "abandoned",
@@ -235,21 +273,25 @@ where
                 // Failures are counted in the job's record, not by deliveries: a lapsed lease
                 // or a paused job hands a task back without it having failed.
                 let change = JobChange::TaskFailed { chunk, error: error.to_string() };
-                let failures = match self.book.update(&job_id, change).await? {
-                    (_, Some(UpdateDetail::TaskFailed { failures, .. })) => failures,
-                    // The job ended meanwhile: nothing to retry.
-                    _ => {
+                let failures = match self.book.update(&job_id, change).await {
+                    Ok((_, Some(UpdateDetail::TaskFailed { failures, .. }))) => failures,
+                    // The job ended, or was removed, meanwhile: nothing to retry.
+                    Ok(_) | Err(QueueError::JobNotFound(_)) => {
                         self.queue.ack(&lease).await?;
                         return Ok(());
                     }
+                    Err(error) => return Err(error),
                 };
                 if failures >= self.config.max_attempts {
                     tracing::error!(%error, failures, "task failed for good");
                     let reason = format!("{what} failed after {failures} attempts: {error}");
-                    update_and_count(self.book.as_ref(), &job_id, JobChange::Failed(reason)).await?;
+                    match update_and_count(self.book.as_ref(), &job_id, JobChange::Failed(reason)).await {
+                        Ok(_) | Err(QueueError::JobNotFound(_)) => {}
+                        Err(error) => return Err(error),
+                    }
                     self.queue.ack(&lease).await?;
                 } else {
-                    let delay = self.config.retry_base * 2u32.saturating_pow(failures - 1);
+                    let delay = retry_delay(self.config.retry_base, failures);
                     tracing::warn!(%error, failures, ?delay, "task failed, retrying");
                     self.queue.retry(&lease, delay).await?;
                 }
@@ -263,6 +305,7 @@ where
         let Some(status) = record.chunks.get(chunk as usize) else {
             return Ok(Outcome::Abandoned);
         };
+        let mut written = Vec::new();
         // A result already stored (a previous holder finished, then lost its lease) is final:
         // chunk keys are deterministic and so are their contents.
         if !status.done && !self.store.exists(&key).await? {
@@ -275,7 +318,7 @@ where
                 }
                 _ => None,
             };
-            if self.fail_if_lost_too_often(record, chunk).await? {
+            if self.fail_if_lost_too_often(record, Some(chunk)).await? {
                 return Ok(Outcome::Abandoned);
             }
             self.book.update(&record.id, JobChange::ChunkStarted { chunk }).await?;
@@ -298,8 +341,12 @@ where
                 None => return Ok(Outcome::Abandoned),
             };
             self.store.put_latents(&key, &latents).await?;
+            written.push(key);
         }
-        let (after, _) = self.book.update(&record.id, JobChange::ChunkDone { chunk }).await?;
+        let (after, detail) = self.book.update(&record.id, JobChange::ChunkDone { chunk }).await?;
+        if detail.is_none() && self.remove_if_job_ended(&after, &written).await? {
+            return Ok(Outcome::Abandoned);
+        }
         // What this chunk unblocked: assembling once all are done; in chain mode, the next chunk.
         if after.all_chunks_done() || after.spec.stitch_mode == StitchMode::Chain {
             for task in after.pending_tasks() {
@@ -333,9 +380,10 @@ where
             let last = step + 1 == steps;
             let out_key =
                 if last { ArtifactStore::chunk_key(job_id, chunk) } else { ArtifactStore::sync_key(job_id, chunk, step + 1, SyncPart::Whole) };
+            let mut written = Vec::new();
             // Stored already: a previous holder finished the step, then lost its lease.
             if !self.store.exists(&out_key).await? {
-                if self.fail_if_lost_too_often(record, chunk).await? {
+                if self.fail_if_lost_too_often(record, Some(chunk)).await? {
                     return Ok(Outcome::Abandoned);
                 }
                 // Counted per step: a step retaken after a lost worker shows as one attempt more.
@@ -373,16 +421,23 @@ where
                     for (part, frames) in [(SyncPart::Head, head), (SyncPart::Tail, tail)] {
                         if !frames.is_empty() {
                             let slice = latents.slice_frames((frames.start - start) as usize, frames.len());
-                            self.store.put_latents(&ArtifactStore::sync_key(job_id, chunk, step + 1, part), &slice).await?;
+                            let key = ArtifactStore::sync_key(job_id, chunk, step + 1, part);
+                            self.store.put_latents(&key, &slice).await?;
+                            written.push(key);
                         }
                     }
                 }
                 self.store.put_latents(&out_key, &latents).await?;
+                written.push(out_key);
             }
-            after = self.book.update(job_id, JobChange::Step { chunk, step: step + 1, steps_total: steps }).await?.0;
-            if last {
-                after = self.book.update(job_id, JobChange::ChunkDone { chunk }).await?.0;
+            // The last step is recorded as the chunk's end, in one update: a failure between two
+            // would leave a chunk past its last step and not done, which no task finishes.
+            let change = if last { JobChange::ChunkDone { chunk } } else { JobChange::Step { chunk, step: step + 1, steps_total: steps } };
+            let (updated, detail) = self.book.update(job_id, change).await?;
+            if detail.is_none() && self.remove_if_job_ended(&updated, &written).await? {
+                return Ok(Outcome::Abandoned);
             }
+            after = updated;
         }
         // This chunk may have been the barrier's last: then the next step (or assembling) is due,
         // and no chunk reads this step's objects again.
@@ -426,29 +481,43 @@ where
     }
 
     async fn assemble(&self, lease: &Lease, record: &JobRecord) -> Result<Outcome, WorkerError> {
-        self.book.update(&record.id, JobChange::AssembleStarted).await?;
-        let mut parts = Vec::with_capacity(record.chunks.len());
-        for c in &record.chunks {
-            parts.push((c.plan, self.store.get_latents(&ArtifactStore::chunk_key(&record.id, c.plan.index)).await?));
+        if self.fail_if_lost_too_often(record, None).await? {
+            return Ok(Outcome::Abandoned);
         }
-        let latents = stitch(record.spec.latent_frames(), &parts, record.spec.blend_curve)?;
+        self.book.update(&record.id, JobChange::AssembleStarted).await?;
         let dir = tempfile::tempdir().map_err(WorkerError::Temp)?;
         let path = dir.path().join("clip.mp4");
         let directive = Arc::new(AtomicU8::new(Directive::Run as u8));
-        let seams = seam_frames(&parts.iter().map(|(plan, _)| *plan).collect::<Vec<_>>(), record.spec.temporal_factor);
+        // Reading the chunks is supervised too, so the lease is renewed from the start: a long
+        // clip's latents take a while to read, longer than a lease.
         let work = {
-            let (pipeline, spec, path) = (self.pipeline.clone(), record.spec.clone(), path.clone());
-            tokio::task::spawn_blocking(in_span(tracing::Span::current(), move || -> Result<(u32, u32, u32, Option<f64>), WorkerError> {
-                let frames = tracing::info_span!("decode").in_scope(|| decode_clip(&pipeline, &spec, latents))?;
-                tracing::info_span!("encode_mp4").in_scope(|| vidfarm_video::encode_mp4(&frames, &path))?;
-                let (count, width, height) = (frames.frames.len() as u32, frames.width, frames.height);
-                // Measured on the decoded frames, before H.264 (whose blocks would add their own).
-                let seam_ratio = vidfarm_synth::Clip::new(width as usize, height as usize, frames.fps, frames.frames)
-                    .ok()
-                    .and_then(|clip| seam_ratio(&clip, &seams, spec.temporal_factor as usize));
-                Ok((count, width, height, seam_ratio))
-            }))
+            let (pipeline, store, record, path) = (self.pipeline.clone(), self.store.clone(), record.clone(), path.clone());
+            tokio::spawn(
+                async move {
+                    let mut parts = Vec::with_capacity(record.chunks.len());
+                    for c in &record.chunks {
+                        parts.push((c.plan, store.get_latents(&ArtifactStore::chunk_key(&record.id, c.plan.index)).await?));
+                    }
+                    let spec = record.spec;
+                    tokio::task::spawn_blocking(in_span(tracing::Span::current(), move || -> Result<(u32, u32, u32, Option<f64>), WorkerError> {
+                        let seams = seam_frames(&parts.iter().map(|(plan, _)| *plan).collect::<Vec<_>>(), spec.temporal_factor);
+                        let latents = stitch(spec.latent_frames(), &parts, spec.blend_curve)?;
+                        let frames = tracing::info_span!("decode").in_scope(|| decode_clip(&pipeline, &spec, latents))?;
+                        tracing::info_span!("encode_mp4").in_scope(|| vidfarm_video::encode_mp4(&frames, &path))?;
+                        let (count, width, height) = (frames.frames.len() as u32, frames.width, frames.height);
+                        // Measured on the decoded frames, before H.264 (whose blocks would add their own).
+                        let seam_ratio = vidfarm_synth::Clip::new(width as usize, height as usize, frames.fps, frames.frames)
+                            .ok()
+                            .and_then(|clip| seam_ratio(&clip, &seams, spec.temporal_factor as usize));
+                        Ok((count, width, height, seam_ratio))
+                    }))
+                    .await?
+                }
+                .instrument(tracing::Span::current()),
+            )
         };
+        // However supervision ends, reading stops (a decode under way runs to its end).
+        let _stop_reading = AbortOnDrop(work.abort_handle());
         // Decoding reports no steps: a channel whose sender is gone.
         let (_, mut no_progress) = mpsc::unbounded_channel();
         let Some(result) = self.supervise(lease, &record.id, work, &directive, &mut no_progress).await? else {
@@ -484,9 +553,10 @@ where
         };
         let size_bytes = clip.size_bytes;
         let (after, detail) = update_and_count(self.book.as_ref(), &record.id, JobChange::Succeeded(clip)).await?;
-        // Refused and not succeeded: it ended otherwise. (Refused and succeeded: another holder
-        // of a lapsed lease stored the same clip under the same key, which stays.)
-        if detail.is_none() && after.state != JobState::Succeeded {
+        // Refused, and the record names no clip under this key: the job ended otherwise, or
+        // another holder of a lapsed lease stored the same clip and a `DeleteJob` removed it
+        // since. (Refused and named: that holder's clip, the same, stays.)
+        if detail.is_none() && after.clip.as_ref().is_none_or(|clip| clip.object_key != key) {
             tracing::info!(job_id = %record.id, state = after.state.name(), "the job ended while its clip was made: clip removed");
             self.store.delete(&key).await?;
             return Ok(Outcome::Abandoned);
@@ -504,19 +574,38 @@ where
         Ok(Outcome::Done)
     }
 
-    /// Fails the job of a chunk whose renders were cut off `LOST_STARTS_PER_ATTEMPT` times
-    /// `max_attempts` (a chunk that kills each worker that takes it, out of memory say, fails
-    /// no delivery cleanly, so without this it would go round the farm for ever). `true` when
-    /// it did.
-    async fn fail_if_lost_too_often(&self, record: &JobRecord, chunk: u32) -> Result<bool, QueueError> {
-        let Some(status) = record.chunks.get(chunk as usize) else { return Ok(false) };
-        let lost = status.lost_starts(record.spec.stitch_mode == StitchMode::Sync);
+    /// Fails the job of a chunk (`None`: of the assemble task) whose renders were cut off
+    /// `LOST_STARTS_PER_ATTEMPT` times `max_attempts` (a task that kills each worker that takes
+    /// it, out of memory say, fails no delivery cleanly, so without this it would go round the
+    /// farm for ever). `true` when it did.
+    async fn fail_if_lost_too_often(&self, record: &JobRecord, chunk: Option<u32>) -> Result<bool, QueueError> {
+        let (lost, what) = match chunk {
+            Some(chunk) => {
+                let Some(status) = record.chunks.get(chunk as usize) else { return Ok(false) };
+                (status.lost_starts(record.spec.stitch_mode == StitchMode::Sync), format!("chunk {chunk}"))
+            }
+            None => (record.lost_assemble_starts(), "assembling the clip".to_string()),
+        };
         if lost < self.config.max_attempts.saturating_mul(LOST_STARTS_PER_ATTEMPT) {
             return Ok(false);
         }
-        tracing::error!(job_id = %record.id, chunk, lost, "chunk cut off too often");
-        let reason = format!("chunk {chunk} was started {lost} times without finishing: each time its worker stopped (died or lost its lease)");
+        tracing::error!(job_id = %record.id, chunk, lost, "task cut off too often");
+        let reason = format!("{what} was started {lost} times without finishing: each time its worker stopped (died or lost its lease)");
         update_and_count(self.book.as_ref(), &record.id, JobChange::Failed(reason)).await?;
+        Ok(true)
+    }
+
+    /// Removes the objects a task wrote (`written`) when its job ended, other than by succeeding,
+    /// before they could be recorded (`after`: the record that refused them): nothing reads
+    /// them, and a `DeleteJob` may have passed already. `true` when it did.
+    async fn remove_if_job_ended(&self, after: &JobRecord, written: &[String]) -> Result<bool, StoreError> {
+        if written.is_empty() || !after.state.is_final() || after.state == JobState::Succeeded {
+            return Ok(false);
+        }
+        for key in written {
+            self.store.delete(key).await?;
+        }
+        tracing::info!(job_id = %after.id, state = after.state.name(), objects = written.len(), "the job ended while its task ran: what it wrote was removed");
         Ok(true)
     }
 
@@ -583,6 +672,20 @@ impl Drop for StopOnExit<'_> {
     }
 }
 
+/// Aborts an async task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The wait before the attempt after `failures` failed ones: `base` doubled each time, capped.
+fn retry_delay(base: Duration, failures: u32) -> Duration {
+    base.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1))).min(LONGEST_RETRY_DELAY)
+}
+
 /// Blocking work that runs inside `span` (on the blocking pool, where no span is current).
 fn in_span<T>(span: tracing::Span, work: impl FnOnce() -> T) -> impl FnOnce() -> T {
     move || span.in_scope(work)
@@ -594,6 +697,7 @@ mod tests {
     use std::path::Path;
     use vidfarm_model::pipeline::DefaultBackend;
     use vidfarm_queue::conformance::sample_record;
+    use vidfarm_queue::flaky::{FlakyBook, FlakyQueue};
     use vidfarm_queue::{MemoryJobBook, MemoryQueue, MemoryWorkerRegistry};
 
     /// How long the tests' leases last.
@@ -602,15 +706,17 @@ mod tests {
     /// A worker with the shipped model over an in-memory farm and a local store in a temporary
     /// folder (returned, to keep it), failing a job at its first failed task.
     fn test_worker() -> (Worker<DefaultBackend>, FarmState, tempfile::TempDir) {
+        test_worker_with(Arc::new(MemoryQueue::new()), Arc::new(MemoryJobBook::new()), 1)
+    }
+
+    /// `test_worker` with the queue and book given, failing a job at its `max_attempts`th
+    /// failed task.
+    fn test_worker_with(queue: Arc<dyn Queue>, book: Arc<dyn JobBook>, max_attempts: u32) -> (Worker<DefaultBackend>, FarmState, tempfile::TempDir) {
         let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/vidfarm-tiny");
         let pipeline = Arc::new(Pipeline::<DefaultBackend>::load(&model, &Default::default()).unwrap());
-        let farm = FarmState {
-            queue: Arc::new(MemoryQueue::new()),
-            book: Arc::new(MemoryJobBook::new()),
-            registry: Arc::new(MemoryWorkerRegistry::new()),
-        };
+        let farm = FarmState { queue, book, registry: Arc::new(MemoryWorkerRegistry::new()) };
         let store_dir = tempfile::tempdir().unwrap();
-        let config = WorkerConfig { name: "w".into(), lease: LEASE, max_attempts: 1, retry_base: Duration::from_millis(1) };
+        let config = WorkerConfig { name: "w".into(), lease: LEASE, max_attempts, retry_base: Duration::from_millis(1) };
         let worker = Worker::new(config, farm.clone(), ArtifactStore::local(store_dir.path()).unwrap(), pipeline);
         (worker, farm, store_dir)
     }
@@ -699,6 +805,146 @@ mod tests {
         let error = after.error.expect("the reason");
         assert!(error.contains("chunk 1 was started 3 times without finishing"), "{error}");
         assert_eq!(after.chunks[1].attempts, LOST_STARTS_PER_ATTEMPT, "no fourth start");
+    }
+
+    #[test]
+    fn retry_delays_double_up_to_a_cap() {
+        let base = Duration::from_secs(1);
+        let delays: Vec<u64> = (1..=11).map(|failures| retry_delay(base, failures).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(retry_delay(base, u32::MAX), LONGEST_RETRY_DELAY);
+        assert_eq!(retry_delay(Duration::MAX, 2), LONGEST_RETRY_DELAY, "no overflow");
+    }
+
+    /// A second holder's clip (its lease lapsed, another assembled the same clip) stays while
+    /// the record names it, and is removed once a `DeleteJob` has removed the first.
+    #[tokio::test]
+    async fn a_duplicate_clip_for_a_deleted_job_is_removed() {
+        let (worker, farm, store_dir) = test_worker();
+        let encoded = store_dir.path().join("encoded.mp4");
+        std::fs::write(&encoded, b"an encoded clip").unwrap();
+        let (record, _) = farm.book.insert(sample_record("job-twice", None)).await.unwrap();
+        let clip_key = ArtifactStore::clip_key(&record.id);
+        assert!(matches!(worker.store_clip(&record, &encoded, 33, 64, 64, None).await.unwrap(), Outcome::Done));
+
+        worker.store_clip(&record, &encoded, 33, 64, 64, None).await.unwrap();
+        assert!(worker.store.exists(&clip_key).await.unwrap(), "the clip the record names stays");
+
+        // DeleteJob: the objects, then the record's clip.
+        worker.store.delete(&clip_key).await.unwrap();
+        farm.book.update(&record.id, JobChange::ObjectsDeleted).await.unwrap();
+        let outcome = worker.store_clip(&record, &encoded, 33, 64, 64, None).await.unwrap();
+        assert!(matches!(outcome, Outcome::Abandoned));
+        assert!(!worker.store.exists(&clip_key).await.unwrap(), "a clip stored after the delete is removed");
+    }
+
+    /// What a task wrote is removed when its job ended, other than by succeeding, before it
+    /// could be recorded; a succeeded or running job's objects stay.
+    #[tokio::test]
+    async fn objects_written_for_a_job_that_ended_meanwhile_are_removed() {
+        let (worker, farm, _store_dir) = test_worker();
+        let (running, _) = farm.book.insert(sample_record("job-late", None)).await.unwrap();
+        let key = ArtifactStore::chunk_key(&running.id, 0);
+        worker.store.put_latents(&key, &Latents::zeros([16, 2, 4, 4])).await.unwrap();
+        let written = [key.clone()];
+
+        assert!(!worker.remove_if_job_ended(&running, &written).await.unwrap());
+        let mut succeeded = running.clone();
+        succeeded.state = JobState::Succeeded;
+        assert!(!worker.remove_if_job_ended(&succeeded, &written).await.unwrap());
+        assert!(worker.store.exists(&key).await.unwrap());
+
+        let (cancelled, _) = farm.book.update(&running.id, JobChange::Control(vidfarm_queue::Control::Cancel)).await.unwrap();
+        assert!(worker.remove_if_job_ended(&cancelled, &written).await.unwrap());
+        assert!(!worker.store.exists(&key).await.unwrap());
+    }
+
+    /// An assemble task cut off `LOST_STARTS_PER_ATTEMPT` x `max_attempts` times (its worker
+    /// killed decoding a clip too big for it, say) fails its job instead of going round the
+    /// farm for ever.
+    #[tokio::test]
+    async fn an_assemble_cut_off_too_often_fails_its_job() {
+        let (worker, farm, _store_dir) = test_worker();
+        let (record, _) = farm.book.insert(sample_record("job-lost-assemble", None)).await.unwrap();
+        for chunk in 0..record.chunks.len() as u32 {
+            farm.book.update(&record.id, JobChange::ChunkDone { chunk }).await.unwrap();
+        }
+        for _ in 0..LOST_STARTS_PER_ATTEMPT {
+            farm.book.update(&record.id, JobChange::AssembleStarted).await.unwrap();
+        }
+        for task in farm.book.get(&record.id).await.unwrap().unwrap().pending_tasks() {
+            farm.queue.push(task).await.unwrap();
+        }
+        let lease = farm.queue.pull("w", LEASE, Duration::ZERO).await.unwrap().expect("a task");
+        assert!(matches!(lease.task.kind, TaskKind::Assemble), "{:?}", lease.task);
+        worker.handle(lease).await.unwrap();
+        let after = farm.book.get(&record.id).await.unwrap().unwrap();
+        assert_eq!(after.state, JobState::Failed);
+        let error = after.error.expect("the reason");
+        assert!(error.contains("assembling the clip was started 3 times without finishing"), "{error}");
+        assert_eq!(after.assemble_starts, LOST_STARTS_PER_ATTEMPT, "no fourth start");
+    }
+
+    /// A task whose job was removed while it was held (its record read before; the retention
+    /// sweep removes ended jobs) is dropped, not failed: the worker goes on to the next task.
+    #[tokio::test]
+    async fn a_task_whose_job_was_removed_is_dropped() {
+        let (worker, farm, _store_dir) = test_worker();
+        let (record, _) = farm.book.insert(sample_record("job-removed", None)).await.unwrap();
+        for task in record.pending_tasks() {
+            farm.queue.push(task).await.unwrap();
+        }
+        let lease = farm.queue.pull("w", LEASE, Duration::ZERO).await.unwrap().expect("a task");
+        farm.book.update(&record.id, JobChange::Control(vidfarm_queue::Control::Cancel)).await.unwrap();
+        assert!(farm.book.remove(&record.id).await.unwrap());
+
+        worker.handle_in_span(lease.clone(), record).await.expect("the worker goes on");
+        assert!(!farm.queue.renew(&lease, LEASE).await.unwrap(), "the task was acked");
+    }
+
+    /// A worker stopped by an error starts again (the embedded farm's workers too), and a
+    /// shutdown still ends it cleanly.
+    #[tokio::test]
+    async fn a_worker_starts_again_after_an_error() {
+        let queue = Arc::new(FlakyQueue::new());
+        queue.fail("pull", 2);
+        let (worker, _farm, _store_dir) = test_worker_with(queue.clone(), Arc::new(MemoryJobBook::new()), 1);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let stop_after_restarts = async {
+            // Two failed pulls, then one that waits for a task: the third run is up.
+            while queue.calls("pull") < 3 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            shutdown.send(true).unwrap();
+        };
+        let (ran, ()) = tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(worker.run_with_restarts(shutdown_rx), stop_after_restarts) })
+            .await
+            .expect("the worker stops when told");
+        ran.expect("a clean stop");
+    }
+
+    /// A sync chunk's last step is recorded with its end, in one update. Were they two, a
+    /// failure between them (Redis lost, the worker killed) would leave a chunk past its last
+    /// step and not done, whose next task reads a step that was never stored: the job would
+    /// fail with every chunk rendered.
+    #[tokio::test]
+    async fn a_sync_chunk_whose_end_could_not_be_recorded_ends_on_its_retry() {
+        let book = Arc::new(FlakyBook::new());
+        book.fail_updates(1, |change| matches!(change, JobChange::ChunkDone { .. }));
+        let (worker, farm, _store_dir) = test_worker_with(Arc::new(MemoryQueue::new()), book, 2);
+        let mut record = sample_record("job-sync-end", None);
+        record.spec.stitch_mode = StitchMode::Sync;
+        record.spec.steps = 2;
+        let (record, _) = farm.book.insert(record).await.unwrap();
+        for task in record.pending_tasks() {
+            farm.queue.push(task).await.unwrap();
+        }
+        while let Some(lease) = farm.queue.pull("w", LEASE, Duration::from_millis(50)).await.unwrap() {
+            worker.handle(lease).await.unwrap();
+        }
+        let done = farm.book.get(&record.id).await.unwrap().unwrap();
+        assert_eq!(done.state, JobState::Succeeded, "{:?}", done.error);
+        assert_eq!(done.chunks.iter().map(|c| c.failures).sum::<u32>(), 1, "the one injected failure");
     }
 
     /// The files under a local folder, relative to it, sorted.
