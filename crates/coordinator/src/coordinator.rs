@@ -105,8 +105,9 @@ impl Coordinator {
         Ok(self.book.list(states, after, size as usize).await?)
     }
 
-    /// Applies cancel, pause or resume. A cancelled job's queued tasks are dropped; its
-    /// running chunk stops at its next denoising step.
+    /// Applies cancel, pause or resume. A cancelled job's queued tasks are dropped (or, when
+    /// that fails, by the workers that take them); its running chunk stops at its next
+    /// denoising step.
     pub async fn control(&self, job_id: &str, control: Control) -> Result<JobRecord, CoordinatorError> {
         check_job_id(job_id)?;
         let (record, _) = update_and_count(self.book.as_ref(), job_id, JobChange::Control(control)).await?;

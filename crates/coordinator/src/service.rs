@@ -39,7 +39,8 @@ pub fn status(e: CoordinatorError) -> Status {
         CoordinatorError::Queue(QueueError::JobNotFound(id)) => Status::not_found(format!("job {id} not found")),
         CoordinatorError::Queue(e @ QueueError::WorkerNotFound(_)) => Status::not_found(e.to_string()),
         CoordinatorError::Queue(QueueError::Precondition(m)) => Status::failed_precondition(m),
-        CoordinatorError::Queue(QueueError::Backend(m)) => Status::unavailable(m),
+        // Incompatible: another replica, of the version that stored the job, can answer.
+        CoordinatorError::Queue(QueueError::Backend(m) | QueueError::Incompatible(m)) => Status::unavailable(m),
         e @ CoordinatorError::NoClip { .. } => Status::failed_precondition(e.to_string()),
         CoordinatorError::Store(m) => Status::unavailable(m),
     }

@@ -90,15 +90,16 @@ impl Queue for FlakyQueue {
 /// Which updates a `FlakyBook` fails.
 type ChangeFilter = fn(&JobChange) -> bool;
 
-/// An in-memory job book whose updates of one kind fail as many times as asked, and whose
-/// update streams can be cut (they end at once, as a Redis subscription's does when its
-/// connection drops).
+/// An in-memory job book whose updates of one kind fail as many times as asked, whose update
+/// streams can be cut (they end at once, as a Redis subscription's does when its connection
+/// drops), and whose jobs can be made unreadable, as a newer version's record is to Redis.
 #[derive(Default)]
 pub struct FlakyBook {
     inner: MemoryJobBook,
     /// Updates still to fail, and which.
     failing_updates: Mutex<Option<(u32, ChangeFilter)>>,
     streams_cut: AtomicBool,
+    incompatible: Mutex<Vec<String>>,
 }
 
 impl FlakyBook {
@@ -115,6 +116,18 @@ impl FlakyBook {
     pub fn cut_update_streams(&self) {
         self.streams_cut.store(true, Ordering::SeqCst);
     }
+
+    /// Makes reads and updates of job `id` fail as a record of a newer version does.
+    pub fn make_incompatible(&self, id: &str) {
+        self.incompatible.lock().unwrap().push(id.to_string());
+    }
+
+    fn check_readable(&self, id: &str) -> Result<(), QueueError> {
+        if self.incompatible.lock().unwrap().iter().any(|i| i == id) {
+            return Err(QueueError::Incompatible(format!("job {id}: its record does not fit this version (injected)")));
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -123,12 +136,14 @@ impl JobBook for FlakyBook {
         self.inner.insert(record).await
     }
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
+        self.check_readable(id)?;
         self.inner.get(id).await
     }
     async fn list(&self, states: &[JobState], after: Option<&str>, limit: usize) -> Result<Page, QueueError> {
         self.inner.list(states, after, limit).await
     }
     async fn update(&self, id: &str, change: JobChange) -> Result<(JobRecord, Option<UpdateDetail>), QueueError> {
+        self.check_readable(id)?;
         if let Some((left, matching)) = self.failing_updates.lock().unwrap().as_mut()
             && *left > 0
             && matching(&change)

@@ -40,6 +40,10 @@ pub enum QueueError {
     Precondition(String),
     #[error("queue backend: {0}")]
     Backend(String),
+    /// A stored job record this version cannot read, though well-formed: most likely a newer
+    /// version's, stored during a rolling upgrade.
+    #[error("{0}")]
+    Incompatible(String),
 }
 
 #[cfg(any(test, feature = "conformance"))]

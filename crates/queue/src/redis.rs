@@ -579,7 +579,7 @@ impl RedisJobBook {
                 self.set_aside(id, reason).await?;
                 Ok(None)
             }
-            StoredRecord::Foreign(reason) => Err(QueueError::Backend(reason)),
+            StoredRecord::Foreign(reason) => Err(QueueError::Incompatible(reason)),
         }
     }
 
@@ -1077,7 +1077,7 @@ mod tests {
         let unfinished = book.list(&[JobState::Queued, JobState::Running], None, 10).await.unwrap();
         assert_eq!(unfinished.jobs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["job-2"]);
         let err = book.get("job-1").await.expect_err("not readable by this version");
-        assert!(matches!(&err, QueueError::Backend(m) if m.contains("job job-1") && m.contains("archived")), "{err}");
+        assert!(matches!(&err, QueueError::Incompatible(m) if m.contains("job job-1") && m.contains("archived")), "{err}");
         assert!(book.update("job-1", JobChange::ChunkStarted { chunk: 0 }).await.is_err());
 
         let stored: String = conn.get(book.job_key("job-1")).await.unwrap();

@@ -17,9 +17,9 @@ use vidfarm_queue::{
 };
 use vidfarm_store::{ArtifactStore, StoreError, SyncPart};
 
-/// Renders of a chunk cut off (its worker died or lost its lease), per `max_attempts`, before its
-/// job fails: workers are lost for reasons of their own too (a node drained, a spot instance
-/// taken back), so this allows more than clean failures.
+/// Starts of a chunk's render or of a clip's assembly cut off (their worker died or lost its
+/// lease), per `max_attempts`, before the job fails: workers are lost for reasons of their own
+/// too (a node drained, a spot instance taken back), so this allows more than clean failures.
 pub const LOST_STARTS_PER_ATTEMPT: u32 = 3;
 
 /// Waits before a worker stopped by an error starts again: doubling from the first to the
@@ -30,6 +30,9 @@ const LAST_RESTART_WAIT: Duration = Duration::from_secs(10);
 /// The longest wait before a failed task's next attempt, however many attempts are allowed.
 pub const LONGEST_RETRY_DELAY: Duration = Duration::from_secs(300);
 
+/// How long a task of a job this version cannot read waits before another worker takes it.
+const INCOMPATIBLE_JOB_RETRY_DELAY: Duration = Duration::from_secs(30);
+
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
     /// Shown in leases and logs.
@@ -38,7 +41,7 @@ pub struct WorkerConfig {
     pub lease: Duration,
     /// Attempts at a task before its job fails with the task's last error.
     pub max_attempts: u32,
-    /// First retry delay; doubled on each further attempt.
+    /// First retry delay; doubled on each further attempt, up to `LONGEST_RETRY_DELAY`.
     pub retry_base: Duration,
 }
 
@@ -214,9 +217,20 @@ where
     /// Runs one leased task to an outcome; errors of the task itself are retried or fail the
     /// job, and only queue errors (the farm itself failing) come back.
     async fn handle(&self, lease: Lease) -> Result<(), QueueError> {
-        let Some(record) = self.book.get(&lease.task.job_id).await? else {
-            self.queue.ack(&lease).await?;
-            return Ok(());
+        let record = match self.book.get(&lease.task.job_id).await {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                self.queue.ack(&lease).await?;
+                return Ok(());
+            }
+            // A job of a newer version (a rolling upgrade): handed back for one of its workers,
+            // rather than failing this worker's run and coming back at once.
+            Err(QueueError::Incompatible(reason)) => {
+                tracing::warn!(task = %lease.task.id(), %reason, "task of a job this version cannot read handed back");
+                self.queue.retry(&lease, INCOMPATIBLE_JOB_RETRY_DELAY).await?;
+                return Ok(());
+            }
+            Err(error) => return Err(error),
         };
         let span = tracing::info_span!(
             "task",
@@ -372,10 +386,15 @@ where
         }
         let (job_id, steps) = (record.id.as_str(), record.spec.steps);
         let mut after = record.clone();
-        // Only a chunk at this step takes it. One past it had the step taken by a holder that
-        // stopped before acking (maybe before queueing what the barrier let through, which the
-        // end of this function does), or the task was queued twice.
-        if !status.done && status.steps_done == step {
+        if !status.done && step >= steps {
+            // Past its last step and not done: recorded by an older version, which took two
+            // updates for the last step and was stopped between them. The chunk's latents are
+            // stored (or assembling fails, saying which are missing).
+            after = self.book.update(job_id, JobChange::ChunkDone { chunk }).await?.0;
+        } else if !status.done && status.steps_done == step {
+            // Only a chunk at this step takes it. One past it had the step taken by a holder
+            // that stopped before acking (maybe before queueing what the barrier let through,
+            // which the end of this function does), or the task was queued twice.
             let plan: Vec<ChunkPlan> = record.chunks.iter().map(|c| c.plan).collect();
             let last = step + 1 == steps;
             let out_key =
@@ -945,6 +964,52 @@ mod tests {
         let done = farm.book.get(&record.id).await.unwrap().unwrap();
         assert_eq!(done.state, JobState::Succeeded, "{:?}", done.error);
         assert_eq!(done.chunks.iter().map(|c| c.failures).sum::<u32>(), 1, "the one injected failure");
+    }
+
+    /// A sync chunk left past its last step and not done (an older version recorded the two
+    /// apart and was stopped between them) is ended by the task its record asks for, and the
+    /// clip's assembly follows, instead of that task failing the job.
+    #[tokio::test]
+    async fn a_sync_chunk_left_past_its_last_step_is_ended() {
+        let (worker, farm, _store_dir) = test_worker();
+        let mut record = sample_record("job-sync-past", None);
+        record.spec.stitch_mode = StitchMode::Sync;
+        record.spec.steps = 2;
+        let (record, _) = farm.book.insert(record).await.unwrap();
+        farm.book.update(&record.id, JobChange::Step { chunk: 0, step: 2, steps_total: 2 }).await.unwrap();
+        farm.book.update(&record.id, JobChange::ChunkDone { chunk: 1 }).await.unwrap();
+        let stuck = farm.book.get(&record.id).await.unwrap().unwrap();
+        let tasks: Vec<_> = stuck.pending_tasks().into_iter().map(|task| task.kind).collect();
+        assert!(matches!(tasks[..], [TaskKind::SyncStep { chunk: 0, step: 2 }]), "{tasks:?}");
+        for task in stuck.pending_tasks() {
+            farm.queue.push(task).await.unwrap();
+        }
+
+        let lease = farm.queue.pull("w", LEASE, Duration::ZERO).await.unwrap().expect("a task");
+        worker.handle(lease).await.unwrap();
+        let after = farm.book.get(&record.id).await.unwrap().unwrap();
+        assert!(after.chunks[0].done);
+        assert_eq!(after.error, None);
+        let next = farm.queue.pull("w", LEASE, Duration::ZERO).await.unwrap().expect("the next task");
+        assert!(matches!(next.task.kind, TaskKind::Assemble), "{:?}", next.task);
+    }
+
+    /// A task of a job this version cannot read (a newer version's) is handed back for later,
+    /// not acked (the job would be lost) nor failed back to the worker's loop.
+    #[tokio::test]
+    async fn a_task_of_a_job_this_version_cannot_read_is_handed_back() {
+        let book = Arc::new(FlakyBook::new());
+        let (worker, farm, _store_dir) = test_worker_with(Arc::new(MemoryQueue::new()), book.clone(), 1);
+        let (record, _) = farm.book.insert(sample_record("job-newer", None)).await.unwrap();
+        for task in record.pending_tasks() {
+            farm.queue.push(task).await.unwrap();
+        }
+        book.make_incompatible(&record.id);
+        let lease = farm.queue.pull("w", LEASE, Duration::ZERO).await.unwrap().expect("a task");
+        worker.handle(lease.clone()).await.expect("the worker goes on");
+        assert!(!farm.queue.renew(&lease, LEASE).await.unwrap(), "no longer held");
+        assert_eq!(farm.queue.depth().await.unwrap(), record.pending_tasks().len(), "still queued");
+        assert!(farm.queue.pull("w", LEASE, Duration::ZERO).await.unwrap().is_some_and(|l| l.task.id() != lease.task.id()), "not at once");
     }
 
     /// The files under a local folder, relative to it, sorted.
