@@ -740,15 +740,21 @@ mod tests {
         (worker, farm, store_dir)
     }
 
+    /// Stores a job and queues its tasks, as the coordinator does.
+    async fn insert_and_queue(farm: &FarmState, record: JobRecord) -> JobRecord {
+        let (record, _) = farm.book.insert(record).await.unwrap();
+        for task in record.pending_tasks() {
+            farm.queue.push(task).await.unwrap();
+        }
+        record
+    }
+
     /// A render whose supervision fails (here a progress update the book refuses; in a farm a
     /// renew or job read that loses Redis) is told to stop, not left running or paused.
     #[tokio::test]
     async fn work_is_stopped_when_its_supervision_fails() {
         let (worker, farm, _store_dir) = test_worker();
-        let (record, _) = farm.book.insert(sample_record("job-stop", None)).await.unwrap();
-        for task in record.pending_tasks() {
-            farm.queue.push(task).await.unwrap();
-        }
+        let record = insert_and_queue(&farm, sample_record("job-stop", None)).await;
         let lease = farm.queue.pull("w", LEASE, Duration::ZERO).await.unwrap().expect("a task");
 
         let directive = Arc::new(AtomicU8::new(Directive::Run as u8));
@@ -909,10 +915,7 @@ mod tests {
     #[tokio::test]
     async fn a_task_whose_job_was_removed_is_dropped() {
         let (worker, farm, _store_dir) = test_worker();
-        let (record, _) = farm.book.insert(sample_record("job-removed", None)).await.unwrap();
-        for task in record.pending_tasks() {
-            farm.queue.push(task).await.unwrap();
-        }
+        let record = insert_and_queue(&farm, sample_record("job-removed", None)).await;
         let lease = farm.queue.pull("w", LEASE, Duration::ZERO).await.unwrap().expect("a task");
         farm.book.update(&record.id, JobChange::Control(vidfarm_queue::Control::Cancel)).await.unwrap();
         assert!(farm.book.remove(&record.id).await.unwrap());
@@ -954,10 +957,7 @@ mod tests {
         let mut record = sample_record("job-sync-end", None);
         record.spec.stitch_mode = StitchMode::Sync;
         record.spec.steps = 2;
-        let (record, _) = farm.book.insert(record).await.unwrap();
-        for task in record.pending_tasks() {
-            farm.queue.push(task).await.unwrap();
-        }
+        let record = insert_and_queue(&farm, record).await;
         while let Some(lease) = farm.queue.pull("w", LEASE, Duration::from_millis(50)).await.unwrap() {
             worker.handle(lease).await.unwrap();
         }
@@ -1000,10 +1000,7 @@ mod tests {
     async fn a_task_of_a_job_this_version_cannot_read_is_handed_back() {
         let book = Arc::new(FlakyBook::new());
         let (worker, farm, _store_dir) = test_worker_with(Arc::new(MemoryQueue::new()), book.clone(), 1);
-        let (record, _) = farm.book.insert(sample_record("job-newer", None)).await.unwrap();
-        for task in record.pending_tasks() {
-            farm.queue.push(task).await.unwrap();
-        }
+        let record = insert_and_queue(&farm, sample_record("job-newer", None)).await;
         book.make_incompatible(&record.id);
         let lease = farm.queue.pull("w", LEASE, Duration::ZERO).await.unwrap().expect("a task");
         worker.handle(lease.clone()).await.expect("the worker goes on");
@@ -1051,10 +1048,7 @@ mod tests {
         record.spec.stitch_mode = StitchMode::Sync;
         record.spec.steps = 3;
         assert_eq!(record.chunks.len(), 2);
-        let (record, _) = farm.book.insert(record).await.unwrap();
-        for task in record.pending_tasks() {
-            farm.queue.push(task).await.unwrap();
-        }
+        let record = insert_and_queue(&farm, record).await;
         let mut stale = None;
         while let Some(lease) = farm.queue.pull("w", LEASE, Duration::from_millis(10)).await.unwrap() {
             let now = farm.book.get(&record.id).await.unwrap().unwrap();
