@@ -651,7 +651,7 @@ impl JobBook for RedisJobBook {
             .map_err(|e| self.ns.err("insert", e))?;
         let Some(raw) = existing else { return Ok((record, true)) };
         let found = serde_json::from_str::<JobRecord>(&raw).map_err(|e| {
-            QueueError::Backend(format!("the job named by idempotency key {:?} is unreadable by this vidfarm version: {e}", record.idempotency_key))
+            QueueError::Incompatible(format!("the job named by idempotency key {:?} is unreadable by this vidfarm version: {e}", record.idempotency_key))
         })?;
         Ok((found, false))
     }
