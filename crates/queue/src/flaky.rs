@@ -2,7 +2,7 @@
 //! what their callers (coordinator, workers) do then.
 
 use crate::book::{JobBook, JobUpdate, Page};
-use crate::job::{JobChange, JobRecord, JobState, UpdateDetail};
+use crate::job::{Control, JobChange, JobRecord, JobState, UpdateDetail};
 use crate::memory::{MemoryJobBook, MemoryQueue};
 use crate::task::{Lease, Queue, Task};
 use crate::QueueError;
@@ -100,6 +100,8 @@ pub struct FlakyBook {
     failing_updates: Mutex<Option<(u32, ChangeFilter)>>,
     streams_cut: AtomicBool,
     incompatible: Mutex<Vec<String>>,
+    /// Updates before which their job is cancelled (once), as by a `CancelJob` just then.
+    cancelling_before: Mutex<Option<ChangeFilter>>,
 }
 
 impl FlakyBook {
@@ -110,6 +112,11 @@ impl FlakyBook {
     /// Makes the next `times` updates whose change `matching` picks fail, unapplied.
     pub fn fail_updates(&self, times: u32, matching: ChangeFilter) {
         *self.failing_updates.lock().unwrap() = Some((times, matching));
+    }
+
+    /// Cancels the job of the next update that `matching` picks, just before applying it.
+    pub fn cancel_before(&self, matching: ChangeFilter) {
+        *self.cancelling_before.lock().unwrap() = Some(matching);
     }
 
     /// Makes every update stream from now on end at once.
@@ -144,6 +151,17 @@ impl JobBook for FlakyBook {
     }
     async fn update(&self, id: &str, change: JobChange) -> Result<(JobRecord, Option<UpdateDetail>), QueueError> {
         self.check_readable(id)?;
+        let cancel_first = {
+            let mut cancelling = self.cancelling_before.lock().unwrap();
+            let picked = cancelling.is_some_and(|matching| matching(&change));
+            if picked {
+                *cancelling = None;
+            }
+            picked
+        };
+        if cancel_first {
+            self.inner.update(id, JobChange::Control(Control::Cancel)).await?;
+        }
         if let Some((left, matching)) = self.failing_updates.lock().unwrap().as_mut()
             && *left > 0
             && matching(&change)

@@ -863,6 +863,22 @@ mod tests {
         assert!(!worker.store.exists(&clip_key).await.unwrap(), "a clip stored after the delete is removed");
     }
 
+    /// A chunk rendered for a job cancelled (and maybe deleted) between its write and its
+    /// record is removed, not left behind the delete.
+    #[tokio::test]
+    async fn a_chunk_finished_for_a_job_cancelled_meanwhile_is_removed() {
+        let book = Arc::new(FlakyBook::new());
+        book.cancel_before(|change| matches!(change, JobChange::ChunkDone { .. }));
+        let (worker, farm, _store_dir) = test_worker_with(Arc::new(MemoryQueue::new()), book, 1);
+        let record = insert_and_queue(&farm, sample_record("job-cancel-late", None)).await;
+        let lease = farm.queue.pull("w", LEASE, Duration::ZERO).await.unwrap().expect("a task");
+        let TaskKind::Denoise { chunk } = lease.task.kind else { panic!("{:?}", lease.task) };
+        worker.handle(lease).await.unwrap();
+        let after = farm.book.get(&record.id).await.unwrap().unwrap();
+        assert_eq!((after.state, after.chunks[chunk as usize].done), (JobState::Cancelled, false));
+        assert!(!worker.store.exists(&ArtifactStore::chunk_key(&record.id, chunk)).await.unwrap(), "the chunk was removed");
+    }
+
     /// What a task wrote is removed when its job ended, other than by succeeding, before it
     /// could be recorded; a succeeded or running job's objects stay.
     #[tokio::test]
