@@ -87,7 +87,7 @@ impl Queue for FlakyQueue {
     }
 }
 
-/// Which updates a `FlakyBook` fails.
+/// Which updates a `FlakyBook` acts on.
 type ChangeFilter = fn(&JobChange) -> bool;
 
 /// An in-memory job book whose updates of one kind fail as many times as asked, whose update
@@ -151,14 +151,7 @@ impl JobBook for FlakyBook {
     }
     async fn update(&self, id: &str, change: JobChange) -> Result<(JobRecord, Option<UpdateDetail>), QueueError> {
         self.check_readable(id)?;
-        let cancel_first = {
-            let mut cancelling = self.cancelling_before.lock().unwrap();
-            let picked = cancelling.is_some_and(|matching| matching(&change));
-            if picked {
-                *cancelling = None;
-            }
-            picked
-        };
+        let cancel_first = self.cancelling_before.lock().unwrap().take_if(|matching| matching(&change)).is_some();
         if cancel_first {
             self.inner.update(id, JobChange::Control(Control::Cancel)).await?;
         }
