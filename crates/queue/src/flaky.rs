@@ -100,8 +100,17 @@ pub struct FlakyBook {
     failing_updates: Mutex<Option<(u32, ChangeFilter)>>,
     streams_cut: AtomicBool,
     incompatible: Mutex<Vec<String>>,
-    /// Updates before which their job is cancelled (once), as by a `CancelJob` just then.
-    cancelling_before: Mutex<Option<ChangeFilter>>,
+    /// The update before which its job is interrupted (once), as by another call just then.
+    interrupting_before: Mutex<Option<(ChangeFilter, Interruption)>>,
+}
+
+/// What befalls a job just before one of its updates.
+#[derive(Clone, Copy, Debug)]
+enum Interruption {
+    /// A `CancelJob`.
+    Cancel,
+    /// A `CancelJob`, then a `DeleteJob` (or the retention sweep) that removes the record.
+    CancelAndRemove,
 }
 
 impl FlakyBook {
@@ -116,7 +125,13 @@ impl FlakyBook {
 
     /// Cancels the job of the next update that `matching` picks, just before applying it.
     pub fn cancel_before(&self, matching: ChangeFilter) {
-        *self.cancelling_before.lock().unwrap() = Some(matching);
+        *self.interrupting_before.lock().unwrap() = Some((matching, Interruption::Cancel));
+    }
+
+    /// Cancels and removes the job of the next update that `matching` picks, just before
+    /// applying it (which then fails: the job is not found).
+    pub fn remove_before(&self, matching: ChangeFilter) {
+        *self.interrupting_before.lock().unwrap() = Some((matching, Interruption::CancelAndRemove));
     }
 
     /// Makes every update stream from now on end at once.
@@ -151,9 +166,12 @@ impl JobBook for FlakyBook {
     }
     async fn update(&self, id: &str, change: JobChange) -> Result<(JobRecord, Option<UpdateDetail>), QueueError> {
         self.check_readable(id)?;
-        let cancel_first = self.cancelling_before.lock().unwrap().take_if(|matching| matching(&change)).is_some();
-        if cancel_first {
+        let interruption = self.interrupting_before.lock().unwrap().take_if(|(matching, _)| matching(&change)).map(|(_, what)| what);
+        if let Some(what) = interruption {
             self.inner.update(id, JobChange::Control(Control::Cancel)).await?;
+            if matches!(what, Interruption::CancelAndRemove) {
+                self.inner.remove(id).await?;
+            }
         }
         if let Some((left, matching)) = self.failing_updates.lock().unwrap().as_mut()
             && *left > 0

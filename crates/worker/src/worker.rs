@@ -357,10 +357,9 @@ where
             self.store.put_latents(&key, &latents).await?;
             written.push(key);
         }
-        let (after, detail) = self.book.update(&record.id, JobChange::ChunkDone { chunk }).await?;
-        if detail.is_none() && self.remove_if_job_ended(&after, &written).await? {
+        let Some(after) = self.record_written(&record.id, JobChange::ChunkDone { chunk }, &written).await? else {
             return Ok(Outcome::Abandoned);
-        }
+        };
         // What this chunk unblocked: assembling once all are done; in chain mode, the next chunk.
         if after.all_chunks_done() || after.spec.stitch_mode == StitchMode::Chain {
             for task in after.pending_tasks() {
@@ -452,10 +451,9 @@ where
             // The last step is recorded as the chunk's end, in one update: a failure between two
             // would leave a chunk past its last step and not done, which no task finishes.
             let change = if last { JobChange::ChunkDone { chunk } } else { JobChange::Step { chunk, step: step + 1, steps_total: steps } };
-            let (updated, detail) = self.book.update(job_id, change).await?;
-            if detail.is_none() && self.remove_if_job_ended(&updated, &written).await? {
+            let Some(updated) = self.record_written(job_id, change, &written).await? else {
                 return Ok(Outcome::Abandoned);
-            }
+            };
             after = updated;
         }
         // This chunk may have been the barrier's last: then the next step (or assembling) is due,
@@ -571,7 +569,14 @@ where
             seam_ratio,
         };
         let size_bytes = clip.size_bytes;
-        let (after, detail) = update_and_count(self.book.as_ref(), &record.id, JobChange::Succeeded(clip)).await?;
+        let (after, detail) = match update_and_count(self.book.as_ref(), &record.id, JobChange::Succeeded(clip)).await {
+            // Removed meanwhile: ended otherwise, then deleted (or swept) while the clip was made.
+            Err(QueueError::JobNotFound(_)) => {
+                self.remove_written(&record.id, "removed", std::slice::from_ref(&key)).await?;
+                return Ok(Outcome::Abandoned);
+            }
+            updated => updated?,
+        };
         // Refused, and the record names no clip under this key: the job ended otherwise, or
         // another holder of a lapsed lease stored the same clip and a `DeleteJob` removed it
         // since. (Refused and named: that holder's clip, the same, stays.)
@@ -621,11 +626,36 @@ where
         if written.is_empty() || !after.state.is_final() || after.state == JobState::Succeeded {
             return Ok(false);
         }
+        self.remove_written(&after.id, after.state.name(), written).await?;
+        Ok(true)
+    }
+
+    /// Records `change`, made after the task wrote `written`. `None` when the job ended, other
+    /// than by succeeding, or was removed before that: what was written is removed (as
+    /// [`Self::remove_if_job_ended`] says why) and the task has nothing left to do.
+    async fn record_written(&self, job_id: &str, change: JobChange, written: &[String]) -> Result<Option<JobRecord>, WorkerError> {
+        let (after, detail) = match self.book.update(job_id, change).await {
+            Err(QueueError::JobNotFound(_)) => {
+                self.remove_written(job_id, "removed", written).await?;
+                return Ok(None);
+            }
+            updated => updated?,
+        };
+        if detail.is_none() && self.remove_if_job_ended(&after, written).await? {
+            return Ok(None);
+        }
+        Ok(Some(after))
+    }
+
+    /// Deletes the objects a task wrote for a job that is `state` now (or "removed").
+    async fn remove_written(&self, job_id: &str, state: &str, written: &[String]) -> Result<(), StoreError> {
         for key in written {
             self.store.delete(key).await?;
         }
-        tracing::info!(job_id = %after.id, state = after.state.name(), objects = written.len(), "the job ended while its task ran: what it wrote was removed");
-        Ok(true)
+        if !written.is_empty() {
+            tracing::info!(job_id, state, objects = written.len(), "the job ended while its task ran: what it wrote was removed");
+        }
+        Ok(())
     }
 
     /// Waits for blocking work while renewing the lease, forwarding progress, and turning the
@@ -877,6 +907,35 @@ mod tests {
         let after = farm.book.get(&record.id).await.unwrap().unwrap();
         assert_eq!((after.state, after.chunks[chunk as usize].done), (JobState::Cancelled, false));
         assert!(!worker.store.exists(&ArtifactStore::chunk_key(&record.id, chunk)).await.unwrap(), "the chunk was removed");
+    }
+
+    /// A chunk rendered for a job cancelled and removed (by a `DeleteJob` or the retention
+    /// sweep) between its write and its record is removed too: the delete has passed already.
+    #[tokio::test]
+    async fn a_chunk_finished_for_a_job_removed_meanwhile_is_removed() {
+        let book = Arc::new(FlakyBook::new());
+        book.remove_before(|change| matches!(change, JobChange::ChunkDone { .. }));
+        let (worker, farm, _store_dir) = test_worker_with(Arc::new(MemoryQueue::new()), book, 1);
+        let record = insert_and_queue(&farm, sample_record("job-remove-late", None)).await;
+        let lease = farm.queue.pull("w", LEASE, Duration::ZERO).await.unwrap().expect("a task");
+        let TaskKind::Denoise { chunk } = lease.task.kind else { panic!("{:?}", lease.task) };
+        worker.handle(lease).await.unwrap();
+        assert!(farm.book.get(&record.id).await.unwrap().is_none(), "the job was removed");
+        assert!(!worker.store.exists(&ArtifactStore::chunk_key(&record.id, chunk)).await.unwrap(), "the chunk was removed");
+    }
+
+    /// A clip finished for a job removed meanwhile (cancelled, then deleted) is removed.
+    #[tokio::test]
+    async fn a_clip_made_for_a_job_removed_meanwhile_is_removed() {
+        let (worker, farm, store_dir) = test_worker();
+        let encoded = store_dir.path().join("encoded.mp4");
+        std::fs::write(&encoded, b"an encoded clip").unwrap();
+        let (record, _) = farm.book.insert(sample_record("job-removed", None)).await.unwrap();
+        farm.book.update(&record.id, JobChange::Control(vidfarm_queue::Control::Cancel)).await.unwrap();
+        assert!(farm.book.remove(&record.id).await.unwrap());
+        let outcome = worker.store_clip(&record, &encoded, 33, 64, 64, None).await.unwrap();
+        assert!(matches!(outcome, Outcome::Abandoned));
+        assert!(!worker.store.exists(&ArtifactStore::clip_key(&record.id)).await.unwrap(), "the clip was removed");
     }
 
     /// What a task wrote is removed when its job ended, other than by succeeding, before it
