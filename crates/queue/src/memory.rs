@@ -249,8 +249,11 @@ impl JobBook for MemoryJobBook {
 
     async fn subscribe(&self, id: &str) -> Result<BoxStream<'static, JobUpdate>, QueueError> {
         let id = id.to_string();
+        // A watcher that lags behind the other jobs' updates has lost some of its own, maybe the
+        // last: its stream ends there, as a Redis subscription's does when its connection drops,
+        // and the watcher subscribes again (reading the record afresh).
         let stream = BroadcastStream::new(self.updates.subscribe())
-            // A watcher that lags skips updates; each carries the whole record, so it catches up.
+            .take_while(|u| std::future::ready(u.is_ok()))
             .filter_map(move |u| {
                 let keep = u.ok().filter(|u| u.record.id == id);
                 async move { keep }
@@ -321,5 +324,27 @@ impl WorkerRegistry for MemoryWorkerRegistry {
     async fn remove(&self, name: &str) -> Result<(), QueueError> {
         self.live().remove(name);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::sample_record;
+
+    /// A watcher that falls behind by more updates than the channel holds is not left waiting
+    /// for an update it missed: its stream ends.
+    #[tokio::test]
+    async fn a_lagging_update_stream_ends() {
+        let book = MemoryJobBook::new();
+        let (watched, _) = book.insert(sample_record("job-watched", None)).await.unwrap();
+        let (busy, _) = book.insert(sample_record("job-busy", None)).await.unwrap();
+        let mut updates = book.subscribe(&watched.id).await.unwrap();
+        book.update(&watched.id, JobChange::Control(crate::Control::Cancel)).await.unwrap();
+        for _ in 0..1100 {
+            book.update(&busy.id, JobChange::ChunkStarted { chunk: 0 }).await.unwrap();
+        }
+        let next = tokio::time::timeout(Duration::from_secs(5), updates.next()).await.expect("the stream did not wait");
+        assert_eq!(next, None, "the cancel was overwritten, so the stream ends");
     }
 }
