@@ -3,6 +3,7 @@
 //! `object_store`'s backends.
 
 mod s3;
+pub use s3::is_loopback;
 #[cfg(any(test, feature = "test-server"))]
 pub mod test_server;
 
@@ -44,6 +45,12 @@ impl StoreError {
     /// Whether the object asked for does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, StoreError::Object { source: object_store::Error::NotFound { .. }, .. })
+    }
+
+    /// Whether the error may pass by itself (the server unreachable or failing after the
+    /// client's retries), rather than needing a person (access refused, a bad URL or object).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Object { source: object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }, .. })
     }
 }
 
@@ -149,7 +156,8 @@ impl ArtifactStore {
             "file" => {
                 let root = parsed.to_file_path().map_err(|()| bad("not an absolute file path"))?;
                 std::fs::create_dir_all(&root).map_err(|source| StoreError::Local { path: root.clone(), source })?;
-                let fs = LocalFileSystem::new_with_prefix(&root).map_err(|e| bad(&e.to_string()))?;
+                // Deleting a job's last object removes its folders too: a sync job leaves one per step.
+                let fs = LocalFileSystem::new_with_prefix(&root).map_err(|e| bad(&e.to_string()))?.with_automatic_cleanup(true);
                 (Arc::new(fs), Backend::Local(root))
             }
             "s3" => {
@@ -295,6 +303,12 @@ impl ArtifactStore {
             writer.write(&buf[..n]);
             size_bytes += n as u64;
         }
+        // `finish` gives up without aborting when a part fails; an aborted upload leaves no
+        // parts behind in the bucket.
+        if let Err(e) = writer.wait_for_capacity(0).await {
+            abort(writer, key).await;
+            return Err(object_err(e));
+        }
         writer.finish().await.map_err(object_err)?;
         Ok(StoredObject { key: key.to_string(), size_bytes, sha256: hex::encode(hasher.finalize()) })
     }
@@ -423,6 +437,25 @@ mod tests {
     async fn sync_steps_are_deleted_one_at_a_time_in_a_local_store() {
         let dir = tempfile::tempdir().unwrap();
         sync_steps_are_deleted_one_at_a_time(&ArtifactStore::local(dir.path()).unwrap()).await;
+    }
+
+    /// A local store removes the folders its deletes leave empty (a sync job's hold one per
+    /// step), up to its root and no further.
+    #[tokio::test]
+    async fn a_local_store_removes_emptied_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::local(dir.path()).unwrap();
+        let latents = Latents::new([1, 1, 1, 2], vec![0.5, -0.5]).unwrap();
+        store.put_latents(&ArtifactStore::sync_key("j4", 0, 1, SyncPart::Whole), &latents).await.unwrap();
+        store.put_latents(&ArtifactStore::chunk_key("j4", 0), &latents).await.unwrap();
+        assert_eq!(store.delete_under(&ArtifactStore::sync_step_prefix("j4", 1)).await.unwrap(), 1);
+        let chunk_folder = dir.path().join(ArtifactStore::chunk_key("j4", 0)).parent().unwrap().to_path_buf();
+        assert_eq!(std::fs::read_dir(&chunk_folder).unwrap().count(), 1, "only the chunk is left in {}", chunk_folder.display());
+        store.delete(&ArtifactStore::chunk_key("j4", 0)).await.unwrap();
+        assert!(!dir.path().join("jobs").exists(), "the job's folders are gone");
+        assert!(dir.path().exists(), "the root stays");
+        store.put_latents(&ArtifactStore::chunk_key("j4", 1), &latents).await.unwrap();
+        assert!(store.exists(&ArtifactStore::chunk_key("j4", 1)).await.unwrap(), "and takes new objects");
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use crate::{StoreError, StoreOptions};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::signer::Signer;
-use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+use object_store::{BackoffConfig, RetryConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,9 +26,18 @@ pub(crate) fn open(url: &url::Url, options: &StoreOptions) -> Result<S3Bucket, S
     let bad = |reason: String| StoreError::Url { url: url.to_string(), reason };
     let bucket = url.host_str().filter(|b| !b.is_empty()).ok_or_else(|| bad("no bucket: use s3://bucket/prefix".into()))?;
     let prefix = ObjectPath::parse(url.path().trim_matches('/')).map_err(|e| bad(format!("key prefix: {e}")))?;
+    let (builder, endpoint) = configure(AmazonS3Builder::from_env(), bucket, options);
+    let client = builder.build().map_err(|e| bad(e.to_string()))?;
+    Ok(S3Bucket { client: Arc::new(client), bucket: bucket.to_string(), prefix, endpoint, presign_expiry: options.s3.presign_expiry })
+}
+
+/// Lays vidfarm's settings over `builder` (the standard `AWS_*` variables): the explicit ones,
+/// where given, win; `allow_http` and `virtual_hosted_style` only switch on, so the variables'
+/// own `AWS_ALLOW_HTTP` and the rest of the HTTP client's (`AWS_PROXY_URL`, `AWS_TIMEOUT`, ...)
+/// stay. Returns the builder and the endpoint, as errors show it.
+fn configure(mut builder: AmazonS3Builder, bucket: &str, options: &StoreOptions) -> (AmazonS3Builder, String) {
     let s3 = &options.s3;
-    // Standard AWS variables first; the explicit settings, where given, win.
-    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    builder = builder.with_bucket_name(bucket);
     let given = |value: &Option<String>| value.as_deref().filter(|v| !v.is_empty()).map(str::to_string);
     if let Some(endpoint) = given(&s3.endpoint) {
         builder = builder.with_endpoint(endpoint);
@@ -48,20 +57,18 @@ pub(crate) fn open(url: &url::Url, options: &StoreOptions) -> Result<S3Bucket, S
             let region = builder.get_config_value(&object_store::aws::AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into());
             format!("https://s3.{region}.amazonaws.com")
         });
-    let allow_http = s3.allow_http || is_loopback(&endpoint);
+    if s3.allow_http || is_loopback(&endpoint) {
+        builder = builder.with_allow_http(true);
+    }
+    if s3.virtual_hosted_style {
+        builder = builder.with_virtual_hosted_style_request(true);
+    }
     let retry = RetryConfig {
         backoff: BackoffConfig { init_backoff: Duration::from_millis(200), max_backoff: Duration::from_secs(10), base: 2.0 },
         max_retries: s3.retry_max,
         retry_timeout: s3.retry_timeout,
     };
-    let client = builder
-        .with_allow_http(allow_http)
-        .with_virtual_hosted_style_request(s3.virtual_hosted_style)
-        .with_client_options(ClientOptions::new().with_allow_http(allow_http))
-        .with_retry(retry)
-        .build()
-        .map_err(|e| bad(e.to_string()))?;
-    Ok(S3Bucket { client: Arc::new(client), bucket: bucket.to_string(), prefix, endpoint, presign_expiry: options.s3.presign_expiry })
+    (builder.with_retry(retry), endpoint)
 }
 
 impl S3Bucket {
@@ -114,8 +121,8 @@ fn s3_error_code(body: &str) -> Option<String> {
     Some(body[start..end].to_string())
 }
 
-/// Plain HTTP is fine to a server on this machine.
-fn is_loopback(endpoint: &str) -> bool {
+/// Whether a `scheme://host:port` address is on this machine, where plain HTTP is fine.
+pub fn is_loopback(endpoint: &str) -> bool {
     match url::Url::parse(endpoint).ok().and_then(|u| u.host().map(|h| h.to_owned())) {
         Some(url::Host::Domain(d)) => d == "localhost",
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -148,5 +155,32 @@ mod tests {
         assert_eq!(s3.full_path("jobs/j/clip.mp4").as_ref(), "farm/a/jobs/j/clip.mp4");
         let err = open(&url::Url::parse("s3:///x").unwrap(), &options).unwrap_err();
         assert!(err.to_string().contains("no bucket"), "{err}");
+    }
+
+    /// The standard variables' HTTP client settings outlast vidfarm's: plain HTTP allowed by
+    /// `AWS_ALLOW_HTTP` stays allowed, and a proxy stays set.
+    #[test]
+    fn the_aws_client_variables_are_kept() {
+        use object_store::ClientConfigKey;
+        use object_store::aws::AmazonS3ConfigKey;
+        let mut options = StoreOptions::default();
+        options.s3.endpoint = Some("http://minio.internal:9000".into());
+        let from_env = AmazonS3Builder::new()
+            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp), "true")
+            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::ProxyUrl), "http://proxy.internal:3128")
+            .with_config(AmazonS3ConfigKey::VirtualHostedStyleRequest, "true");
+        let (builder, endpoint) = configure(from_env, "clips", &options);
+        assert_eq!(endpoint, "http://minio.internal:9000");
+        let value = |key| builder.get_config_value(&key);
+        assert_eq!(value(AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp)).as_deref(), Some("true"));
+        assert_eq!(value(AmazonS3ConfigKey::Client(ClientConfigKey::ProxyUrl)).as_deref(), Some("http://proxy.internal:3128"));
+        assert_eq!(value(AmazonS3ConfigKey::VirtualHostedStyleRequest).as_deref(), Some("true"));
+
+        // Without the variable, a remote endpoint is HTTPS only unless the setting says otherwise.
+        let (builder, _) = configure(AmazonS3Builder::new(), "clips", &options);
+        assert_ne!(builder.get_config_value(&AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp)).as_deref(), Some("true"));
+        options.s3.allow_http = true;
+        let (builder, _) = configure(AmazonS3Builder::new(), "clips", &options);
+        assert_eq!(builder.get_config_value(&AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp)).as_deref(), Some("true"));
     }
 }
