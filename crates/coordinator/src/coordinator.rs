@@ -7,7 +7,7 @@ use vidfarm_queue::{
     Control, FarmState, JobBook, JobChange, JobRecord, JobState, Page, Queue, QueueError, WorkerInfo, WorkerRegistry,
     WorkerState, now_ms, update_and_count,
 };
-use vidfarm_store::ArtifactStore;
+use vidfarm_store::{ArtifactStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
@@ -17,8 +17,8 @@ pub enum CoordinatorError {
     Queue(#[from] QueueError),
     #[error("job {job_id} has no clip: it is {state}")]
     NoClip { job_id: String, state: String },
-    #[error("{0}")]
-    Store(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 #[derive(Clone)]
@@ -199,7 +199,7 @@ impl Coordinator {
                 state: record.state.name().to_string(),
             });
         };
-        let url = self.store.fetch_url(&clip.object_key).await.map_err(|e| CoordinatorError::Store(e.to_string()))?;
+        let url = self.store.fetch_url(&clip.object_key).await?;
         Ok((record, url))
     }
 
@@ -219,7 +219,7 @@ impl Coordinator {
 
     /// Deletes every object of a job (clip and intermediates); returns how many.
     async fn delete_objects(&self, job_id: &str) -> Result<usize, CoordinatorError> {
-        self.store.delete_under(&ArtifactStore::job_prefix(job_id)).await.map_err(|e| CoordinatorError::Store(e.to_string()))
+        Ok(self.store.delete_under(&ArtifactStore::job_prefix(job_id)).await?)
     }
 
     /// The live workers, by name.

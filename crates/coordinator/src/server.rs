@@ -7,6 +7,7 @@ use crate::rpc_span::RpcSpans;
 use crate::service::RenderApi;
 use crate::tls::ServerTls;
 use std::future::Future;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -81,7 +82,11 @@ pub async fn serve(
             tokens.replace(&text).map(|count| format!("{count} API tokens in force")).map_err(|e| e.to_string())
         })));
     }
+    // HTTP/2 pings on open connections: a client gone without a word (its node lost) is let go
+    // within a minute, with the watch streams and Redis subscriptions it held.
     let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health)
         .add_service(reflection)
         .add_service(RpcSpans(RenderServiceServer::with_interceptor(RenderApi::new(coordinator, stopping), authenticate)));

@@ -42,7 +42,10 @@ pub fn status(e: CoordinatorError) -> Status {
         // Incompatible: another replica, of the version that stored the job, can answer.
         CoordinatorError::Queue(QueueError::Backend(m) | QueueError::Incompatible(m)) => Status::unavailable(m),
         e @ CoordinatorError::NoClip { .. } => Status::failed_precondition(e.to_string()),
-        CoordinatorError::Store(m) => Status::unavailable(m),
+        // Transient (the server unreachable or failing): a retry may succeed. Otherwise (access
+        // refused, a bad object) a retry would only repeat it.
+        CoordinatorError::Store(e) if e.is_transient() => Status::unavailable(e.to_string()),
+        CoordinatorError::Store(e) => Status::internal(e.to_string()),
     }
 }
 
@@ -183,6 +186,19 @@ mod tests {
     use vidfarm_queue::flaky::FlakyBook;
     use vidfarm_queue::{FarmState, JobBook, MemoryQueue, MemoryWorkerRegistry};
     use vidfarm_store::ArtifactStore;
+
+    /// A store that fails for now answers UNAVAILABLE (clients retry); one that refuses access
+    /// answers INTERNAL, which no retry mends.
+    #[test]
+    fn store_errors_are_unavailable_only_when_transient() {
+        let object = |source| CoordinatorError::Store(vidfarm_store::StoreError::Object { key: "jobs/job-a/clip.mp4".into(), source });
+        let unreachable = object(object_store::Error::Generic { store: "S3", source: "connection refused".into() });
+        assert_eq!(status(unreachable).code(), tonic::Code::Unavailable);
+        let refused = object(object_store::Error::PermissionDenied { path: "jobs/job-a".into(), source: "AccessDenied".into() });
+        let refused = status(refused);
+        assert_eq!(refused.code(), tonic::Code::Internal);
+        assert!(refused.message().contains("jobs/job-a/clip.mp4"), "{refused:?}");
+    }
 
     /// A watch whose updates stop before the job ends must not end as a finished job's does.
     #[tokio::test]
