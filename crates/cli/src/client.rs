@@ -44,7 +44,18 @@ pub async fn connect(addr: &str, client: &ClientSettings) -> Result<Client> {
             tls = tls.identity(Identity::from_pem(cert, key));
         }
         endpoint = endpoint.tls_config(tls).with_context(|| format!("TLS for {addr}"))?;
+    } else if let Some(key) = [("client.tls_ca", &client.tls_ca), ("client.tls_cert", &client.tls_cert)]
+        .into_iter()
+        .find_map(|(key, value)| (!value.is_empty()).then_some(key))
+    {
+        // Not TLS after all would send the calls, and any token, in the clear.
+        bail!("{key} is set, but the coordinator address {addr} is not https://: TLS is spoken only to https:// addresses");
+    } else if !client.token.is_empty() && !vidfarm_store::is_loopback(&addr) {
+        tracing::warn!(%addr, "sending the API token without TLS: use an https:// address");
     }
+    // HTTP/2 pings while a call is open: a watch whose coordinator's node was lost (no reset
+    // ever comes) ends, and watches again, instead of waiting for ever.
+    endpoint = endpoint.http2_keep_alive_interval(KEEPALIVE_INTERVAL).keep_alive_timeout(KEEPALIVE_TIMEOUT);
     let token = match client.token.as_str() {
         "" => None,
         token => Some(format!("Bearer {token}").parse().map_err(|_| anyhow::anyhow!("client.token: not printable ASCII"))?),
@@ -52,6 +63,9 @@ pub async fn connect(addr: &str, client: &ClientSettings) -> Result<Client> {
     let channel = endpoint.connect().await.with_context(|| format!("connecting to {addr}"))?;
     Ok(RenderServiceClient::with_interceptor(channel, BearerToken(token)))
 }
+
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn print(json: bool, value: serde_json::Value, text: String) {
     if json {
@@ -62,8 +76,10 @@ fn print(json: bool, value: serde_json::Value, text: String) {
 }
 
 pub async fn submit(client: &mut Client, spec: &SpecArgs, key: Option<String>, wait: bool, json: bool) -> Result<()> {
-    let request = pb::SubmitJobRequest { spec: Some(spec.to_pb()), idempotency_key: key.unwrap_or_default() };
-    let response = client.submit_job(request).await.map_err(status_error)?.into_inner();
+    // A key of our own when none is given, so that a retried submit never makes a second job.
+    let key = key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let request = pb::SubmitJobRequest { spec: Some(spec.to_pb()), idempotency_key: key };
+    let response = unary(client, async |c| c.submit_job(request.clone()).await).await?;
     let job = response.job.context("the server answered without a job")?;
     if !wait {
         let mut value = job_json(&job);
@@ -78,6 +94,29 @@ pub async fn submit(client: &mut Client, spec: &SpecArgs, key: Option<String>, w
 /// replica behind the same address taking over) before it gives up.
 const RECONNECT_FOR: Duration = Duration::from_secs(120);
 const RECONNECT_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a one-shot command repeats a call answered UNAVAILABLE (a coordinator replica
+/// restarting, Redis lost for a moment, a job record only a newer replica can read) before it
+/// gives up.
+const RETRY_UNAVAILABLE_FOR: Duration = Duration::from_secs(30);
+
+/// Makes a unary call, and again every `RECONNECT_WAIT` while it is answered UNAVAILABLE, for
+/// at most `RETRY_UNAVAILABLE_FOR`. Repeating is safe: a submit carries an idempotency key, the
+/// other changes are idempotent or refused once done (cancelling a cancelled job), and the rest
+/// only read.
+async fn unary<C, T>(client: &mut C, mut call: impl AsyncFnMut(&mut C) -> Result<tonic::Response<T>, tonic::Status>) -> Result<T> {
+    let started = tokio::time::Instant::now();
+    loop {
+        match call(client).await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(status) if status.code() == tonic::Code::Unavailable && started.elapsed() < RETRY_UNAVAILABLE_FOR => {
+                tracing::warn!(error = %status_error(status), "the coordinator is unavailable; trying again");
+                tokio::time::sleep(RECONNECT_WAIT).await;
+            }
+            Err(status) => return Err(status_error(status)),
+        }
+    }
+}
 
 /// Whether a failed call may succeed against a coordinator that comes back.
 fn transient(status: &tonic::Status) -> bool {
@@ -136,7 +175,7 @@ pub async fn watch(client: &mut Client, job_id: &str, json: bool) -> Result<()> 
 }
 
 pub async fn get(client: &mut Client, job_id: &str, json: bool) -> Result<()> {
-    let job = client.get_job(pb::GetJobRequest { job_id: job_id.to_string() }).await.map_err(status_error)?.into_inner();
+    let job = unary(client, async |c| c.get_job(pb::GetJobRequest { job_id: job_id.to_string() }).await).await?;
     print(json, job_json(&job), job_line(&job));
     Ok(())
 }
@@ -149,7 +188,7 @@ pub async fn list(client: &mut Client, states: &[String], page_size: u32, page_t
         codes.push(code as i32);
     }
     let request = pb::ListJobsRequest { page_size, page_token: page_token.unwrap_or_default(), states: codes };
-    let page = client.list_jobs(request).await.map_err(status_error)?.into_inner();
+    let page = unary(client, async |c| c.list_jobs(request.clone()).await).await?;
     let value = serde_json::json!({
         "jobs": page.jobs.iter().map(job_json).collect::<Vec<_>>(),
         "next_page_token": page.next_page_token,
@@ -162,6 +201,7 @@ pub async fn list(client: &mut Client, states: &[String], page_size: u32, page_t
     Ok(())
 }
 
+#[derive(Clone, Copy)]
 pub enum ControlVerb {
     Cancel,
     Pause,
@@ -171,20 +211,22 @@ pub enum ControlVerb {
 
 pub async fn control(client: &mut Client, job_id: &str, verb: ControlVerb, json: bool) -> Result<()> {
     let job_id = job_id.to_string();
-    let job = match verb {
-        ControlVerb::Cancel => client.cancel_job(pb::CancelJobRequest { job_id }).await,
-        ControlVerb::Pause => client.pause_job(pb::PauseJobRequest { job_id }).await,
-        ControlVerb::Resume => client.resume_job(pb::ResumeJobRequest { job_id }).await,
-        ControlVerb::Delete => client.delete_job(pb::DeleteJobRequest { job_id }).await,
-    }
-    .map_err(status_error)?
-    .into_inner();
+    let job = unary(client, async |c| {
+        let job_id = job_id.clone();
+        match verb {
+            ControlVerb::Cancel => c.cancel_job(pb::CancelJobRequest { job_id }).await,
+            ControlVerb::Pause => c.pause_job(pb::PauseJobRequest { job_id }).await,
+            ControlVerb::Resume => c.resume_job(pb::ResumeJobRequest { job_id }).await,
+            ControlVerb::Delete => c.delete_job(pb::DeleteJobRequest { job_id }).await,
+        }
+    })
+    .await?;
     print(json, job_json(&job), job_line(&job));
     Ok(())
 }
 
 pub async fn workers(client: &mut Client, json: bool) -> Result<()> {
-    let workers = client.list_workers(pb::ListWorkersRequest {}).await.map_err(status_error)?.into_inner().workers;
+    let workers = unary(client, async |c| c.list_workers(pb::ListWorkersRequest {}).await).await?.workers;
     let value = serde_json::json!({ "workers": workers.iter().map(worker_json).collect::<Vec<_>>() });
     let text = if workers.is_empty() { "no live workers".to_string() } else { workers.iter().map(worker_line).collect::<Vec<_>>().join("\n") };
     print(json, value, text);
@@ -192,7 +234,7 @@ pub async fn workers(client: &mut Client, json: bool) -> Result<()> {
 }
 
 pub async fn drain(client: &mut Client, name: &str, json: bool) -> Result<()> {
-    let worker = client.drain_worker(pb::DrainWorkerRequest { name: name.to_string() }).await.map_err(status_error)?.into_inner();
+    let worker = unary(client, async |c| c.drain_worker(pb::DrainWorkerRequest { name: name.to_string() }).await).await?;
     print(json, worker_json(&worker), worker_line(&worker));
     Ok(())
 }
@@ -200,7 +242,7 @@ pub async fn drain(client: &mut Client, name: &str, json: bool) -> Result<()> {
 /// Downloads a job's clip (a `file://` URL or a presigned S3 URL) and checks its sha256
 /// against the one the farm recorded; `out` appears only when the two agree.
 pub async fn fetch(client: &mut Client, job_id: &str, out: &Path, json: bool) -> Result<()> {
-    let clip = client.get_clip(pb::GetClipRequest { job_id: job_id.to_string() }).await.map_err(status_error)?.into_inner();
+    let clip = unary(client, async |c| c.get_clip(pb::GetClipRequest { job_id: job_id.to_string() }).await).await?;
     let url = url::Url::parse(&clip.url).with_context(|| format!("clip URL {:?}", clip.url))?;
     let partial = out.with_file_name(format!("{}.part", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
     let sha256 = match download(&url, &partial).await {
@@ -263,4 +305,68 @@ async fn download(url: &url::Url, to: &Path) -> Result<String> {
 /// A gRPC status as an error a person can read.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused<T>(status: tonic::Status) -> Result<tonic::Response<T>, tonic::Status> {
+        Err(status)
+    }
+
+    /// TLS settings with a plain-HTTP address are refused, naming the setting, rather than
+    /// ignored; no connection is tried.
+    #[tokio::test]
+    async fn tls_settings_need_an_https_address() {
+        let settings = |ca: &str, cert: &str| ClientSettings {
+            addr: String::new(),
+            tls_ca: ca.into(),
+            tls_cert: cert.into(),
+            tls_key: String::new(),
+            token: String::new(),
+        };
+        for (addr, settings, key) in [
+            ("127.0.0.1:7700", settings("ca.pem", ""), "client.tls_ca"),
+            ("http://farm.internal:7700", settings("", "cert.pem"), "client.tls_cert"),
+        ] {
+            let error = connect(addr, &settings).await.err().expect("refused").to_string();
+            assert!(error.starts_with(key) && error.contains("not https://"), "{error}");
+        }
+    }
+
+    /// A call answered UNAVAILABLE is made again until it is answered otherwise; another code
+    /// ends it at once, and UNAVAILABLE ends it after `RETRY_UNAVAILABLE_FOR`.
+    #[tokio::test(start_paused = true)]
+    async fn unary_calls_are_repeated_while_the_coordinator_is_unavailable() {
+        let mut calls = 0u32;
+        let answer = unary(&mut calls, async |calls| {
+            *calls += 1;
+            if *calls < 3 { refused(tonic::Status::unavailable("restarting")) } else { Ok(tonic::Response::new(*calls)) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(answer, 3, "answered at the third call");
+
+        let mut calls = 0u32;
+        let error = unary(&mut calls, async |calls| {
+            *calls += 1;
+            refused::<()>(tonic::Status::not_found("job x"))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!((calls, error.to_string()), (1, "NotFound: job x".to_string()));
+
+        let started = tokio::time::Instant::now();
+        let mut calls = 0u64;
+        let error = unary(&mut calls, async |calls| {
+            *calls += 1;
+            refused::<()>(tonic::Status::unavailable("down"))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(error.to_string(), "Unavailable: down");
+        assert!(started.elapsed() >= RETRY_UNAVAILABLE_FOR, "{:?}", started.elapsed());
+        assert_eq!(calls, RETRY_UNAVAILABLE_FOR.as_secs() / RECONNECT_WAIT.as_secs() + 1);
+    }
 }

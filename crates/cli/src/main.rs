@@ -98,7 +98,8 @@ enum Command {
     Submit {
         #[command(flatten)]
         spec: SpecArgs,
-        /// The same key always names the same job: resubmitting is safe.
+        /// The same key always names the same job: resubmitting is safe. Without one, the
+        /// command makes up its own (a UUID), so its own retries never make two jobs.
         #[arg(long)]
         idempotency_key: Option<String>,
         /// Follow the job to its end with a progress bar.

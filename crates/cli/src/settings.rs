@@ -149,7 +149,23 @@ pub struct S3Settings {
     pub retry_timeout_seconds: u64,
 }
 
+/// S3's own limits: a presigned URL lives at most 7 days, and every part of a multipart upload
+/// but the last holds at least 5 MiB.
+const LONGEST_PRESIGN_SECONDS: u64 = 7 * 24 * 3600;
+const SMALLEST_PART_MIB: u64 = 5;
+
 impl S3Settings {
+    /// Values S3 refuses only when a clip is stored or fetched are errors at start-up instead.
+    fn check(&self) -> Result<()> {
+        if !(1..=LONGEST_PRESIGN_SECONDS).contains(&self.presign_expiry_seconds) {
+            bail!("s3.presign_expiry_seconds = {}: S3 takes 1 to {LONGEST_PRESIGN_SECONDS} (7 days)", self.presign_expiry_seconds);
+        }
+        if self.multipart_part_mib < SMALLEST_PART_MIB {
+            bail!("s3.multipart_part_mib = {}: S3 takes parts of at least {SMALLEST_PART_MIB} MiB", self.multipart_part_mib);
+        }
+        Ok(())
+    }
+
     pub fn store_options(&self) -> vidfarm_store::StoreOptions {
         let given = |value: &str| (!value.is_empty()).then(|| value.to_string());
         vidfarm_store::StoreOptions {
@@ -212,6 +228,7 @@ impl Settings {
             }
         }
         let settings: Settings = toml::Value::Table(table).try_into().context("settings")?;
+        settings.s3.check()?;
         Ok(settings)
     }
 }
@@ -341,5 +358,20 @@ mod tests {
         assert_eq!(options.part_size, 16 << 20);
         assert!(!options.s3.virtual_hosted_style && !options.s3.allow_http);
         assert_eq!(options.s3.presign_expiry, std::time::Duration::from_secs(3600));
+    }
+
+    /// A presign expiry or part size S3 refuses is an error when the settings load, naming the key.
+    #[test]
+    fn s3_limits_are_checked_when_the_settings_load() {
+        for (name, value, says) in [
+            ("VIDFARM_S3_PRESIGN_EXPIRY_SECONDS", "1209600", "s3.presign_expiry_seconds = 1209600"),
+            ("VIDFARM_S3_PRESIGN_EXPIRY_SECONDS", "0", "s3.presign_expiry_seconds = 0"),
+            ("VIDFARM_S3_MULTIPART_PART_MIB", "4", "s3.multipart_part_mib = 4"),
+        ] {
+            let error = Settings::load_from(None, |n: &str| (n == name).then(|| value.to_string())).err().expect(name).to_string();
+            assert!(error.starts_with(says), "{error}");
+        }
+        let week = |n: &str| (n == "VIDFARM_S3_PRESIGN_EXPIRY_SECONDS").then(|| "604800".to_string());
+        assert!(Settings::load_from(None, week).is_ok(), "7 days is S3's longest");
     }
 }
