@@ -31,8 +31,12 @@ impl Server {
 
     /// A server over any store URL, with extra environment (settings) for it.
     fn start_with_store(workers: u32, store: &str, env: &[(String, String)]) -> Self {
+        Self::start_on("127.0.0.1:0", workers, store, env)
+    }
+
+    fn start_on(listen: &str, workers: u32, store: &str, env: &[(String, String)]) -> Self {
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--workers", &workers.to_string(), "--store", store])
+            .args(["serve", "--listen", listen, "--workers", &workers.to_string(), "--store", store])
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -288,6 +292,23 @@ async fn cli_client_commands_speak_json() {
     let bad = server.cli(&["submit", PROMPT, "--fps", "0", "--json"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("spec.fps"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
+
+/// A client command started before its coordinator waits for it, as for one answering
+/// UNAVAILABLE, rather than failing at once.
+#[test]
+fn client_commands_wait_for_a_coordinator_that_is_starting() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let list = Command::new(BIN).args(["list", "--json", "--addr", &listen]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let store = tempfile::tempdir().unwrap();
+    let _server = Server::start_on(&listen, 1, &store.path().display().to_string(), &[]);
+    let listed = list.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&listed.stderr);
+    assert!(listed.status.success(), "{stderr}");
+    assert_eq!(json(&listed)["jobs"], serde_json::json!([]));
+    assert!(stderr.contains("unavailable; trying again"), "{stderr}");
 }
 
 #[test]

@@ -60,7 +60,9 @@ pub async fn connect(addr: &str, client: &ClientSettings) -> Result<Client> {
         "" => None,
         token => Some(format!("Bearer {token}").parse().map_err(|_| anyhow::anyhow!("client.token: not printable ASCII"))?),
     };
-    let channel = endpoint.connect().await.with_context(|| format!("connecting to {addr}"))?;
+    // Connected at the first call: a coordinator still starting (or restarting) is waited for as
+    // one answering UNAVAILABLE is.
+    let channel = endpoint.connect_lazy();
     Ok(RenderServiceClient::with_interceptor(channel, BearerToken(token)))
 }
 
@@ -112,6 +114,9 @@ async fn unary<C, T>(client: &mut C, mut call: impl AsyncFnMut(&mut C) -> Result
             Err(status) if status.code() == tonic::Code::Unavailable && started.elapsed() < RETRY_UNAVAILABLE_FOR => {
                 tracing::warn!(error = %status_error(status), "the coordinator is unavailable; trying again");
                 tokio::time::sleep(RECONNECT_WAIT).await;
+            }
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                return Err(status_error(status).context(format!("the coordinator was unavailable for {} s", RETRY_UNAVAILABLE_FOR.as_secs())));
             }
             Err(status) => return Err(status_error(status)),
         }
@@ -365,7 +370,7 @@ mod tests {
         })
         .await
         .unwrap_err();
-        assert_eq!(error.to_string(), "Unavailable: down");
+        assert_eq!(format!("{error:#}"), "the coordinator was unavailable for 30 s: Unavailable: down");
         assert!(started.elapsed() >= RETRY_UNAVAILABLE_FOR, "{:?}", started.elapsed());
         assert_eq!(calls, RETRY_UNAVAILABLE_FOR.as_secs() / RECONNECT_WAIT.as_secs() + 1);
     }
