@@ -30,8 +30,8 @@ pub trait JobBook: Send + Sync + 'static {
     async fn list(&self, states: &[JobState], after: Option<&str>, limit: usize) -> Result<Page, QueueError>;
     /// Applies a change atomically; returns the record after it and what it did.
     async fn update(&self, id: &str, change: JobChange) -> Result<(JobRecord, Option<UpdateDetail>), QueueError>;
-    /// The job's updates from now on. Subscribe, then `get`, to miss nothing. The stream ends
-    /// where it cannot go on without a gap (a lost connection, a watcher too slow): subscribe again.
+    /// The job's updates from now on. Subscribe, then `get`, to miss nothing. A stream that
+    /// ends before the job does was cut off (a lost connection): subscribe again.
     async fn subscribe(&self, id: &str) -> Result<BoxStream<'static, JobUpdate>, QueueError>;
     /// Forgets a job that has ended: its record, and its idempotency key, which may then make
     /// a new job. `false` when there is no such job; a job still in flight is refused.

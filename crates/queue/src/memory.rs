@@ -10,7 +10,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, broadcast};
 use tokio_stream::wrappers::BroadcastStream;
@@ -183,13 +183,14 @@ struct BookState {
 
 /// The job book in memory, with a broadcast channel for watchers.
 pub struct MemoryJobBook {
-    state: Mutex<BookState>,
+    /// Shared with watchers' streams, which read a record afresh after a lag.
+    state: Arc<Mutex<BookState>>,
     updates: broadcast::Sender<JobUpdate>,
 }
 
 impl Default for MemoryJobBook {
     fn default() -> Self {
-        Self { state: Mutex::default(), updates: broadcast::channel(1024).0 }
+        Self { state: Arc::default(), updates: broadcast::channel(1024).0 }
     }
 }
 
@@ -199,8 +200,12 @@ impl MemoryJobBook {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BookState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock_book(&self.state)
     }
+}
+
+fn lock_book(state: &Mutex<BookState>) -> std::sync::MutexGuard<'_, BookState> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[async_trait]
@@ -248,16 +253,25 @@ impl JobBook for MemoryJobBook {
     }
 
     async fn subscribe(&self, id: &str) -> Result<BoxStream<'static, JobUpdate>, QueueError> {
-        let id = id.to_string();
-        // A watcher that lags behind the other jobs' updates has lost some of its own, maybe the
-        // last: its stream ends there, as a Redis subscription's does when its connection drops,
-        // and the watcher subscribes again (reading the record afresh).
-        let stream = BroadcastStream::new(self.updates.subscribe())
-            .take_while(|u| std::future::ready(u.is_ok()))
-            .filter_map(move |u| {
-                let keep = u.ok().filter(|u| u.record.id == id);
-                async move { keep }
-            });
+        let (id, state) = (id.to_string(), self.state.clone());
+        // The channel holds the last 1024 updates of all jobs: a watcher that lags behind them
+        // may have lost some of its job's, maybe the last. It is sent the record as it is now
+        // instead (when newer than what it was sent), and nothing older after that.
+        let mut sent = 0;
+        let stream = BroadcastStream::new(self.updates.subscribe()).filter_map(move |u| {
+            let keep = match u {
+                Ok(u) => Some(u).filter(|u| u.record.id == id && u.record.sequence > sent),
+                Err(_lagged) => lock_book(&state)
+                    .jobs
+                    .get(&id)
+                    .filter(|record| record.sequence > sent)
+                    .map(|record| JobUpdate { detail: UpdateDetail::State(record.state), record: record.clone() }),
+            };
+            if let Some(update) = &keep {
+                sent = update.record.sequence;
+            }
+            std::future::ready(keep)
+        });
         Ok(stream.boxed())
     }
 
@@ -333,18 +347,22 @@ mod tests {
     use crate::conformance::sample_record;
 
     /// A watcher that falls behind by more updates than the channel holds is not left waiting
-    /// for an update it missed: its stream ends.
+    /// for one it missed: it is sent its job's record as it is now, then nothing older.
     #[tokio::test]
-    async fn a_lagging_update_stream_ends() {
+    async fn a_lagging_watcher_is_sent_the_record_as_it_is_now() {
         let book = MemoryJobBook::new();
         let (watched, _) = book.insert(sample_record("job-watched", None)).await.unwrap();
         let (busy, _) = book.insert(sample_record("job-busy", None)).await.unwrap();
         let mut updates = book.subscribe(&watched.id).await.unwrap();
-        book.update(&watched.id, JobChange::Control(crate::Control::Cancel)).await.unwrap();
+        book.update(&watched.id, JobChange::ChunkStarted { chunk: 0 }).await.unwrap();
         for _ in 0..1100 {
             book.update(&busy.id, JobChange::ChunkStarted { chunk: 0 }).await.unwrap();
         }
+        // Still in the channel, behind the other job's updates, but already in the record sent.
+        let (cancelled, _) = book.update(&watched.id, JobChange::Control(crate::Control::Cancel)).await.unwrap();
         let next = tokio::time::timeout(Duration::from_secs(5), updates.next()).await.expect("the stream did not wait");
-        assert_eq!(next, None, "the cancel was overwritten, so the stream ends");
+        let caught_up = next.expect("an update");
+        assert_eq!((caught_up.record.sequence, caught_up.detail), (cancelled.sequence, UpdateDetail::State(JobState::Cancelled)));
+        assert!(tokio::time::timeout(Duration::from_millis(200), updates.next()).await.is_err(), "the cancel is not sent again");
     }
 }
