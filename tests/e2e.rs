@@ -309,6 +309,7 @@ fn client_commands_wait_for_a_coordinator_that_is_starting() {
     assert!(listed.status.success(), "{stderr}");
     assert_eq!(json(&listed)["jobs"], serde_json::json!([]));
     assert!(stderr.contains("unavailable; trying again"), "{stderr}");
+    assert!(stderr.contains("Connection refused"), "the transport error's cause is shown: {stderr}");
 }
 
 #[test]

@@ -55,7 +55,11 @@ pub async fn connect(addr: &str, client: &ClientSettings) -> Result<Client> {
     }
     // HTTP/2 pings while a call is open: a watch whose coordinator's node was lost (no reset
     // ever comes) ends, and watches again, instead of waiting for ever.
-    endpoint = endpoint.http2_keep_alive_interval(KEEPALIVE_INTERVAL).keep_alive_timeout(KEEPALIVE_TIMEOUT);
+    // A bounded connect: an address that drops packets fails an attempt in seconds, not minutes.
+    endpoint = endpoint
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT);
     let token = match client.token.as_str() {
         "" => None,
         token => Some(format!("Bearer {token}").parse().map_err(|_| anyhow::anyhow!("client.token: not printable ASCII"))?),
@@ -68,6 +72,7 @@ pub async fn connect(addr: &str, client: &ClientSettings) -> Result<Client> {
 
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn print(json: bool, value: serde_json::Value, text: String) {
     if json {
@@ -104,8 +109,8 @@ const RETRY_UNAVAILABLE_FOR: Duration = Duration::from_secs(30);
 
 /// Makes a unary call, and again every `RECONNECT_WAIT` while it is answered UNAVAILABLE, for
 /// at most `RETRY_UNAVAILABLE_FOR`. Repeating is safe: a submit carries an idempotency key, the
-/// other changes are idempotent or refused once done (cancelling a cancelled job), and the rest
-/// only read.
+/// other changes are idempotent or refused once done (cancelling a cancelled job, which
+/// `control` takes as done), and the rest only read.
 async fn unary<C, T>(client: &mut C, mut call: impl AsyncFnMut(&mut C) -> Result<tonic::Response<T>, tonic::Status>) -> Result<T> {
     let started = tokio::time::Instant::now();
     loop {
@@ -216,13 +221,24 @@ pub enum ControlVerb {
 
 pub async fn control(client: &mut Client, job_id: &str, verb: ControlVerb, json: bool) -> Result<()> {
     let job_id = job_id.to_string();
+    let mut tries = 0;
     let job = unary(client, async |c| {
-        let job_id = job_id.clone();
-        match verb {
-            ControlVerb::Cancel => c.cancel_job(pb::CancelJobRequest { job_id }).await,
-            ControlVerb::Pause => c.pause_job(pb::PauseJobRequest { job_id }).await,
-            ControlVerb::Resume => c.resume_job(pb::ResumeJobRequest { job_id }).await,
-            ControlVerb::Delete => c.delete_job(pb::DeleteJobRequest { job_id }).await,
+        tries += 1;
+        let request_id = job_id.clone();
+        let answer = match verb {
+            ControlVerb::Cancel => c.cancel_job(pb::CancelJobRequest { job_id: request_id }).await,
+            ControlVerb::Pause => c.pause_job(pb::PauseJobRequest { job_id: request_id }).await,
+            ControlVerb::Resume => c.resume_job(pb::ResumeJobRequest { job_id: request_id }).await,
+            ControlVerb::Delete => c.delete_job(pb::DeleteJobRequest { job_id: request_id }).await,
+        };
+        match answer {
+            // A repeated cancel refused as done already: the first was applied, and only its
+            // answer lost (the others repeat without error).
+            Err(status) if tries > 1 && matches!(verb, ControlVerb::Cancel) && status.code() == tonic::Code::FailedPrecondition => {
+                let job = c.get_job(pb::GetJobRequest { job_id: job_id.clone() }).await?;
+                if job.get_ref().state == pb::JobState::Cancelled as i32 { Ok(job) } else { Err(status) }
+            }
+            answer => answer,
         }
     })
     .await?;
@@ -307,9 +323,19 @@ async fn download(url: &url::Url, to: &Path) -> Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// A gRPC status as an error a person can read.
+/// A gRPC status as an error a person can read, with the causes of a transport failure
+/// (connection refused, a certificate not trusted), which only its sources name.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    let mut cause = std::error::Error::source(&status);
+    while let Some(error) = cause {
+        let said = error.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = error.source();
+    }
+    anyhow::anyhow!(text)
 }
 
 #[cfg(test)]
@@ -318,6 +344,31 @@ mod tests {
 
     fn refused<T>(status: tonic::Status) -> Result<tonic::Response<T>, tonic::Status> {
         Err(status)
+    }
+
+    /// A cancel applied but answered UNAVAILABLE (the book's answer lost) is repeated, refused
+    /// as done already, and reported done: the job is cancelled.
+    #[tokio::test]
+    async fn a_cancel_whose_answer_was_lost_is_reported_done() {
+        use std::sync::Arc;
+        use vidfarm_queue::flaky::FlakyBook;
+        use vidfarm_queue::{Control, FarmState, JobBook, JobChange, JobState, MemoryQueue, MemoryWorkerRegistry};
+        let book = Arc::new(FlakyBook::new());
+        book.lose_answers(1, |change| matches!(change, JobChange::Control(Control::Cancel)));
+        let (record, _) = book.insert(vidfarm_queue::conformance::sample_record("job-answer-lost", None)).await.unwrap();
+        let farm = FarmState { queue: Arc::new(MemoryQueue::new()), book: book.clone(), registry: Arc::new(MemoryWorkerRegistry::new()) };
+        let store_dir = tempfile::tempdir().unwrap();
+        let coordinator = vidfarm_coordinator::Coordinator::new(farm, vidfarm_store::ArtifactStore::local(store_dir.path()).unwrap(), Vec::new());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(vidfarm_coordinator::server::serve(coordinator, listener, Default::default(), std::future::pending()));
+        let settings = ClientSettings { addr: addr.clone(), tls_ca: String::new(), tls_cert: String::new(), tls_key: String::new(), token: String::new() };
+        let mut client = connect(&addr, &settings).await.unwrap();
+        control(&mut client, &record.id, ControlVerb::Cancel, true).await.expect("reported done");
+        assert_eq!(book.get(&record.id).await.unwrap().unwrap().state, JobState::Cancelled);
+        // A job cancelled by someone else before is still refused.
+        let error = control(&mut client, &record.id, ControlVerb::Cancel, true).await.unwrap_err().to_string();
+        assert!(error.starts_with("FailedPrecondition"), "{error}");
     }
 
     /// TLS settings with a plain-HTTP address are refused, naming the setting, rather than

@@ -98,6 +98,8 @@ pub struct FlakyBook {
     inner: MemoryJobBook,
     /// Updates still to fail, and which.
     failing_updates: Mutex<Option<(u32, ChangeFilter)>>,
+    /// Updates still to be applied and then answered with an error, and which.
+    losing_answers: Mutex<Option<(u32, ChangeFilter)>>,
     streams_cut: AtomicBool,
     incompatible: Mutex<Vec<String>>,
     /// The update before which its job is interrupted (once), as by another call just then.
@@ -121,6 +123,12 @@ impl FlakyBook {
     /// Makes the next `times` updates whose change `matching` picks fail, unapplied.
     pub fn fail_updates(&self, times: u32, matching: ChangeFilter) {
         *self.failing_updates.lock().unwrap() = Some((times, matching));
+    }
+
+    /// Applies the next `times` updates whose change `matching` picks, then fails them, as when
+    /// the connection drops before the answer comes.
+    pub fn lose_answers(&self, times: u32, matching: ChangeFilter) {
+        *self.losing_answers.lock().unwrap() = Some((times, matching));
     }
 
     /// Cancels the job of the next update that `matching` picks, just before applying it.
@@ -152,6 +160,17 @@ impl FlakyBook {
     }
 }
 
+/// Whether `change` is one of those `counter` still picks; counts it off when it is.
+fn take_one(counter: &Mutex<Option<(u32, ChangeFilter)>>, change: &JobChange) -> bool {
+    match counter.lock().unwrap().as_mut() {
+        Some((left, matching)) if *left > 0 && matching(change) => {
+            *left -= 1;
+            true
+        }
+        _ => false,
+    }
+}
+
 #[async_trait]
 impl JobBook for FlakyBook {
     async fn insert(&self, record: JobRecord) -> Result<(JobRecord, bool), QueueError> {
@@ -173,14 +192,15 @@ impl JobBook for FlakyBook {
                 self.inner.remove(id).await?;
             }
         }
-        if let Some((left, matching)) = self.failing_updates.lock().unwrap().as_mut()
-            && *left > 0
-            && matching(&change)
-        {
-            *left -= 1;
+        if take_one(&self.failing_updates, &change) {
             return Err(QueueError::Backend(format!("update of job {id}: connection refused (injected)")));
         }
-        self.inner.update(id, change).await
+        let lose_answer = take_one(&self.losing_answers, &change);
+        let updated = self.inner.update(id, change).await?;
+        if lose_answer {
+            return Err(QueueError::Backend(format!("update of job {id}: connection lost before the answer (injected)")));
+        }
+        Ok(updated)
     }
     async fn subscribe(&self, id: &str) -> Result<BoxStream<'static, JobUpdate>, QueueError> {
         if self.streams_cut.load(Ordering::SeqCst) {

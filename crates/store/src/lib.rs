@@ -48,7 +48,9 @@ impl StoreError {
     }
 
     /// Whether the error may pass by itself (the server unreachable or failing after the
-    /// client's retries), rather than needing a person (access refused, a bad URL or object).
+    /// client's retries), rather than needing a person (S3 refusing access, a bad URL or
+    /// object). A local store's failures all count as transient: object_store reports them
+    /// alike.
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Object { source: object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }, .. })
     }
@@ -303,8 +305,9 @@ impl ArtifactStore {
             writer.write(&buf[..n]);
             size_bytes += n as u64;
         }
-        // `finish` gives up without aborting when a part fails; an aborted upload leaves no
-        // parts behind in the bucket.
+        // `finish` gives up without aborting when a part fails, leaving the parts in the bucket:
+        // the full parts are waited for first and the upload aborted when one failed. (The
+        // last part goes up in `finish`, so its failure still leaves the others.)
         if let Err(e) = writer.wait_for_capacity(0).await {
             abort(writer, key).await;
             return Err(object_err(e));
