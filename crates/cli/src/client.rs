@@ -54,8 +54,8 @@ pub async fn connect(addr: &str, client: &ClientSettings) -> Result<Client> {
         tracing::warn!(%addr, "sending the API token without TLS: use an https:// address");
     }
     // HTTP/2 pings while a call is open: a watch whose coordinator's node was lost (no reset
-    // ever comes) ends, and watches again, instead of waiting for ever.
-    // A bounded connect: an address that drops packets fails an attempt in seconds, not minutes.
+    // ever comes) ends, and watches again, instead of waiting for ever. Each connect try is
+    // bounded too: an address that drops packets fails it in seconds, not minutes.
     endpoint = endpoint
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
