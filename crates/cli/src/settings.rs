@@ -169,7 +169,7 @@ impl S3Settings {
     pub fn store_options(&self) -> vidfarm_store::StoreOptions {
         let given = |value: &str| (!value.is_empty()).then(|| value.to_string());
         vidfarm_store::StoreOptions {
-            part_size: usize::try_from(self.multipart_part_mib.max(1).saturating_mul(1 << 20)).unwrap_or(usize::MAX),
+            part_size: usize::try_from(self.multipart_part_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
             s3: vidfarm_store::S3Options {
                 endpoint: given(&self.endpoint),
                 region: given(&self.region),
@@ -177,7 +177,7 @@ impl S3Settings {
                 secret_access_key: given(&self.secret_access_key),
                 allow_http: self.allow_http,
                 virtual_hosted_style: self.virtual_hosted_style,
-                presign_expiry: std::time::Duration::from_secs(self.presign_expiry_seconds.max(1)),
+                presign_expiry: std::time::Duration::from_secs(self.presign_expiry_seconds),
                 retry_max: usize::try_from(self.retry_max).unwrap_or(usize::MAX),
                 retry_timeout: std::time::Duration::from_secs(self.retry_timeout_seconds),
             },
