@@ -12,7 +12,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
-use object_store::{Attribute, Attributes, ObjectStore, PutMultipartOptions, WriteMultipart};
+use object_store::{Attribute, Attributes, MultipartUpload, ObjectStore, PutMultipartOptions, PutPayload};
 use safetensors::tensor::{Dtype, TensorView};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -272,48 +272,32 @@ impl ArtifactStore {
     }
 
     /// Streams a local file up as a multipart upload, hashing it on the way; the object
-    /// appears whole when the upload completes, or not at all.
+    /// appears whole when the upload completes, or not at all: any failure, of a read, a part
+    /// or the completion, aborts the upload, so no parts are left in the bucket.
     pub async fn put_file(&self, key: &str, file: &Path, content_type: &str) -> Result<StoredObject, StoreError> {
-        let local_err = |source| StoreError::Local { path: file.to_path_buf(), source };
         let object_err = |source| StoreError::Object { key: key.to_string(), source };
-        let mut reader = tokio::fs::File::open(file).await.map_err(local_err)?;
+        let mut reader = tokio::fs::File::open(file).await.map_err(|source| StoreError::Local { path: file.to_path_buf(), source })?;
         let mut attributes = Attributes::new();
         // Local files carry no attributes (the backend refuses them).
         if matches!(self.backend.as_ref(), Backend::S3(_)) {
             attributes.insert(Attribute::ContentType, content_type.to_string().into());
         }
         let options = PutMultipartOptions { attributes, ..Default::default() };
-        let upload = self.inner.put_multipart_opts(&ObjectPath::from(key), options).await.map_err(object_err)?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, self.part_size);
-        let mut hasher = Sha256::new();
-        let mut size_bytes = 0u64;
-        let mut buf = vec![0u8; self.part_size.min(1 << 20)];
-        loop {
-            let n = match reader.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => {
-                    abort(writer, key).await;
-                    return Err(local_err(e));
+        let mut upload = self.inner.put_multipart_opts(&ObjectPath::from(key), options).await.map_err(object_err)?;
+        let sent = match send_parts(upload.as_mut(), &mut reader, self.part_size).await {
+            Ok(sent) => upload.complete().await.map(|_| sent).map_err(object_err),
+            Err(PartError::Read(source)) => Err(StoreError::Local { path: file.to_path_buf(), source }),
+            Err(PartError::Upload(source)) => Err(object_err(source)),
+        };
+        match sent {
+            Ok((size_bytes, sha256)) => Ok(StoredObject { key: key.to_string(), size_bytes, sha256 }),
+            Err(error) => {
+                if let Err(abort_error) = upload.abort().await {
+                    tracing::warn!(key, error = %abort_error, "could not abort a multipart upload; the bucket's lifecycle rules must remove its parts");
                 }
-            };
-            if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
-                abort(writer, key).await;
-                return Err(object_err(e));
+                Err(error)
             }
-            hasher.update(&buf[..n]);
-            writer.write(&buf[..n]);
-            size_bytes += n as u64;
         }
-        // `finish` gives up without aborting when a part fails, leaving the parts in the bucket:
-        // the full parts are waited for first and the upload aborted when one failed. (The
-        // last part goes up in `finish`, so its failure still leaves the others.)
-        if let Err(e) = writer.wait_for_capacity(0).await {
-            abort(writer, key).await;
-            return Err(object_err(e));
-        }
-        writer.finish().await.map_err(object_err)?;
-        Ok(StoredObject { key: key.to_string(), size_bytes, sha256: hex::encode(hasher.finalize()) })
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
@@ -353,10 +337,54 @@ impl ArtifactStore {
     }
 }
 
-/// Gives up an upload; its parts are discarded and no object appears.
-async fn abort(writer: WriteMultipart, key: &str) {
-    if let Err(error) = writer.abort().await {
-        tracing::warn!(key, %error, "could not abort a multipart upload; the bucket's lifecycle rules must remove its parts");
+enum PartError {
+    Read(std::io::Error),
+    Upload(object_store::Error),
+}
+
+/// Sends what `reader` holds as parts of `part_size` bytes (the last one shorter), up to
+/// `PARTS_IN_FLIGHT` at once; returns its size and sha256 once every part is up. Stops at the
+/// first failure, with the parts still in flight stopped.
+async fn send_parts(upload: &mut dyn MultipartUpload, reader: &mut tokio::fs::File, part_size: usize) -> Result<(u64, String), PartError> {
+    let mut in_flight = tokio::task::JoinSet::new();
+    let sent: Result<_, PartError> = async {
+        let mut hasher = Sha256::new();
+        let mut size_bytes = 0u64;
+        loop {
+            let mut part = Vec::with_capacity(part_size);
+            (&mut *reader).take(part_size as u64).read_to_end(&mut part).await.map_err(PartError::Read)?;
+            if part.is_empty() {
+                break;
+            }
+            while in_flight.len() >= PARTS_IN_FLIGHT {
+                part_sent(in_flight.join_next().await)?;
+            }
+            hasher.update(&part);
+            size_bytes += part.len() as u64;
+            let last = part.len() < part_size;
+            in_flight.spawn(upload.put_part(PutPayload::from(part)));
+            if last {
+                break;
+            }
+        }
+        while let Some(joined) = in_flight.join_next().await {
+            part_sent(Some(joined))?;
+        }
+        Ok((size_bytes, hex::encode(hasher.finalize())))
+    }
+    .await;
+    if sent.is_err() {
+        // Ended before the upload is aborted, which must not race a part still going up.
+        in_flight.shutdown().await;
+    }
+    sent
+}
+
+fn part_sent(joined: Option<Result<object_store::Result<()>, tokio::task::JoinError>>) -> Result<(), PartError> {
+    match joined {
+        None | Some(Ok(Ok(()))) => Ok(()),
+        Some(Ok(Err(error))) => Err(PartError::Upload(error)),
+        Some(Err(join_error)) => Err(PartError::Upload(object_store::Error::JoinError { source: join_error })),
     }
 }
 
@@ -459,6 +487,114 @@ mod tests {
         assert!(dir.path().exists(), "the root stays");
         store.put_latents(&ArtifactStore::chunk_key("j4", 1), &latents).await.unwrap();
         assert!(store.exists(&ArtifactStore::chunk_key("j4", 1)).await.unwrap(), "and takes new objects");
+    }
+
+    /// A local store whose multipart uploads fail at one part, and which counts their aborts:
+    /// the failures S3 gives and a local disk does not.
+    #[derive(Debug)]
+    struct FailingPart {
+        inner: LocalFileSystem,
+        /// Which part of each upload fails, from 1; 0 for none.
+        failing_part: usize,
+        aborts: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    #[derive(Debug)]
+    struct FailingUpload {
+        inner: Box<dyn MultipartUpload>,
+        parts: usize,
+        failing_part: usize,
+        aborts: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl std::fmt::Display for FailingPart {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "FailingPart({})", self.inner)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MultipartUpload for FailingUpload {
+        fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
+            self.parts += 1;
+            if self.parts == self.failing_part {
+                let source = format!("part {} refused (injected)", self.parts).into();
+                return Box::pin(async move { Err(object_store::Error::Generic { store: "FailingPart", source }) });
+            }
+            self.inner.put_part(data)
+        }
+        async fn complete(&mut self) -> object_store::Result<object_store::PutResult> {
+            self.inner.complete().await
+        }
+        async fn abort(&mut self) -> object_store::Result<()> {
+            self.aborts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.abort().await
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for FailingPart {
+        async fn put_opts(&self, location: &ObjectPath, payload: PutPayload, opts: object_store::PutOptions) -> object_store::Result<object_store::PutResult> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(&self, location: &ObjectPath, opts: PutMultipartOptions) -> object_store::Result<Box<dyn MultipartUpload>> {
+            let inner = self.inner.put_multipart_opts(location, opts).await?;
+            Ok(Box::new(FailingUpload { inner, parts: 0, failing_part: self.failing_part, aborts: self.aborts.clone() }))
+        }
+        async fn get_opts(&self, location: &ObjectPath, options: object_store::GetOptions) -> object_store::Result<object_store::GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+        async fn delete(&self, location: &ObjectPath) -> object_store::Result<()> {
+            self.inner.delete(location).await
+        }
+        fn list(&self, prefix: Option<&ObjectPath>) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(&self, prefix: Option<&ObjectPath>) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy(&self, from: &ObjectPath, to: &ObjectPath) -> object_store::Result<()> {
+            self.inner.copy(from, to).await
+        }
+        async fn copy_if_not_exists(&self, from: &ObjectPath, to: &ObjectPath) -> object_store::Result<()> {
+            self.inner.copy_if_not_exists(from, to).await
+        }
+    }
+
+    /// An upload whose part fails, the last one included, is aborted, and no object appears;
+    /// one whose parts all go up is whole, its parts in order.
+    #[tokio::test]
+    async fn an_upload_with_a_failed_part_is_aborted() {
+        let source_dir = tempfile::tempdir().unwrap();
+        let file = source_dir.path().join("clip.mp4");
+        let data: Vec<u8> = (0..2500u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&file, &data).unwrap();
+        let key = ArtifactStore::clip_key("j5");
+        // Three parts: 1000, 1000 and 500 bytes.
+        for failing_part in [0, 1, 2, 3] {
+            let root = tempfile::tempdir().unwrap();
+            let aborts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let inner = FailingPart { inner: LocalFileSystem::new_with_prefix(root.path()).unwrap(), failing_part, aborts: aborts.clone() };
+            let store = ArtifactStore {
+                inner: Arc::new(inner),
+                backend: Arc::new(Backend::Local(root.path().to_path_buf())),
+                part_size: 1000,
+                url: "test".into(),
+            };
+            let put = store.put_file(&key, &file, "video/mp4").await;
+            let aborted = aborts.load(std::sync::atomic::Ordering::SeqCst);
+            if failing_part == 0 {
+                let stored = put.unwrap();
+                assert_eq!((stored.size_bytes, aborted), (2500, 0));
+                assert_eq!(stored.sha256, hex::encode(Sha256::digest(&data)));
+                assert_eq!(store.get(&key).await.unwrap(), data);
+            } else {
+                let error = put.unwrap_err().to_string();
+                assert!(error.contains(&key) && error.contains(&format!("part {failing_part} refused")), "{error}");
+                assert_eq!(aborted, 1, "part {failing_part} failed: the upload is aborted");
+                assert!(!store.exists(&key).await.unwrap(), "part {failing_part} failed: no object");
+            }
+        }
     }
 
     #[tokio::test]

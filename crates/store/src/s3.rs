@@ -6,7 +6,7 @@ use crate::{StoreError, StoreOptions};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::signer::Signer;
-use object_store::{BackoffConfig, RetryConfig};
+use object_store::{BackoffConfig, ObjectStore, RetryConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,7 +84,8 @@ impl S3Bucket {
 
     /// Lists the bucket (one page) once, through a presigned URL so the answer's status and S3 error code
     /// can be read: a missing bucket, refused credentials or an unreachable endpoint each get a
-    /// clear error naming the bucket and endpoint.
+    /// clear error naming the bucket and endpoint. Refused, it lists under the key prefix, which
+    /// is all the farm needs.
     pub async fn probe(&self) -> Result<(), StoreError> {
         let fail = |reason: String| StoreError::Bucket { bucket: self.bucket.clone(), endpoint: self.endpoint.clone(), reason };
         let url = self
@@ -103,6 +104,14 @@ impl S3Bucket {
         }
         let body = response.text().await.unwrap_or_default();
         let code = s3_error_code(&body).unwrap_or_default();
+        // A least-privilege policy may allow listing only under the farm's prefix, which the
+        // presigned URL cannot ask for without signing it: the client's own list does.
+        if matches!(status.as_u16(), 401 | 403) && code != "NoSuchBucket" {
+            match self.client.list_with_delimiter(Some(&self.prefix)).await {
+                Ok(_) => return Ok(()),
+                Err(error) => tracing::debug!(%error, "listing under the prefix was refused too"),
+            }
+        }
         let reason = match (status.as_u16(), code.as_str()) {
             (404, _) | (_, "NoSuchBucket") => "the bucket does not exist".to_string(),
             (401 | 403, _) => format!(
@@ -155,6 +164,51 @@ mod tests {
         assert_eq!(s3.full_path("jobs/j/clip.mp4").as_ref(), "farm/a/jobs/j/clip.mp4");
         let err = open(&url::Url::parse("s3:///x").unwrap(), &options).unwrap_err();
         assert!(err.to_string().contains("no bucket"), "{err}");
+    }
+
+    /// A bucket whose policy lets the farm list only under its key prefix (403 for the whole
+    /// bucket) passes the start-up probe; one that refuses that too is still access denied.
+    #[tokio::test]
+    async fn a_bucket_listable_only_under_the_prefix_passes_the_probe() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        // An S3 endpoint that answers a list under "farm/" with an empty page, all else with 403.
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let request_line = String::from_utf8_lossy(&request).lines().next().unwrap_or_default().to_string();
+                    let (status, body) = if request_line.contains("prefix=farm") {
+                        ("200 OK", "<ListBucketResult><Name>clips</Name><Prefix>farm/</Prefix><KeyCount>0</KeyCount><IsTruncated>false</IsTruncated></ListBucketResult>")
+                    } else {
+                        ("403 Forbidden", "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>")
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        let mut options = StoreOptions::default();
+        options.s3.endpoint = Some(endpoint);
+        options.s3.region = Some("us-east-1".into());
+        options.s3.access_key_id = Some("farm".into());
+        options.s3.secret_access_key = Some("secret".into());
+        let farm = open(&url::Url::parse("s3://clips/farm").unwrap(), &options).unwrap();
+        farm.probe().await.expect("listing under the prefix is allowed");
+        let other = open(&url::Url::parse("s3://clips/other").unwrap(), &options).unwrap();
+        let err = other.probe().await.unwrap_err().to_string();
+        assert!(err.contains("\"clips\"") && err.contains("access denied (AccessDenied)"), "{err}");
     }
 
     /// The standard variables' HTTP client settings outlast vidfarm's: plain HTTP allowed by
