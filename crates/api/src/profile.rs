@@ -64,6 +64,33 @@ impl ModelProfile {
         if profile.defaults.sampler.parse::<crate::Sampler>().is_err() {
             return Err(invalid("defaults.sampler must be euler, heun or unipc"));
         }
+        // Defaults that no job could take (a width the factors do not divide, zero steps)
+        // would fail every submission that leaves them unset, naming a field its client never set.
+        let prompt_only = crate::pb::JobSpec { prompt: "a prompt".into(), ..Default::default() };
+        if let Err(error) = crate::RenderSpec::resolve(&prompt_only, std::slice::from_ref(&profile), 0) {
+            return Err(invalid(&format!("{}: {}", error.field.replacen("spec.", "defaults.", 1), error.reason)));
+        }
         Ok(profile)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped profile loads; one whose defaults make no valid job is refused, naming the
+    /// file and the default.
+    #[test]
+    fn defaults_that_make_no_valid_job_are_refused_at_load() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/vidfarm-tiny");
+        let text = std::fs::read_to_string(shipped.join(PROFILE_FILE)).unwrap();
+        assert_eq!(ModelProfile::load(&shipped).unwrap().name, "vidfarm-tiny");
+        let dir = tempfile::tempdir().unwrap();
+        for (from, to, named) in [("width = 64", "width = 70", "defaults.width"), ("steps = 20", "steps = 0", "defaults.steps")] {
+            assert!(text.contains(from), "the shipped profile has {from}");
+            std::fs::write(dir.path().join(PROFILE_FILE), text.replace(from, to)).unwrap();
+            let error = ModelProfile::load(dir.path()).unwrap_err().to_string();
+            assert!(error.contains(PROFILE_FILE) && error.contains(named), "{error}");
+        }
     }
 }

@@ -234,6 +234,26 @@ fn check_model_index(dir: &Path) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// Why the three networks cannot run as one pipeline, if they cannot: the transformer reads the
+/// text encoder's states and the VAE's latents, and the sampler steps those latents by its
+/// output. Said from the transformer's side, as its config is what names the others' sizes.
+fn parts_misfit(transformer: &WanTransformerConfig, text_encoder: &UMT5Config, vae: &AutoencoderKLWanConfig) -> Option<String> {
+    if transformer.text_dim != text_encoder.d_model {
+        return Some(format!("text_dim {} differs from the text encoder's d_model {}", transformer.text_dim, text_encoder.d_model));
+    }
+    if transformer.in_channels != vae.z_dim {
+        return Some(format!("in_channels {} differs from the VAE's z_dim {}", transformer.in_channels, vae.z_dim));
+    }
+    if transformer.out_channels() != transformer.in_channels {
+        return Some(format!(
+            "out_channels {} differs from in_channels {}: the sampler steps the latents by the transformer's output",
+            transformer.out_channels(),
+            transformer.in_channels
+        ));
+    }
+    None
+}
+
 impl<B: Backend> Pipeline<B> {
     /// Loads a diffusers `WanPipeline` folder.
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self, ModelError> {
@@ -244,12 +264,18 @@ impl<B: Backend> Pipeline<B> {
         let tokenizer_path = dir.join("tokenizer").join("tokenizer.json");
         let tokenizer_json = std::fs::read_to_string(&tokenizer_path).map_err(|e| io_error(&tokenizer_path, e))?;
         let max_sequence_length = read_max_sequence_length(&dir.join("tokenizer"))?;
+        let text_encoder = UMT5EncoderModel::load(&dir.join("text_encoder"), device)?;
+        let transformer = WanTransformer3DModel::load(&dir.join("transformer"), device)?;
+        let vae = AutoencoderKLWan::load(&dir.join("vae"), device)?;
+        if let Some(reason) = parts_misfit(&transformer.config, &text_encoder.config, &vae.config) {
+            return Err(ModelError::InvalidConfig { path: dir.join("transformer").join("config.json"), reason });
+        }
         Ok(Self {
             tokenizer: Tokenizer::from_file(&tokenizer_path)?,
             tokenizer_json,
-            text_encoder: UMT5EncoderModel::load(&dir.join("text_encoder"), device)?,
-            transformer: WanTransformer3DModel::load(&dir.join("transformer"), device)?,
-            vae: AutoencoderKLWan::load(&dir.join("vae"), device)?,
+            text_encoder,
+            transformer,
+            vae,
             scheduler,
             max_sequence_length,
             device: device.clone(),
@@ -261,17 +287,8 @@ impl<B: Backend> Pipeline<B> {
         if config.max_sequence_length == 0 {
             return Err(ModelError::InvalidInput("max_sequence_length must be at least 1".into()));
         }
-        if config.transformer.text_dim != config.text_encoder.d_model {
-            return Err(ModelError::InvalidInput(format!(
-                "transformer text_dim {} differs from the text encoder's d_model {}",
-                config.transformer.text_dim, config.text_encoder.d_model
-            )));
-        }
-        if config.transformer.in_channels != config.vae.z_dim {
-            return Err(ModelError::InvalidInput(format!(
-                "transformer in_channels {} differs from the VAE's z_dim {}",
-                config.transformer.in_channels, config.vae.z_dim
-            )));
+        if let Some(reason) = parts_misfit(&config.transformer, &config.text_encoder, &config.vae) {
+            return Err(ModelError::InvalidInput(format!("transformer {reason}")));
         }
         B::seed(device, seed);
         let tokenizer_json = std::fs::read_to_string(&config.tokenizer).map_err(|e| io_error(&config.tokenizer, e))?;
@@ -518,6 +535,26 @@ mod tests {
         let mut config = tiny_config();
         config.transformer.text_dim = 9;
         assert!(matches!(Pipeline::<B>::random(config, 0, &device), Err(ModelError::InvalidInput(_))));
+    }
+
+    /// A folder whose transformer does not fit its VAE or its own samples is refused at load,
+    /// naming the transformer's config and the sizes, not failed at the first render.
+    #[test]
+    fn a_transformer_that_does_not_fit_the_other_parts_is_refused_at_load() {
+        let device = Default::default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        Pipeline::<B>::random(tiny_config(), 3, &device).expect("random").save(dir.path()).expect("save");
+        for (in_channels, out_channels, expected) in [
+            (8, 8, "in_channels 8 differs from the VAE's z_dim 16"),
+            (16, 32, "out_channels 32 differs from in_channels 16"),
+        ] {
+            let mut config = tiny_config().transformer;
+            config.in_channels = in_channels;
+            config.out_channels = Some(out_channels);
+            WanTransformer3DModel::<B>::random(config, &device).expect("transformer").save(&dir.path().join("transformer")).expect("save");
+            let err = Pipeline::<B>::load(dir.path(), &device).err().expect("misfit").to_string();
+            assert!(err.contains("transformer/config.json") && err.contains(expected), "{err}");
+        }
     }
 
     /// The whole pipeline against diffusers' `WanPipeline` on tiny random components
