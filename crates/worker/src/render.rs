@@ -91,8 +91,8 @@ fn sampling_options(spec: &RenderSpec) -> SamplingOptions {
 
 /// Denoises one chunk from its starting noise; in chain mode, continuing from the `previous`
 /// chunk's latents, whose frames overlapping this chunk are held as a clean prefix. `on_step` is
-/// told each finished step; `directive` is obeyed between steps (a pause waits there, holding
-/// the chunk's state).
+/// told each finished step of the job's `steps`; `directive` is obeyed between model
+/// evaluations (a pause waits there, holding the chunk's state).
 pub fn denoise_chunk<B: Backend>(
     pipeline: &Pipeline<B>,
     spec: &RenderSpec,
@@ -121,6 +121,7 @@ pub fn denoise_chunk<B: Backend>(
     let Prompts { cond, uncond } = Prompts::encode(pipeline, spec)?;
     let span = clip_span(spec, chunk);
     let mut step_started = Instant::now();
+    let mut steps_reported = 0;
     let latents = pipeline.denoise(noise, &cond, &uncond, prefix.as_ref(), span, &sampling_options(spec), &mut |progress| {
         // On an asynchronous device (CUDA) the step's kernels may still be queued: wait for them,
         // so the step's time is its own and not partly the next one's.
@@ -128,7 +129,11 @@ pub fn denoise_chunk<B: Backend>(
             tracing::warn!(?error, "device sync after a step failed");
         }
         vidfarm_telemetry::metrics().step_finished(step_started.elapsed().as_secs_f64());
-        on_step(progress);
+        let steps_done = job_steps_done(progress, spec.steps);
+        if steps_done > steps_reported {
+            steps_reported = steps_done;
+            on_step(StepProgress { step: steps_done as usize, total: spec.steps as usize });
+        }
         loop {
             match Directive::load(directive) {
                 Directive::Run => break,
@@ -141,6 +146,12 @@ pub fn denoise_chunk<B: Backend>(
         StepControl::Continue
     })?;
     to_latents(latents)
+}
+
+/// How many of the job's `steps` are done after `progress`, which counts model evaluations
+/// (heun makes two a step, one for the last): a job's progress counts the steps it asked for.
+fn job_steps_done(progress: StepProgress, steps: u32) -> u32 {
+    (progress.step * steps as usize / progress.total.max(1)) as u32
 }
 
 /// Where a chunk sits in its clip, for models that see it (`position_frequencies`).

@@ -779,6 +779,20 @@ mod tests {
         record
     }
 
+    /// Heun makes two model evaluations a step (one for the last): progress counts the job's
+    /// steps, so it never passes the whole (it read 1.75 of it before).
+    #[test]
+    fn heun_progress_counts_the_jobs_steps() {
+        let (worker, _farm, _store_dir) = test_worker();
+        let mut record = sample_record("job-heun", None);
+        record.spec.sampler = vidfarm_api::Sampler::Heun;
+        record.spec.steps = 3;
+        let mut seen = Vec::new();
+        let run = AtomicU8::new(Directive::Run as u8);
+        denoise_chunk(&worker.pipeline, &record.spec, &record.chunks[0].plan, None, &run, &mut |p| seen.push((p.step, p.total))).unwrap();
+        assert_eq!(seen, [(1, 3), (2, 3), (3, 3)]);
+    }
+
     /// A render whose supervision fails (here a progress update the book refuses; in a farm a
     /// renew or job read that loses Redis) is told to stop, not left running or paused.
     #[tokio::test]
