@@ -83,18 +83,28 @@ fn print(json: bool, value: serde_json::Value, text: String) {
 }
 
 pub async fn submit(client: &mut Client, spec: &SpecArgs, key: Option<String>, wait: bool, json: bool) -> Result<()> {
-    // A key of our own when none is given, so that a retried submit never makes a second job.
-    let key = key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let request = pb::SubmitJobRequest { spec: Some(spec.to_pb()), idempotency_key: key };
-    let response = unary(client, async |c| c.submit_job(request.clone()).await).await?;
-    let job = response.job.context("the server answered without a job")?;
+    let (job, created) = submit_job(client, spec.to_pb(), key).await?;
     if !wait {
         let mut value = job_json(&job);
-        value["created"] = response.created.into();
+        value["created"] = created.into();
         print(json, value, job.job_id.clone());
         return Ok(());
     }
     watch(client, &job.job_id, json).await
+}
+
+/// Submits a job; returns it and whether this call created it, rather than finding it made
+/// before under the same key.
+async fn submit_job(client: &mut Client, spec: pb::JobSpec, key: Option<String>) -> Result<(pb::Job, bool)> {
+    // A key of our own when none is given, so that a retried submit never makes a second job.
+    let own_key = key.is_none();
+    let key = key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let request = pb::SubmitJobRequest { spec: Some(spec), idempotency_key: key };
+    let response = unary(client, async |c| c.submit_job(request.clone()).await).await?;
+    let job = response.job.context("the server answered without a job")?;
+    // A job under a fresh key of ours is this call's even when a repeat found it, the first
+    // answer lost.
+    Ok((job, response.created || own_key))
 }
 
 /// How long `watch` keeps trying to reach a coordinator that went away (a restart, or another
@@ -369,6 +379,38 @@ mod tests {
         // A job cancelled by someone else before is still refused.
         let error = control(&mut client, &record.id, ControlVerb::Cancel, true).await.unwrap_err().to_string();
         assert!(error.starts_with("FailedPrecondition"), "{error}");
+    }
+
+    /// A submit applied but answered UNAVAILABLE (the book's answer lost) is repeated, finds the
+    /// job under the key it sent, and reports it created: one job, this command's.
+    #[tokio::test]
+    async fn a_submit_whose_answer_was_lost_reports_its_job_created() {
+        use std::sync::Arc;
+        use vidfarm_queue::flaky::FlakyBook;
+        use vidfarm_queue::{FarmState, JobBook, MemoryQueue, MemoryWorkerRegistry};
+        let book = Arc::new(FlakyBook::new());
+        let farm = FarmState { queue: Arc::new(MemoryQueue::new()), book: book.clone(), registry: Arc::new(MemoryWorkerRegistry::new()) };
+        let store_dir = tempfile::tempdir().unwrap();
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/vidfarm-tiny");
+        let profile = vidfarm_api::profile::ModelProfile::load(&model).unwrap();
+        let coordinator = vidfarm_coordinator::Coordinator::new(farm, vidfarm_store::ArtifactStore::local(store_dir.path()).unwrap(), vec![profile]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(vidfarm_coordinator::server::serve(coordinator, listener, Default::default(), std::future::pending()));
+        let settings = ClientSettings { addr: addr.clone(), tls_ca: String::new(), tls_cert: String::new(), tls_key: String::new(), token: String::new() };
+        let mut client = connect(&addr, &settings).await.unwrap();
+        let spec = || pb::JobSpec { prompt: "a red circle moving to the right on a white background".into(), ..Default::default() };
+
+        book.lose_insert_answers(1);
+        let (job, created) = submit_job(&mut client, spec(), None).await.unwrap();
+        assert!(created, "the command made job {}", job.job_id);
+        let page = book.list(&[], None, 10).await.unwrap();
+        assert_eq!(page.jobs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [job.job_id.as_str()], "one job");
+        // A key given by the user may name a job made before, by another command.
+        let (first, created) = submit_job(&mut client, spec(), Some("key-1".into())).await.unwrap();
+        assert!(created);
+        let (again, created) = submit_job(&mut client, spec(), Some("key-1".into())).await.unwrap();
+        assert_eq!((again.job_id, created), (first.job_id, false));
     }
 
     /// TLS settings with a plain-HTTP address are refused, naming the setting, rather than

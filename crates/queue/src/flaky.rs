@@ -100,6 +100,8 @@ pub struct FlakyBook {
     failing_updates: Mutex<Option<(u32, ChangeFilter)>>,
     /// Updates still to be applied and then answered with an error, and which.
     losing_answers: Mutex<Option<(u32, ChangeFilter)>>,
+    /// Inserts still to be applied and then answered with an error.
+    losing_insert_answers: Mutex<u32>,
     streams_cut: AtomicBool,
     incompatible: Mutex<Vec<String>>,
     /// The update before which its job is interrupted (once), as by another call just then.
@@ -129,6 +131,12 @@ impl FlakyBook {
     /// the connection drops before the answer comes.
     pub fn lose_answers(&self, times: u32, matching: ChangeFilter) {
         *self.losing_answers.lock().unwrap() = Some((times, matching));
+    }
+
+    /// Applies the next `times` inserts, then fails them, as when the connection drops before
+    /// the answer comes.
+    pub fn lose_insert_answers(&self, times: u32) {
+        *self.losing_insert_answers.lock().unwrap() = times;
     }
 
     /// Cancels the job of the next update that `matching` picks, just before applying it.
@@ -174,7 +182,14 @@ fn take_one(counter: &Mutex<Option<(u32, ChangeFilter)>>, change: &JobChange) ->
 #[async_trait]
 impl JobBook for FlakyBook {
     async fn insert(&self, record: JobRecord) -> Result<(JobRecord, bool), QueueError> {
-        self.inner.insert(record).await
+        let id = record.id.clone();
+        let inserted = self.inner.insert(record).await?;
+        let mut losing = self.losing_insert_answers.lock().unwrap();
+        if *losing > 0 {
+            *losing -= 1;
+            return Err(QueueError::Backend(format!("insert of job {id}: connection lost before the answer (injected)")));
+        }
+        Ok(inserted)
     }
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
         self.check_readable(id)?;
