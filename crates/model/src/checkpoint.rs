@@ -78,6 +78,9 @@ fn shard_files(index_path: &Path) -> Result<Vec<PathBuf>, ModelError> {
         weight_map: BTreeMap<String, String>,
     }
     let index: Index = read_config(index_path)?;
+    if index.weight_map.is_empty() {
+        return Err(ModelError::InvalidConfig { path: index_path.to_path_buf(), reason: "weight_map names no tensors".into() });
+    }
     let dir = index_path.parent().unwrap_or(Path::new("."));
     let mut files: Vec<PathBuf> = index.weight_map.values().map(|f| dir.join(f)).collect();
     files.sort();
@@ -224,6 +227,7 @@ impl TensorSource {
                     path: file.path.clone(),
                     tensor: name.to_string(),
                     found: format!("{other:?}"),
+                    expected: "F32, F16, BF16 or F64",
                 });
             }
         };
@@ -240,7 +244,8 @@ impl TensorSource {
             other => Err(ModelError::UnsupportedDtype {
                 path: file.path.clone(),
                 tensor: name.to_string(),
-                found: format!("{other:?} (expected F64 or F32)"),
+                found: format!("{other:?}"),
+                expected: "F64 or F32",
             }),
         }
     }
@@ -259,7 +264,8 @@ impl TensorSource {
             other => Err(ModelError::UnsupportedDtype {
                 path: file.path.clone(),
                 tensor: name.to_string(),
-                found: format!("{other:?} (expected a float or integer tensor)"),
+                found: format!("{other:?}"),
+                expected: "a float or integer dtype (F64, F32, F16, BF16, I64, I32)",
             }),
         }
     }
@@ -287,7 +293,8 @@ impl TensorSource {
                 return Err(ModelError::UnsupportedDtype {
                     path: file.path.clone(),
                     tensor: name.to_string(),
-                    found: format!("{other:?} (expected I64 or I32)"),
+                    found: format!("{other:?}"),
+                    expected: "I64 or I32",
                 });
             }
         };
@@ -499,6 +506,22 @@ mod tests {
         std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).expect("rm");
         let err = TensorSource::open_component(dir.path()).err().expect("missing shard");
         assert!(message(err).contains("model-00002-of-00002.safetensors"));
+    }
+
+    /// An index naming no shards is an error about the index, not a missing tensor with no
+    /// file named; an integer tensor's message names the float dtypes that would do.
+    #[test]
+    fn an_empty_index_and_a_wrong_dtype_say_what_would_do() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("model.safetensors.index.json"), r#"{"metadata": {}, "weight_map": {}}"#).expect("index");
+        let text = message(TensorSource::open_component(dir.path()).err().expect("empty index"));
+        assert!(text.contains("model.safetensors.index.json") && text.contains("weight_map names no tensors"), "{text}");
+
+        std::fs::remove_file(dir.path().join("model.safetensors.index.json")).expect("rm");
+        write_raw(&dir.path().join("model.safetensors"), vec![("scale", Dtype::I8, vec![2], vec![1, 2])]);
+        let src = TensorSource::open_component(dir.path()).expect("open");
+        let text = message(src.tensor::<B, 1>("scale", [2], &Default::default()).expect_err("dtype"));
+        assert!(text.ends_with("has dtype I8, expected F32, F16, BF16 or F64"), "{text}");
     }
 
     #[test]

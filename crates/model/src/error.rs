@@ -29,11 +29,12 @@ pub enum ModelError {
         found: Vec<usize>,
     },
 
-    #[error("{path}: tensor `{tensor}` has dtype {found}, expected one of F32, F16, BF16")]
+    #[error("{path}: tensor `{tensor}` has dtype {found}, expected {expected}")]
     UnsupportedDtype {
         path: PathBuf,
         tensor: String,
         found: String,
+        expected: &'static str,
     },
 
     #[error("{path}: invalid config: {reason}")]
