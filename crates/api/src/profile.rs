@@ -15,7 +15,23 @@ pub struct ModelProfile {
     pub temporal_factor: u32,
     /// Pixels per latent token side: the VAE's spatial factor times the DiT's patch size.
     pub spatial_factor: u32,
+    /// The largest frame (width x height) a job may ask for: the VAE's attention, over a whole
+    /// latent frame, grows with its square. Absent: 1280 x 720.
+    #[serde(default = "default_max_pixels")]
+    pub max_pixels: u64,
+    /// The most DiT tokens one chunk may hold (its latent frames x tokens a frame): the DiT's
+    /// attention grows with their square. Absent: 75600, a 720p chunk of 21 latent frames.
+    #[serde(default = "default_max_chunk_tokens")]
+    pub max_chunk_tokens: u64,
     pub defaults: ProfileDefaults,
+}
+
+fn default_max_pixels() -> u64 {
+    1280 * 720
+}
+
+fn default_max_chunk_tokens() -> u64 {
+    21 * (720 / 16) * (1280 / 16)
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,6 +73,9 @@ impl ModelProfile {
         let invalid = |reason: &str| ProfileError::Invalid { path: path.clone(), reason: reason.to_string() };
         if profile.temporal_factor == 0 || profile.spatial_factor == 0 {
             return Err(invalid("temporal_factor and spatial_factor must be positive"));
+        }
+        if profile.max_pixels == 0 || profile.max_chunk_tokens == 0 {
+            return Err(invalid("max_pixels and max_chunk_tokens must be positive"));
         }
         if profile.defaults.overlap_latent_frames >= profile.defaults.chunk_latent_frames {
             return Err(invalid("defaults.overlap_latent_frames must be smaller than defaults.chunk_latent_frames"));

@@ -180,6 +180,14 @@ impl RenderSpec {
 
         let width = side("spec.width", spec.width.unwrap_or(d.width), model)?;
         let height = side("spec.height", spec.height.unwrap_or(d.height), model)?;
+        let pixels = u64::from(width) * u64::from(height);
+        if pixels > model.max_pixels {
+            let field = if spec.width.is_none() && spec.height.is_some() { "spec.height" } else { "spec.width" };
+            return Err(FieldError::new(
+                field,
+                format!("{width}x{height} is {pixels} pixels a frame; model {} renders at most {}", model.name, model.max_pixels),
+            ));
+        }
 
         let sampler = if spec.sampler.is_empty() { d.sampler.as_str() } else { spec.sampler.as_str() };
         let sampler = sampler.parse::<Sampler>().map_err(|e| FieldError::new("spec.sampler", e))?;
@@ -191,6 +199,18 @@ impl RenderSpec {
 
         let chunk_latent_frames =
             in_range("spec.chunk_latent_frames", spec.chunk_latent_frames.unwrap_or(d.chunk_latent_frames), 1, MAX_CHUNK_LATENT_FRAMES)?;
+        // A clip shorter than a chunk is one chunk of its own length.
+        let chunk_frames = chunk_latent_frames.min(1 + (frames - 1) / model.temporal_factor);
+        let chunk_tokens = u64::from(chunk_frames) * (pixels / u64::from(model.spatial_factor).pow(2));
+        if chunk_tokens > model.max_chunk_tokens {
+            return Err(FieldError::new(
+                "spec.chunk_latent_frames",
+                format!(
+                    "chunks of {chunk_frames} latent frames at {width}x{height} hold {chunk_tokens} tokens; model {} takes at most {}: ask for shorter chunks or smaller frames",
+                    model.name, model.max_chunk_tokens
+                ),
+            ));
+        }
         let overlap_latent_frames = spec.overlap_latent_frames.unwrap_or(d.overlap_latent_frames.min(chunk_latent_frames - 1));
         if overlap_latent_frames >= chunk_latent_frames {
             return Err(FieldError::new(
@@ -366,6 +386,9 @@ mod tests {
             name: "tiny".into(),
             temporal_factor: 4,
             spatial_factor: 16,
+            // No caps here; `frame_and_chunk_size_caps_are_the_models` sets its own.
+            max_pixels: u64::MAX,
+            max_chunk_tokens: u64::MAX,
             defaults: ProfileDefaults {
                 fps: 8,
                 width: 64,
@@ -400,6 +423,26 @@ mod tests {
         assert_eq!(r.model, "tiny");
         assert_eq!((r.stitch_mode, r.blend_curve), (StitchMode::Blend, BlendCurve::Linear));
         assert_eq!(r.priority, Priority::Normal);
+    }
+
+    /// A frame larger than the model's cap, or chunks holding more tokens than it takes, are
+    /// refused (their attention would not fit), naming the field the client set.
+    #[test]
+    fn frame_and_chunk_size_caps_are_the_models() {
+        let capped = ModelProfile { max_pixels: 256 * 256, max_chunk_tokens: 4096, ..profile() };
+        let resolve = |spec: pb::JobSpec| RenderSpec::resolve(&spec, std::slice::from_ref(&capped), 0);
+        assert!(resolve(pb::JobSpec { width: Some(256), height: Some(256), chunk_latent_frames: Some(16), ..spec("a") }).is_ok());
+        let error = resolve(pb::JobSpec { width: Some(512), height: Some(256), ..spec("a") }).unwrap_err();
+        assert_eq!((error.field.as_str(), error.reason.as_str()), ("spec.width", "512x256 is 131072 pixels a frame; model tiny renders at most 65536"));
+        assert_eq!(resolve(pb::JobSpec { height: Some(2048), ..spec("a") }).unwrap_err().field, "spec.height");
+        // 17 latent frames of 16 x 16 tokens: 4352.
+        let long_chunks = pb::JobSpec { width: Some(256), height: Some(256), chunk_latent_frames: Some(17), ..spec("a") };
+        let with_frames = |frames| pb::JobSpec { length: Some(pb::job_spec::Length::Frames(frames)), ..long_chunks.clone() };
+        let error = resolve(with_frames(65)).unwrap_err();
+        assert_eq!(error.field, "spec.chunk_latent_frames");
+        assert!(error.reason.contains("4352 tokens") && error.reason.contains("at most 4096"), "{}", error.reason);
+        // A clip shorter than a chunk holds only its own frames.
+        assert!(resolve(with_frames(61)).is_ok(), "16 latent frames");
     }
 
     #[test]
