@@ -49,11 +49,28 @@ impl StoreError {
 
     /// Whether the error may pass by itself (the server unreachable or failing after the
     /// client's retries), rather than needing a person (S3 refusing access, a bad URL or
-    /// object). A local store's failures all count as transient: object_store reports them
-    /// alike.
+    /// object, a local folder that cannot be written).
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Object { source: object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }, .. })
+        match self {
+            StoreError::Object { source: source @ object_store::Error::Generic { .. }, .. } => !needs_a_person(source),
+            StoreError::Object { source: object_store::Error::JoinError { .. }, .. } => true,
+            _ => false,
+        }
     }
+}
+
+/// Whether a local file error under `error` is one that waiting will not mend: object_store
+/// reports local errors as `Generic`, as it does a network's, so only the I/O error's kind tells.
+fn needs_a_person(error: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::*;
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return matches!(io.kind(), PermissionDenied | ReadOnlyFilesystem | NotADirectory | IsADirectory | StorageFull | QuotaExceeded);
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// How to reach and write a store; all but `part_size` concern S3 only.
@@ -595,6 +612,23 @@ mod tests {
                 assert!(!store.exists(&key).await.unwrap(), "part {failing_part} failed: no object");
             }
         }
+    }
+
+    /// A local write that cannot succeed (a file where the job's folder must go) is no transient
+    /// error, unlike a store that is out of reach.
+    #[tokio::test]
+    async fn a_local_store_that_cannot_be_written_is_not_transient() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::local(dir.path()).unwrap();
+        std::fs::write(dir.path().join("jobs"), b"not a folder").unwrap();
+        let latents = Latents::new([1, 1, 1, 1], vec![1.0]).unwrap();
+        let error = store.put_latents(&ArtifactStore::chunk_key("j6", 0), &latents).await.unwrap_err();
+        assert!(!error.is_transient(), "{error:?}");
+        let unreachable = StoreError::Object {
+            key: "k".into(),
+            source: object_store::Error::Generic { store: "S3", source: "error sending request: connection refused".into() },
+        };
+        assert!(unreachable.is_transient());
     }
 
     #[tokio::test]
