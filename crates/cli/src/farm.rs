@@ -55,7 +55,7 @@ pub async fn load_model(dir: &Path) -> Result<(ModelProfile, Arc<Pipeline<Defaul
         .await?
         .with_context(|| format!("loading model {}", dir.display()))?;
     let info = pipeline.info();
-    let pixels_per_token = (info.spatial_factor * info.patch_size[1]) as u32;
+    let pixels_per_token = info.pixels_per_token() as u32;
     anyhow::ensure!(
         profile.temporal_factor == info.temporal_factor as u32 && profile.spatial_factor == pixels_per_token,
         "model {}: vidfarm.toml says temporal_factor {} and spatial_factor {}, the weights say {} and {}",

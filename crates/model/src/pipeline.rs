@@ -57,6 +57,13 @@ pub struct PipelineInfo {
     pub patch_size: [usize; 3],
 }
 
+impl PipelineInfo {
+    /// Pixels per DiT token side (a profile's `spatial_factor`).
+    pub fn pixels_per_token(&self) -> usize {
+        self.spatial_factor * self.patch_size[1]
+    }
+}
+
 /// `scheduler/scheduler_config.json`: Wan's UniPC configuration. Only `flow_shift` varies; it is the
 /// default for [`SamplingOptions::flow_shift`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -95,7 +95,7 @@ pub fn sample_record(id: &str, key: Option<&str>) -> JobRecord {
         priority: Priority::Normal,
         model: "tiny".into(),
         temporal_factor: 4,
-        spatial_factor: 16,
+        spatial_factor: 8,
         keep_intermediates: false,
     };
     let plan = plan_chunks(spec.latent_frames(), 6, 2).unwrap();

@@ -148,6 +148,24 @@ pub fn denoise_chunk<B: Backend>(
     to_latents(latents)
 }
 
+/// Whether this worker's model is the one the job was planned for, as far as its shape goes:
+/// a coordinator whose profile differs from the workers' weights (one upgraded, not the other)
+/// plans frames and seams the model does not make.
+pub fn check_model_fits<B: Backend>(pipeline: &Pipeline<B>, spec: &RenderSpec) -> Result<(), ModelError> {
+    let info = pipeline.info();
+    if spec.temporal_factor as usize != info.temporal_factor || spec.spatial_factor as usize != info.pixels_per_token() {
+        return Err(ModelError::InvalidInput(format!(
+            "the job was planned for model {:?} with temporal_factor {} and spatial_factor {}; this worker's model has {} and {}",
+            spec.model,
+            spec.temporal_factor,
+            spec.spatial_factor,
+            info.temporal_factor,
+            info.pixels_per_token()
+        )));
+    }
+    Ok(())
+}
+
 /// How many of the job's `steps` are done after `progress`, which counts model evaluations
 /// (heun makes two a step, one for the last): a job's progress counts the steps it asked for.
 fn job_steps_done(progress: StepProgress, steps: u32) -> u32 {

@@ -1,6 +1,6 @@
 //! The task loop: lease, do, report, repeat, until told to shut down.
 
-use crate::render::{Directive, Prompts, chunk_start, decode_clip, denoise_chunk, denoise_step};
+use crate::render::{Directive, Prompts, check_model_fits, chunk_start, decode_clip, denoise_chunk, denoise_step};
 use burn::tensor::backend::Backend;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -253,10 +253,14 @@ where
         let result = match record.state {
             s if s.is_final() => Ok(Outcome::Abandoned),
             JobState::Paused => Ok(Outcome::Later),
-            _ => match lease.task.kind {
-                TaskKind::Denoise { chunk } => self.denoise(&lease, &record, chunk).await,
-                TaskKind::SyncStep { chunk, step } => self.sync_step(&lease, &record, chunk, step).await,
-                TaskKind::Assemble => self.assemble(&lease, &record).await,
+            _ => match check_model_fits(&self.pipeline, &record.spec) {
+                // A failure like any other: retried, maybe by a worker with the right model.
+                Err(error) => Err(error.into()),
+                Ok(()) => match lease.task.kind {
+                    TaskKind::Denoise { chunk } => self.denoise(&lease, &record, chunk).await,
+                    TaskKind::SyncStep { chunk, step } => self.sync_step(&lease, &record, chunk, step).await,
+                    TaskKind::Assemble => self.assemble(&lease, &record).await,
+                },
             },
         };
         let result = match result {
@@ -874,6 +878,23 @@ mod tests {
         let error = after.error.expect("the reason");
         assert!(error.contains("chunk 1 was started 3 times without finishing"), "{error}");
         assert_eq!(after.chunks[1].attempts, LOST_STARTS_PER_ATTEMPT, "no fourth start");
+    }
+
+    /// A job planned for another model's shape (the coordinator's profile and the worker's
+    /// weights out of step) fails its task with both shapes named, rendering nothing.
+    #[tokio::test]
+    async fn a_job_planned_for_another_models_shape_fails_its_task() {
+        let (worker, farm, _store_dir) = test_worker();
+        let mut record = sample_record("job-shape", None);
+        record.spec.spatial_factor = 16;
+        let record = insert_and_queue(&farm, record).await;
+        let lease = farm.queue.pull("w", LEASE, Duration::ZERO).await.unwrap().expect("a task");
+        worker.handle(lease).await.unwrap();
+        let after = farm.book.get(&record.id).await.unwrap().unwrap();
+        assert_eq!(after.state, JobState::Failed, "max_attempts 1");
+        let error = after.error.expect("the reason");
+        assert!(error.contains("spatial_factor 16") && error.contains("has 4 and 8"), "{error}");
+        assert!(after.chunks.iter().all(|c| c.steps_done == 0 && !c.done), "nothing rendered");
     }
 
     #[test]
