@@ -650,6 +650,23 @@ async fn a_worker_started_before_its_redis_waits_for_it_then_works() {
     let _ = redis.wait();
 }
 
+/// A quieter log level leaves the traces whole: a worker logging only warnings still exports
+/// its task spans (its log filter gated the exporter too, so it sent none).
+#[tokio::test]
+async fn a_worker_logging_only_warnings_still_exports_its_spans() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let collector = Collector::start().await;
+    let farm = Farm::traced(&collector);
+    let coordinator = farm.coordinator();
+    let _worker = farm.worker_with("quiet", &[("VIDFARM_LOG_LEVEL", "warn")]);
+    let mut client = coordinator.client().await;
+    let request = pb::SubmitJobRequest { spec: Some(spec(1.0, 1, pb::Priority::Normal)), idempotency_key: String::new() };
+    let job = client.submit_job(request).await.unwrap().into_inner().job.unwrap();
+    succeeded(&finish(&mut watch(&mut client, &job.job_id).await).await);
+    let of_quiet_worker = |s: &CollectedSpan| s.service == "vidfarm-worker" && s.name == "task" && s.job_id.as_deref() == Some(job.job_id.as_str());
+    collector.wait_for(|spans| spans.iter().any(of_quiet_worker)).await;
+}
+
 /// An OTLP/gRPC trace collector on a loopback port that keeps every span it is sent.
 struct Collector {
     endpoint: String,
