@@ -150,9 +150,10 @@ pub struct S3Settings {
 }
 
 /// S3's own limits: a presigned URL lives at most 7 days, and every part of a multipart upload
-/// but the last holds at least 5 MiB.
+/// but the last holds 5 MiB to 5 GiB.
 const LONGEST_PRESIGN_SECONDS: u64 = 7 * 24 * 3600;
 const SMALLEST_PART_MIB: u64 = 5;
+const LARGEST_PART_MIB: u64 = 5 * 1024;
 
 impl S3Settings {
     /// Values S3 refuses only when a clip is stored or fetched are errors at start-up instead.
@@ -160,8 +161,8 @@ impl S3Settings {
         if !(1..=LONGEST_PRESIGN_SECONDS).contains(&self.presign_expiry_seconds) {
             bail!("s3.presign_expiry_seconds = {}: S3 takes 1 to {LONGEST_PRESIGN_SECONDS} (7 days)", self.presign_expiry_seconds);
         }
-        if self.multipart_part_mib < SMALLEST_PART_MIB {
-            bail!("s3.multipart_part_mib = {}: S3 takes parts of at least {SMALLEST_PART_MIB} MiB", self.multipart_part_mib);
+        if !(SMALLEST_PART_MIB..=LARGEST_PART_MIB).contains(&self.multipart_part_mib) {
+            bail!("s3.multipart_part_mib = {}: S3 takes parts of {SMALLEST_PART_MIB} to {LARGEST_PART_MIB} MiB", self.multipart_part_mib);
         }
         Ok(())
     }
@@ -204,6 +205,19 @@ pub struct LogSettings {
     pub level: String,
 }
 
+impl LogSettings {
+    /// A format or level that would be read as another (`JSON` as text) is an error instead.
+    fn check(&self) -> Result<()> {
+        if !["text", "json"].contains(&self.format.as_str()) {
+            bail!("log.format = {:?}: expected \"text\" or \"json\"", self.format);
+        }
+        if !["trace", "debug", "info", "warn", "error", "off"].contains(&self.level.as_str()) {
+            bail!("log.level = {:?}: expected trace, debug, info, warn, error or off", self.level);
+        }
+        Ok(())
+    }
+}
+
 impl Settings {
     /// Loads the settings; `file` (or `VIDFARM_CONFIG`) names a TOML file layered over the defaults.
     pub fn load(file: Option<&Path>) -> Result<Self> {
@@ -229,6 +243,7 @@ impl Settings {
         }
         let settings: Settings = toml::Value::Table(table).try_into().context("settings")?;
         settings.s3.check()?;
+        settings.log.check()?;
         Ok(settings)
     }
 }
@@ -373,5 +388,22 @@ mod tests {
         }
         let week = |n: &str| (n == "VIDFARM_S3_PRESIGN_EXPIRY_SECONDS").then(|| "604800".to_string());
         assert!(Settings::load_from(None, week).is_ok(), "7 days is S3's longest");
+    }
+
+    /// A part size past S3's 5 GiB, or a log format or level read as another, is an error when
+    /// the settings load, naming the key (the part size panicked at the first clip before).
+    #[test]
+    fn part_size_and_log_settings_are_checked_when_the_settings_load() {
+        for (name, value, says) in [
+            ("VIDFARM_S3_MULTIPART_PART_MIB", "5121", "s3.multipart_part_mib = 5121"),
+            ("VIDFARM_S3_MULTIPART_PART_MIB", "9223372036854775807", "s3.multipart_part_mib = 9223372036854775807"),
+            ("VIDFARM_LOG_FORMAT", "JSON", "log.format = \"JSON\""),
+            ("VIDFARM_LOG_LEVEL", "loud", "log.level = \"loud\""),
+        ] {
+            let error = Settings::load_from(None, |n: &str| (n == name).then(|| value.to_string())).err().expect(name).to_string();
+            assert!(error.starts_with(says), "{error}");
+        }
+        let largest = |n: &str| (n == "VIDFARM_S3_MULTIPART_PART_MIB").then(|| "5120".to_string());
+        assert!(Settings::load_from(None, largest).is_ok(), "5 GiB is S3's largest part");
     }
 }
