@@ -610,6 +610,41 @@ async fn a_sync_job_survives_a_worker_killed_mid_step_and_retakes_only_that_step
     assert_eq!(clip.sha256, mp4, "the clip is byte-identical to the one rendered without a fault");
 }
 
+/// As a container's only process (PID 1, where a signal without a handler is ignored), a
+/// worker still waiting for its Redis ends at SIGTERM, instead of when the grace period runs out.
+#[tokio::test]
+async fn a_worker_as_pid_1_ends_at_sigterm_while_it_waits_for_redis() {
+    if !Command::new("unshare").args(["--pid", "--fork", "true"]).status().is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot make a PID namespace here (unshare needs root)");
+        return;
+    }
+    let farm = Farm::new();
+    let redis_url = format!("redis://127.0.0.1:{}", free_port());
+    let store = farm.store.path().display().to_string();
+    let mut unshare = Command::new("unshare")
+        .args(["--pid", "--fork", BIN, "worker", "--redis", &redis_url, "--store", &store, "--name", "pid1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare starts");
+    let stderr = BufReader::new(unshare.stderr.take().unwrap());
+    let waiting = tokio::task::spawn_blocking(move || {
+        let mut lines = stderr.lines();
+        lines.by_ref().map_while(Result::ok).find(|l| l.contains("Redis not reachable yet")).expect("the worker says it waits");
+        lines
+    });
+    let mut lines = tokio::time::timeout(Duration::from_secs(30), waiting).await.expect("a warning in time").unwrap();
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    // unshare's one child is the worker, PID 1 in its namespace.
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.id())).unwrap();
+    let worker = children.split_whitespace().next().expect("the worker process").to_string();
+    assert!(Command::new("kill").args(["-TERM", &worker]).status().unwrap().success());
+    let mut unshare = Process { child: unshare, addr: String::new() };
+    let exited = tokio::task::spawn_blocking(move || unshare.child.wait().unwrap());
+    let status = tokio::time::timeout(Duration::from_secs(10), exited).await.expect("the worker ends at SIGTERM").unwrap();
+    assert!(!status.success(), "stopped before it started: {status:?}");
+}
+
 #[tokio::test]
 async fn a_worker_started_before_its_redis_waits_for_it_then_works() {
     let _turn = ONE_AT_A_TIME.lock().await;

@@ -99,6 +99,25 @@ pub async fn worker(settings: &Settings, redis: &RedisArgs, store: &str, model: 
 
 /// The pod name under Kubernetes (its HOSTNAME), else `worker`, with the process id.
 fn default_worker_name() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_string());
-    format!("{host}-{}", std::process::id())
+    worker_name(std::env::var("HOSTNAME").ok(), std::process::id())
+}
+
+/// `host-pid`, so that workers sharing a host differ; a container's only process (PID 1)
+/// is named by its host alone: in a pod, the pod's name, which `vidfarm drain` is given.
+fn worker_name(host: Option<String>, pid: u32) -> String {
+    let host = host.filter(|h| !h.is_empty()).unwrap_or_else(|| "worker".to_string());
+    if pid == 1 { host } else { format!("{host}-{pid}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pods_worker_is_named_after_its_pod() {
+        assert_eq!(worker_name(Some("vidfarm-worker-7d9f-x2x".into()), 1), "vidfarm-worker-7d9f-x2x");
+        assert_eq!(worker_name(Some("gpu-node-3".into()), 4242), "gpu-node-3-4242");
+        assert_eq!(worker_name(None, 7), "worker-7");
+        assert_eq!(worker_name(Some(String::new()), 1), "worker");
+    }
 }

@@ -14,7 +14,10 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use tracing::Instrument;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use vidfarm_queue::JobState;
 use vidfarm_telemetry::{LogFormat, TraceExport};
 
@@ -219,6 +222,9 @@ async fn run(cli: Cli) -> Result<()> {
         endpoint: settings.traces.otlp_endpoint.clone(),
         service_name: service.to_string(),
     });
+    if matches!(cli.command, Command::Serve { .. } | Command::Coordinator { .. } | Command::Worker { .. }) {
+        listen_for_signals()?;
+    }
     let traces = vidfarm_telemetry::init(format, quiet_level, export.as_ref())?;
     let result = run_command(cli.command, &settings).await;
     if let Some(traces) = traces {
@@ -371,24 +377,46 @@ async fn start_metrics(settings: &Settings) -> Result<()> {
     Ok(())
 }
 
-/// Completes on Ctrl-C or SIGTERM (what Kubernetes sends before killing a pod).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Whether a command's graceful shutdown listens for the signals yet ([`shutdown_signal`]).
+static GRACEFUL: AtomicBool = AtomicBool::new(false);
+/// Turns true at Ctrl-C or SIGTERM, once [`listen_for_signals`] listens.
+static SIGNALLED: OnceLock<watch::Receiver<bool>> = OnceLock::new();
+
+/// Listens for Ctrl-C and SIGTERM (what Kubernetes sends before killing a pod) from the start
+/// of a long-running command. Until its graceful shutdown listens, a signal ends the process at
+/// once: it holds no task yet, and as a container's PID 1 without a handler it would ignore
+/// SIGTERM through a model load or a wait for Redis, until the grace period ran out.
+fn listen_for_signals() -> Result<()> {
+    let (signalled, receiver) = watch::channel(false);
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => futures::future::pending::<()>().await,
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("listening for SIGTERM")?;
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let term = term.recv();
+        #[cfg(not(unix))]
+        let term = futures::future::pending::<Option<()>>();
+        // The shell's codes for a process ended by SIGINT and SIGTERM.
+        let code = tokio::select! {
+            _ = tokio::signal::ctrl_c() => 130,
+            _ = term => 143,
+        };
+        if !GRACEFUL.load(Ordering::SeqCst) {
+            eprintln!("stopped while starting");
+            std::process::exit(code);
         }
-    };
-    #[cfg(not(unix))]
-    let term = futures::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+        let _ = signalled.send(true);
+    });
+    let _ = SIGNALLED.set(receiver);
+    Ok(())
+}
+
+/// Completes at Ctrl-C or SIGTERM; from its first poll, a signal is the command's to handle.
+async fn shutdown_signal() {
+    GRACEFUL.store(true, Ordering::SeqCst);
+    match SIGNALLED.get() {
+        Some(receiver) => {
+            let _ = receiver.clone().wait_for(|signalled| *signalled).await;
+        }
+        None => futures::future::pending().await,
     }
 }
