@@ -57,7 +57,8 @@ def main():
             "traces": {"otlpEndpoint": "http://otel-collector.observability:4317"},
             "dashboard": {"enabled": False},
             "api": {"tls": {"secret": "farm-tls", "clientCaSecret": "farm-ca"}, "tokensSecret": "farm-tokens"},
-            "coordinator": {"retentionHours": 168},
+            "coordinator": {"retentionHours": 168, "replicas": 1},
+            "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/farm"}},
         },
     }
     for label, values in variants.items():
@@ -99,6 +100,13 @@ def main():
         assert probe == service["spec"]["ports"][0]["port"] == int(config["server"]["listen"].rsplit(":", 1)[1])
         assert service["spec"]["selector"] == coordinator["spec"]["selector"]["matchLabels"]
         assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 60, "workers need time to drain"
+        # The coordinator may wait out the S3 check's retries (2 minutes) and Redis before it serves.
+        startup = coordinator["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 180, f"{label}: {startup}"
+        budgets = [d for _, d in docs if d["kind"] == "PodDisruptionBudget"]
+        assert len(budgets) == (0 if values else 1), f"{label}: a budget only with more than one coordinator"
+        account = by_kind(docs, "ServiceAccount")
+        assert account["metadata"].get("annotations", {}) == values.get("serviceAccount", {}).get("annotations", {}), f"{label}: {account}"
         assert worker["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
         metrics_port = (values.get("metrics") or {}).get("port", 9464)
         for deployment in (coordinator, worker):
@@ -133,6 +141,7 @@ def main():
     for bad, key in [
         ({"worker": {"leaseSeconds": 60}}, "leaseSeconds"),
         ({"store": {"url": "ftp://x"}}, "url"),
+        ({"store": {"url": "file:///data"}}, "url"),
         ({"traces": {"otlpEndpoint": "otel-collector:4317"}}, "otlpEndpoint"),
         ({"coordinator": {"retentionHours": -1}}, "retentionHours"),
     ]:
