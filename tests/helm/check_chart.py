@@ -59,6 +59,7 @@ def main():
             "api": {"tls": {"secret": "farm-tls", "clientCaSecret": "farm-ca"}, "tokensSecret": "farm-tokens"},
             "coordinator": {"retentionHours": 168, "replicas": 1},
             "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/farm"}},
+            "extraEnv": [{"name": "OTEL_EXPORTER_OTLP_HEADERS", "valueFrom": {"secretKeyRef": {"name": "otel-auth", "key": "headers"}}}],
         },
     }
     for label, values in variants.items():
@@ -128,6 +129,8 @@ def main():
             assert all(t["expr"].count("vidfarm_") for p in panels for t in p["targets"]), panels
         env = container_env(worker)
         assert env["VIDFARM_CONFIG"]["value"] == "/etc/vidfarm/vidfarm.toml"
+        for extra in values.get("extraEnv", []):
+            assert container_env(coordinator)[extra["name"]] == env[extra["name"]] == extra, f"{label}: extraEnv"
         if values:
             assert env["VIDFARM_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "farm-redis", "key": "url"}
             assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "farm-s3"

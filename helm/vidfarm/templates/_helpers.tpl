@@ -55,6 +55,9 @@ app.kubernetes.io/component: {{ .component }}
       name: {{ . }}
       key: AWS_SECRET_ACCESS_KEY
 {{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{- define "vidfarm.volumes" -}}
