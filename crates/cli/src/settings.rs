@@ -375,6 +375,11 @@ mod tests {
         assert_eq!(options.s3.presign_expiry, std::time::Duration::from_secs(3600));
     }
 
+    /// The error of loading the settings with one environment variable set.
+    fn error_with(name: &str, value: &str) -> String {
+        Settings::load_from(None, |n: &str| (n == name).then(|| value.to_string())).err().expect(name).to_string()
+    }
+
     /// A presign expiry or part size S3 refuses is an error when the settings load, naming the key.
     #[test]
     fn s3_limits_are_checked_when_the_settings_load() {
@@ -383,7 +388,7 @@ mod tests {
             ("VIDFARM_S3_PRESIGN_EXPIRY_SECONDS", "0", "s3.presign_expiry_seconds = 0"),
             ("VIDFARM_S3_MULTIPART_PART_MIB", "4", "s3.multipart_part_mib = 4"),
         ] {
-            let error = Settings::load_from(None, |n: &str| (n == name).then(|| value.to_string())).err().expect(name).to_string();
+            let error = error_with(name, value);
             assert!(error.starts_with(says), "{error}");
         }
         let week = |n: &str| (n == "VIDFARM_S3_PRESIGN_EXPIRY_SECONDS").then(|| "604800".to_string());
@@ -400,7 +405,7 @@ mod tests {
             ("VIDFARM_LOG_FORMAT", "JSON", "log.format = \"JSON\""),
             ("VIDFARM_LOG_LEVEL", "loud", "log.level = \"loud\""),
         ] {
-            let error = Settings::load_from(None, |n: &str| (n == name).then(|| value.to_string())).err().expect(name).to_string();
+            let error = error_with(name, value);
             assert!(error.starts_with(says), "{error}");
         }
         let largest = |n: &str| (n == "VIDFARM_S3_MULTIPART_PART_MIB").then(|| "5120".to_string());
