@@ -88,8 +88,9 @@ pub async fn worker(settings: &Settings, redis: &RedisArgs, store: &str, model: 
     let name = name.unwrap_or_else(default_worker_name);
     let worker = Worker::new(worker_config(settings, name.clone()), farm, store, pipeline);
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let signal = crate::shutdown_signal();
     tokio::spawn(async move {
-        crate::shutdown_signal().await;
+        signal.await;
         tracing::info!("shutting down: finishing the task in hand");
         let _ = shutdown.send(true);
     });

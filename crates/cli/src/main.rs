@@ -410,13 +410,17 @@ fn listen_for_signals() -> Result<()> {
     Ok(())
 }
 
-/// Completes at Ctrl-C or SIGTERM; from its first poll, a signal is the command's to handle.
-async fn shutdown_signal() {
+/// Completes at Ctrl-C or SIGTERM. From this call on (not the future's first poll: a worker
+/// may take a task before then), a signal is the command's to handle.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     GRACEFUL.store(true, Ordering::SeqCst);
-    match SIGNALLED.get() {
-        Some(receiver) => {
-            let _ = receiver.clone().wait_for(|signalled| *signalled).await;
+    let receiver = SIGNALLED.get().cloned();
+    async move {
+        match receiver {
+            Some(mut receiver) => {
+                let _ = receiver.wait_for(|signalled| *signalled).await;
+            }
+            None => futures::future::pending().await,
         }
-        None => futures::future::pending().await,
     }
 }
