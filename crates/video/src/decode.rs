@@ -35,7 +35,7 @@ pub fn decode_mp4(path: &Path) -> Result<RgbFrames, VideoError> {
     let row_bytes = width as usize * 3;
     let mut receive = |decoder: &mut ffmpeg::decoder::Video| {
         let mut decoded = ffmpeg::frame::Video::empty();
-        while decoder.receive_frame(&mut decoded).is_ok() {
+        while crate::received(decoder.receive_frame(&mut decoded)).map_err(err("decoding"))? {
             let mut rgb = ffmpeg::frame::Video::empty();
             scaler.run(&decoded, &mut rgb).map_err(err("converting a frame of"))?;
             let (stride, data) = (rgb.stride(0), rgb.data(0));

@@ -94,6 +94,12 @@ pub fn encode_mp4(clip: &RgbFrames, path: &Path) -> Result<(), VideoError> {
     video.set_format(ffmpeg::format::Pixel::YUV420P);
     video.set_time_base(time_base);
     video.set_frame_rate(Some(ffmpeg::Rational::new(clip.fps as i32, 1)));
+    // What the converter below makes (swscale's default: BT.601, limited range), said in the
+    // stream: untagged, players guess, and take HD sizes for BT.709, shifting the hues.
+    video.set_colorspace(ffmpeg::color::Space::SMPTE170M);
+    video.set_color_range(ffmpeg::color::Range::MPEG);
+    video.set_color_primaries(ffmpeg::color::Primaries::SMPTE170M);
+    video.set_color_transfer_characteristic(ffmpeg::color::TransferCharacteristic::SMPTE170M);
     if global_header {
         video.set_flags(ffmpeg::codec::Flags::GLOBAL_HEADER);
     }
@@ -130,7 +136,7 @@ pub fn encode_mp4(clip: &RgbFrames, path: &Path) -> Result<(), VideoError> {
 
     let write_packets = |encoder: &mut ffmpeg::encoder::Video, output: &mut ffmpeg::format::context::Output| {
         let mut packet = ffmpeg::Packet::empty();
-        while encoder.receive_packet(&mut packet).is_ok() {
+        while received(encoder.receive_packet(&mut packet)).map_err(err("encoding a frame for"))? {
             packet.set_stream(stream_index);
             packet.rescale_ts(time_base, stream_time_base);
             packet.write_interleaved(output).map_err(err("writing a packet to"))?;
@@ -156,6 +162,16 @@ pub fn encode_mp4(clip: &RgbFrames, path: &Path) -> Result<(), VideoError> {
     write_packets(&mut encoder, &mut output)?;
     output.write_trailer().map_err(err("writing the trailer of"))?;
     Ok(())
+}
+
+/// Whether a codec's `receive_*` call gave something; `false` when it wants more input or has
+/// given all it had. Any other error is one: taken for "nothing more", it would cut a clip short.
+fn received(result: Result<(), ffmpeg::Error>) -> Result<bool, ffmpeg::Error> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(ffmpeg::Error::Other { errno: ffmpeg::util::error::EAGAIN } | ffmpeg::Error::Eof) => Ok(false),
+        Err(error) => Err(error),
+    }
 }
 
 #[cfg(test)]
@@ -187,6 +203,26 @@ mod tests {
         assert_eq!(info.fps, 8.0);
         assert!((info.duration_seconds - 17.0 / 8.0).abs() < 0.01, "{}", info.duration_seconds);
         assert!(info.faststart, "moov before mdat");
+    }
+
+    /// Only "want more" and "no more" end a codec's output; a real error is passed up.
+    #[test]
+    fn a_codec_error_is_not_taken_for_the_end() {
+        assert!(received(Ok(())).unwrap());
+        assert!(!received(Err(ffmpeg::Error::Other { errno: ffmpeg::util::error::EAGAIN })).unwrap());
+        assert!(!received(Err(ffmpeg::Error::Eof)).unwrap());
+        assert_eq!(received(Err(ffmpeg::Error::InvalidData)), Err(ffmpeg::Error::InvalidData));
+    }
+
+    /// The stream says how its colours were made (BT.601, limited range), as the converter made
+    /// them; untagged, a player may take a 720p clip for BT.709.
+    #[test]
+    fn a_clip_says_which_colours_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clip.mp4");
+        let clip = RgbFrames::from_planar_signed(&vec![0.5f32; 3 * 5 * 16 * 16], 5, 16, 16, 8).unwrap();
+        encode_mp4(&clip, &path).unwrap();
+        assert_eq!(probe(&path).unwrap().colour, ["smpte170m", "tv", "smpte170m", "smpte170m"].map(String::from));
     }
 
     #[test]

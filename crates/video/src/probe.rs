@@ -15,13 +15,15 @@ pub struct ProbeInfo {
     pub duration_seconds: f64,
     /// The `moov` index comes before the media data.
     pub faststart: bool,
+    /// The colour tags players read: matrix, range, primaries, transfer (`unknown` if absent).
+    pub colour: [String; 4],
 }
 
 /// Runs `ffprobe` on a file (counting frames by decoding them).
 pub fn probe(path: &Path) -> Result<ProbeInfo, VideoError> {
     let out = Command::new("ffprobe")
         .args(["-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries"])
-        .arg("stream=codec_name,pix_fmt,width,height,r_frame_rate,nb_read_frames:format=duration")
+        .arg("stream=codec_name,pix_fmt,width,height,r_frame_rate,nb_read_frames,color_space,color_range,color_primaries,color_transfer:format=duration")
         .args(["-of", "json"])
         .arg(path)
         .output()
@@ -50,5 +52,9 @@ pub fn probe(path: &Path) -> Result<ProbeInfo, VideoError> {
         fps,
         duration_seconds: number(&json["format"]["duration"]),
         faststart,
+        colour: ["color_space", "color_range", "color_primaries", "color_transfer"].map(|tag| match text(&stream[tag]) {
+            tag if tag.is_empty() => "unknown".to_string(),
+            tag => tag,
+        }),
     })
 }
