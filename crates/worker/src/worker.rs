@@ -561,6 +561,12 @@ where
         seam_ratio: Option<f64>,
     ) -> Result<Outcome, WorkerError> {
         let key = ArtifactStore::clip_key(&record.id);
+        // Another holder of a lapsed lease may have stored its clip meanwhile: written over, the
+        // object would no longer be the bytes whose size and sha256 the record gives.
+        if self.book.get(&record.id).await?.is_some_and(|current| current.clip.is_some()) {
+            tracing::info!(job_id = %record.id, "the clip was stored by another worker meanwhile: this one is dropped");
+            return Ok(Outcome::Abandoned);
+        }
         let stored = self.store.put_file(&key, path, "video/mp4").instrument(tracing::info_span!("store_clip")).await?;
         let clip = ClipInfo {
             object_key: stored.key,
@@ -926,6 +932,23 @@ mod tests {
         let outcome = worker.store_clip(&record, &encoded, 33, 64, 64, None).await.unwrap();
         assert!(matches!(outcome, Outcome::Abandoned));
         assert!(!worker.store.exists(&clip_key).await.unwrap(), "a clip stored after the delete is removed");
+    }
+
+    /// A clip made by a second holder (its lease lapsed) after the first stored its own is not
+    /// written over the first's: the record's size and sha256 keep naming the stored bytes.
+    #[tokio::test]
+    async fn a_second_clip_does_not_overwrite_the_stored_one() {
+        let (worker, farm, store_dir) = test_worker();
+        let (first, second) = (store_dir.path().join("first.mp4"), store_dir.path().join("second.mp4"));
+        std::fs::write(&first, b"the first holder's encode").unwrap();
+        std::fs::write(&second, b"the second holder's encode, other bytes").unwrap();
+        let (record, _) = farm.book.insert(sample_record("job-overwrite", None)).await.unwrap();
+        assert!(matches!(worker.store_clip(&record, &first, 33, 64, 64, None).await.unwrap(), Outcome::Done));
+        assert!(matches!(worker.store_clip(&record, &second, 33, 64, 64, None).await.unwrap(), Outcome::Abandoned));
+        let clip = farm.book.get(&record.id).await.unwrap().unwrap().clip.expect("the first clip");
+        let stored = worker.store.get(&clip.object_key).await.unwrap();
+        assert_eq!(stored.as_ref(), b"the first holder's encode");
+        assert_eq!(clip.size_bytes, stored.len() as u64);
     }
 
     /// A chunk rendered for a job cancelled (and maybe deleted) between its write and its
