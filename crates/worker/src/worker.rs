@@ -512,7 +512,7 @@ where
         // Reading the chunks is supervised too, so the lease is renewed from the start: a long
         // clip's latents take a while to read, longer than a lease.
         let work = {
-            let (pipeline, store, record, path) = (self.pipeline.clone(), self.store.clone(), record.clone(), path.clone());
+            let (pipeline, store, record, path, directive) = (self.pipeline.clone(), self.store.clone(), record.clone(), path.clone(), directive.clone());
             tokio::spawn(
                 async move {
                     let mut parts = Vec::with_capacity(record.chunks.len());
@@ -524,6 +524,11 @@ where
                         let seams = seam_frames(&parts.iter().map(|(plan, _)| *plan).collect::<Vec<_>>(), spec.temporal_factor);
                         let latents = stitch(spec.latent_frames(), &parts, spec.blend_curve)?;
                         let frames = tracing::info_span!("decode").in_scope(|| decode_clip(&pipeline, &spec, latents))?;
+                        // The decode cannot be cut short; a clip no longer wanted (cancelled, lease
+                        // lost) is not encoded beside the worker's next task.
+                        if Directive::load(&directive) == Directive::Stop {
+                            return Err(vidfarm_model::ModelError::Cancelled.into());
+                        }
                         tracing::info_span!("encode_mp4").in_scope(|| vidfarm_video::encode_mp4(&frames, &path))?;
                         let (count, width, height) = (frames.frames.len() as u32, frames.width, frames.height);
                         // Measured on the decoded frames, before H.264 (whose blocks would add their own).
@@ -537,7 +542,7 @@ where
                 .instrument(tracing::Span::current()),
             )
         };
-        // However supervision ends, reading stops (a decode under way runs to its end).
+        // However supervision ends, reading stops (a decode under way runs to its end, then stops).
         let _stop_reading = AbortOnDrop(work.abort_handle());
         // Decoding reports no steps: a channel whose sender is gone.
         let (_, mut no_progress) = mpsc::unbounded_channel();
