@@ -20,7 +20,8 @@ pub struct ModelProfile {
     #[serde(default = "default_max_pixels")]
     pub max_pixels: u64,
     /// The most DiT tokens one chunk may hold (its latent frames x tokens a frame): the DiT's
-    /// attention grows with their square. Absent: 75600, a 720p chunk of 21 latent frames.
+    /// attention grows with their square. Absent: 75600, a 720p chunk of 21 latent frames at 16
+    /// pixels a token side (Wan's).
     #[serde(default = "default_max_chunk_tokens")]
     pub max_chunk_tokens: u64,
     pub defaults: ProfileDefaults,

@@ -68,13 +68,15 @@ pub async fn coordinator(settings: &Settings, redis: &RedisArgs, listen: &str, s
     let store = open_store(store, settings).await?;
     let farm = connect(settings, redis).await?;
     let coordinator = Coordinator::new(farm, store, vec![profile]);
+    // From here a signal is a graceful shutdown's: the sweeps run.
+    let signal = crate::shutdown_signal();
     vidfarm_coordinator::spawn_sweeps(coordinator.clone(), settings.server.retention());
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let local = listener.local_addr()?;
     // Scripts and tests read the bound address (the port may have been 0) from this line.
     crate::output::emit(format!("listening on {local}"));
     tracing::info!(%local, "coordinator serving");
-    vidfarm_coordinator::serve(coordinator, listener, security, crate::shutdown_signal()).await?;
+    vidfarm_coordinator::serve(coordinator, listener, security, signal).await?;
     Ok(())
 }
 
@@ -98,7 +100,7 @@ pub async fn worker(settings: &Settings, redis: &RedisArgs, store: &str, model: 
     Ok(worker.run_with_restarts(shutdown_rx).await?)
 }
 
-/// The pod name under Kubernetes (its HOSTNAME), else `worker`, with the process id.
+/// The host name (under Kubernetes, the pod's), else `worker`, with the process id unless it is 1.
 fn default_worker_name() -> String {
     worker_name(std::env::var("HOSTNAME").ok(), std::process::id())
 }

@@ -93,7 +93,8 @@ enum Command {
         /// [settings: server.model]
         #[arg(long)]
         model: Option<PathBuf>,
-        /// Shown in leases and logs (default: host name and process id).
+        /// Shown in leases and logs (default: host name and process id; in a container, where
+        /// the worker is PID 1, the host name: a pod's name).
         #[arg(long)]
         name: Option<String>,
     },
@@ -348,13 +349,15 @@ async fn serve(settings: &Settings, listen: &str, store: &str, model: &Path) -> 
     let security = settings.server.security()?;
     start_metrics(settings).await?;
     let farm = Farm::start(settings, model, store).await?;
+    // From here a signal is a graceful shutdown's: the workers may hold tasks, the sweeps run.
+    let signal = shutdown_signal();
     let sweeps = vidfarm_coordinator::spawn_sweeps(farm.coordinator.clone(), settings.server.retention());
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let local = listener.local_addr()?;
     // Scripts and tests read the bound address (the port may have been 0) from this line.
     output::emit(format!("listening on {local}"));
     tracing::info!(%local, store, model = %model.display(), "serving");
-    vidfarm_coordinator::serve(farm.coordinator.clone(), listener, security, shutdown_signal()).await?;
+    vidfarm_coordinator::serve(farm.coordinator.clone(), listener, security, signal).await?;
     sweeps.abort();
     tracing::info!("shutting down: finishing tasks in hand");
     farm.stop().await;

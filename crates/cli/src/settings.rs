@@ -211,7 +211,8 @@ impl LogSettings {
         if !["text", "json"].contains(&self.format.as_str()) {
             bail!("log.format = {:?}: expected \"text\" or \"json\"", self.format);
         }
-        if !["trace", "debug", "info", "warn", "error", "off"].contains(&self.level.as_str()) {
+        // Read as tracing reads a level: in any case.
+        if !["trace", "debug", "info", "warn", "error", "off"].contains(&self.level.to_ascii_lowercase().as_str()) {
             bail!("log.level = {:?}: expected trace, debug, info, warn, error or off", self.level);
         }
         Ok(())
@@ -410,5 +411,7 @@ mod tests {
         }
         let largest = |n: &str| (n == "VIDFARM_S3_MULTIPART_PART_MIB").then(|| "5120".to_string());
         assert!(Settings::load_from(None, largest).is_ok(), "5 GiB is S3's largest part");
+        let upper_case = |n: &str| (n == "VIDFARM_LOG_LEVEL").then(|| "INFO".to_string());
+        assert!(Settings::load_from(None, upper_case).is_ok(), "a level in any case, as tracing reads it");
     }
 }
