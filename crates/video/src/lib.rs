@@ -38,6 +38,11 @@ impl RgbFrames {
                 values.len()
             )));
         }
+        // A NaN would become black without a word: a model that diverged must fail its clip.
+        let not_numbers = values.iter().filter(|v| v.is_nan()).count();
+        if not_numbers > 0 {
+            return Err(VideoError::Frames(format!("{not_numbers} of {} values are NaN: the model's output is not a picture", values.len())));
+        }
         let to_u8 = |v: f32| ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8;
         let frames = (0..frames)
             .map(|f| {
@@ -234,5 +239,11 @@ mod tests {
         let short = RgbFrames { width: 4, height: 2, fps: 8, frames: vec![vec![0; 5]] };
         assert!(matches!(encode_mp4(&short, &path), Err(VideoError::Frames(_))));
         assert!(RgbFrames::from_planar_signed(&[0.0; 5], 1, 2, 2, 8).is_err());
+        let mut diverged = vec![0.0f32; 12];
+        diverged[4] = f32::NAN;
+        let error = RgbFrames::from_planar_signed(&diverged, 1, 2, 2, 8).err().expect("NaN").to_string();
+        assert!(error.contains("1 of 12 values are NaN"), "{error}");
+        let saturated = RgbFrames::from_planar_signed(&[f32::INFINITY; 12], 1, 2, 2, 8).unwrap();
+        assert_eq!(saturated.frames[0], [255; 12], "out of range values clamp");
     }
 }
