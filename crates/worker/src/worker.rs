@@ -956,17 +956,24 @@ mod tests {
         assert_eq!(clip.size_bytes, stored.len() as u64);
     }
 
+    /// Stores a job over `book`, then has a worker take and handle its first task (a chunk);
+    /// returns the worker, its farm and store folder, the job as stored, and the chunk.
+    async fn denoise_one_chunk(book: Arc<FlakyBook>, id: &str) -> (Worker<DefaultBackend>, FarmState, tempfile::TempDir, JobRecord, u32) {
+        let (worker, farm, store_dir) = test_worker_with(Arc::new(MemoryQueue::new()), book, 1);
+        let record = insert_and_queue(&farm, sample_record(id, None)).await;
+        let lease = farm.queue.pull("w", LEASE, Duration::ZERO).await.unwrap().expect("a task");
+        let TaskKind::Denoise { chunk } = lease.task.kind else { panic!("{:?}", lease.task) };
+        worker.handle(lease).await.unwrap();
+        (worker, farm, store_dir, record, chunk)
+    }
+
     /// A chunk rendered for a job cancelled (and maybe deleted) between its write and its
     /// record is removed, not left behind the delete.
     #[tokio::test]
     async fn a_chunk_finished_for_a_job_cancelled_meanwhile_is_removed() {
         let book = Arc::new(FlakyBook::new());
         book.cancel_before(|change| matches!(change, JobChange::ChunkDone { .. }));
-        let (worker, farm, _store_dir) = test_worker_with(Arc::new(MemoryQueue::new()), book, 1);
-        let record = insert_and_queue(&farm, sample_record("job-cancel-late", None)).await;
-        let lease = farm.queue.pull("w", LEASE, Duration::ZERO).await.unwrap().expect("a task");
-        let TaskKind::Denoise { chunk } = lease.task.kind else { panic!("{:?}", lease.task) };
-        worker.handle(lease).await.unwrap();
+        let (worker, farm, _store_dir, record, chunk) = denoise_one_chunk(book, "job-cancel-late").await;
         let after = farm.book.get(&record.id).await.unwrap().unwrap();
         assert_eq!((after.state, after.chunks[chunk as usize].done), (JobState::Cancelled, false));
         assert!(!worker.store.exists(&ArtifactStore::chunk_key(&record.id, chunk)).await.unwrap(), "the chunk was removed");
@@ -978,11 +985,7 @@ mod tests {
     async fn a_chunk_finished_for_a_job_removed_meanwhile_is_removed() {
         let book = Arc::new(FlakyBook::new());
         book.remove_before(|change| matches!(change, JobChange::ChunkDone { .. }));
-        let (worker, farm, _store_dir) = test_worker_with(Arc::new(MemoryQueue::new()), book, 1);
-        let record = insert_and_queue(&farm, sample_record("job-remove-late", None)).await;
-        let lease = farm.queue.pull("w", LEASE, Duration::ZERO).await.unwrap().expect("a task");
-        let TaskKind::Denoise { chunk } = lease.task.kind else { panic!("{:?}", lease.task) };
-        worker.handle(lease).await.unwrap();
+        let (worker, farm, _store_dir, record, chunk) = denoise_one_chunk(book, "job-remove-late").await;
         assert!(farm.book.get(&record.id).await.unwrap().is_none(), "the job was removed");
         assert!(!worker.store.exists(&ArtifactStore::chunk_key(&record.id, chunk)).await.unwrap(), "the chunk was removed");
     }
