@@ -422,8 +422,14 @@ impl<B: Backend> Pipeline<B> {
     /// Un-normalises latents with the VAE's `latents_mean`/`latents_std` (as `WanPipeline` does) and
     /// decodes them to video `[1, 3, 1 + 4 (F - 1), 8h, 8w]` in `[-1, 1]`.
     pub fn decode(&self, latents: Tensor<B, 5>) -> Result<Tensor<B, 5>, ModelError> {
+        Ok(Tensor::cat(self.decode_frames(latents)?.collect(), 2))
+    }
+
+    /// [`Pipeline::decode`] a latent frame at a time: the video frames of each latent frame in
+    /// turn (1, then 4 each for Wan's factors), for a caller that encodes them as they come.
+    pub fn decode_frames(&self, latents: Tensor<B, 5>) -> Result<impl Iterator<Item = Tensor<B, 5>> + '_, ModelError> {
         let z = self.denormalize(latents)?;
-        self.vae.decode(z)
+        Ok(self.vae.decode_frames(z)?.map(|frames| frames.clamp(-1.0, 1.0)))
     }
 
     /// `latents * latents_std + latents_mean`, per channel.

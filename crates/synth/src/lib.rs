@@ -12,7 +12,7 @@ mod rng;
 
 pub use attributes::{Colour, Motion, Shape};
 pub use detect::{DetectedObject, Detection, DetectorConfig, detect};
-pub use metrics::{Adherence, edge_pixels, mean_abs_frame_difference, score, seam_ratio};
+pub use metrics::{Adherence, FrameChanges, edge_pixels, mean_abs_frame_difference, score, seam_ratio};
 pub use render::{Clip, ClipSettings, render_clip};
 pub use scene::{ObjectSpec, SceneSpec, Split};
 

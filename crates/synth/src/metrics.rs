@@ -56,42 +56,80 @@ pub fn edge_pixels(clip: &Clip) -> Vec<bool> {
     edges
 }
 
-/// Mean absolute difference between frames `i - 1` and `i`, per byte (0 to 255).
-fn frame_difference(clip: &Clip, i: usize) -> f64 {
-    let (a, b) = (&clip.frames[i - 1], &clip.frames[i]);
+/// Mean absolute difference between two frames, per byte (0 to 255).
+fn frame_difference(a: &[u8], b: &[u8]) -> f64 {
     let total: u64 = a.iter().zip(b).map(|(&x, &y)| u64::from(x.abs_diff(y))).sum();
     total as f64 / a.len().max(1) as f64
 }
 
-/// Temporal smoothness: the mean absolute difference of consecutive frames, per byte (0 to
-/// 255); `None` for clips under two frames.
-pub fn mean_abs_frame_difference(clip: &Clip) -> Option<f64> {
-    let pairs = clip.frames.len().checked_sub(1).filter(|&n| n > 0)?;
-    Some((1..clip.frames.len()).map(|i| frame_difference(clip, i)).sum::<f64>() / pairs as f64)
+/// How a clip changes from frame to frame, taken in a frame at a time: a clip being encoded as
+/// it is decoded is never whole, and its changes are still measured.
+#[derive(Clone, Debug, Default)]
+pub struct FrameChanges {
+    last: Option<Vec<u8>>,
+    /// Entry `i - 1`: the difference from frame `i - 1` to frame `i`.
+    differences: Vec<f64>,
 }
 
-/// How visible chunk seams are: the mean frame difference across the seams divided by the
-/// mean across the other latent-frame boundaries, inside chunks (1.0: invisible). A seam at `f`
-/// is the change from frame `f - 1` to `f`. A causal VAE decodes latent frame `k` into video
-/// frames from `1 + temporal_factor (k - 1)` on, and the change into a latent frame's first
-/// video frame is larger than the changes within it, seam or not (9.8 against 6.3 in a 33 s clip
-/// of the shipped model); seams sit on those boundaries, so they are compared with their own
-/// kind. With `temporal_factor` 1 every frame change counts. `None` when either side has no
-/// frame pairs (or nothing changes inside chunks).
-pub fn seam_ratio(clip: &Clip, seams: &[usize], temporal_factor: usize) -> Option<f64> {
-    let (mut across, mut inside) = (Vec::new(), Vec::new());
-    let period = temporal_factor.max(1);
-    for i in 1..clip.frames.len() {
-        let difference = frame_difference(clip, i);
-        if seams.contains(&i) {
-            across.push(difference);
-        } else if (i - 1) % period == 0 {
-            inside.push(difference);
+impl FrameChanges {
+    pub fn of(clip: &Clip) -> Self {
+        let mut changes = Self::default();
+        for frame in &clip.frames {
+            changes.push(frame);
+        }
+        changes
+    }
+
+    /// Takes in the clip's next frame.
+    pub fn push(&mut self, frame: &[u8]) {
+        match &mut self.last {
+            Some(last) => {
+                self.differences.push(frame_difference(last, frame));
+                last.clear();
+                last.extend_from_slice(frame);
+            }
+            None => self.last = Some(frame.to_vec()),
         }
     }
-    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-    let (across, inside) = (mean(&across)?, mean(&inside)?);
-    (inside > 0.0).then(|| across / inside)
+
+    /// Temporal smoothness: the mean absolute difference of consecutive frames, per byte (0 to
+    /// 255); `None` under two frames.
+    pub fn mean(&self) -> Option<f64> {
+        (!self.differences.is_empty()).then(|| self.differences.iter().sum::<f64>() / self.differences.len() as f64)
+    }
+
+    /// How visible chunk seams are: the mean frame difference across the seams divided by the
+    /// mean across the other latent-frame boundaries, inside chunks (1.0: invisible). A seam at
+    /// `f` is the change from frame `f - 1` to `f`. A causal VAE decodes latent frame `k` into
+    /// video frames from `1 + temporal_factor (k - 1)` on, and the change into a latent frame's
+    /// first video frame is larger than the changes within it, seam or not (9.8 against 6.3 in a
+    /// 33 s clip of the shipped model); seams sit on those boundaries, so they are compared with
+    /// their own kind. With `temporal_factor` 1 every frame change counts. `None` when either
+    /// side has no frame pairs (or nothing changes inside chunks).
+    pub fn seam_ratio(&self, seams: &[usize], temporal_factor: usize) -> Option<f64> {
+        let (mut across, mut inside) = (Vec::new(), Vec::new());
+        let period = temporal_factor.max(1);
+        for (i, &difference) in (1..).zip(&self.differences) {
+            if seams.contains(&i) {
+                across.push(difference);
+            } else if (i - 1) % period == 0 {
+                inside.push(difference);
+            }
+        }
+        let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+        let (across, inside) = (mean(&across)?, mean(&inside)?);
+        (inside > 0.0).then(|| across / inside)
+    }
+}
+
+/// [`FrameChanges::mean`] of a whole clip.
+pub fn mean_abs_frame_difference(clip: &Clip) -> Option<f64> {
+    FrameChanges::of(clip).mean()
+}
+
+/// [`FrameChanges::seam_ratio`] of a whole clip.
+pub fn seam_ratio(clip: &Clip, seams: &[usize], temporal_factor: usize) -> Option<f64> {
+    FrameChanges::of(clip).seam_ratio(seams, temporal_factor)
 }
 
 #[cfg(test)]

@@ -73,100 +73,160 @@ fn x264_instruction_set() -> Option<&'static str> {
 
 /// Encodes frames as an H.264 MP4 at `path`.
 pub fn encode_mp4(clip: &RgbFrames, path: &Path) -> Result<(), VideoError> {
-    let (w, h) = (clip.width, clip.height);
-    if w == 0 || h == 0 || w % 2 != 0 || h % 2 != 0 {
-        return Err(VideoError::Frames(format!("size {w}x{h}: yuv420p needs even, positive sides")));
+    let mut writer = Mp4Writer::create(path, clip.width, clip.height, clip.fps)?;
+    for frame in &clip.frames {
+        writer.write_frame(frame)?;
     }
-    if clip.fps == 0 || clip.frames.is_empty() {
-        return Err(VideoError::Frames("a clip needs frames and a positive fps".into()));
-    }
-    if let Some(bad) = clip.frames.iter().position(|f| f.len() != (w * h * 3) as usize) {
-        return Err(VideoError::Frames(format!("frame {bad} is not {w}x{h} RGB")));
-    }
-    let err = |doing: &'static str| move |source| VideoError::Ffmpeg { doing, path: path.to_path_buf(), source };
-    ffmpeg::init().map_err(err("initialising for"))?;
-    // x264's per-encode statistics are noise in a farm's logs; errors still show.
-    ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error);
+    writer.finish()
+}
 
-    let mut output = ffmpeg::format::output(&path).map_err(err("creating"))?;
-    let codec = ffmpeg::encoder::find(ffmpeg::codec::Id::H264).ok_or(VideoError::NoEncoder)?;
-    let global_header = output.format().flags().contains(ffmpeg::format::Flags::GLOBAL_HEADER);
-    let time_base = ffmpeg::Rational::new(1, clip.fps as i32);
+/// An H.264 MP4 written a frame at a time, so that a long clip need never be whole in memory.
+/// Dropped before [`Mp4Writer::finish`], the file is left without its index: not a clip.
+pub struct Mp4Writer {
+    path: PathBuf,
+    width: u32,
+    height: u32,
+    output: ffmpeg::format::context::Output,
+    encoder: ffmpeg::encoder::Video,
+    scaler: ffmpeg::software::scaling::Context,
+    rgb: ffmpeg::frame::Video,
+    stream_index: usize,
+    time_base: ffmpeg::Rational,
+    stream_time_base: ffmpeg::Rational,
+    frames: u64,
+}
 
-    let mut video = ffmpeg::codec::context::Context::new_with_codec(codec).encoder().video().map_err(err("configuring"))?;
-    video.set_width(w);
-    video.set_height(h);
-    video.set_format(ffmpeg::format::Pixel::YUV420P);
-    video.set_time_base(time_base);
-    video.set_frame_rate(Some(ffmpeg::Rational::new(clip.fps as i32, 1)));
-    // What the converter below makes (swscale's default: BT.601, limited range), said in the
-    // stream: untagged, players guess, and take HD sizes for BT.709, shifting the hues.
-    video.set_colorspace(ffmpeg::color::Space::SMPTE170M);
-    video.set_color_range(ffmpeg::color::Range::MPEG);
-    video.set_color_primaries(ffmpeg::color::Primaries::SMPTE170M);
-    video.set_color_transfer_characteristic(ffmpeg::color::TransferCharacteristic::SMPTE170M);
-    if global_header {
-        video.set_flags(ffmpeg::codec::Flags::GLOBAL_HEADER);
-    }
-    let mut options = ffmpeg::Dictionary::new();
-    options.set("preset", "medium");
-    options.set("crf", "18");
-    if let Some(isa) = x264_instruction_set() {
-        options.set("x264-params", &format!("asm={isa}"));
-    }
-    let mut encoder = video.open_as_with(codec, options).map_err(err("opening the encoder for"))?;
+/// Names what FFmpeg was doing, and to which file, when it failed.
+fn ffmpeg_error<'a>(doing: &'static str, path: &'a Path) -> impl Fn(ffmpeg::Error) -> VideoError + 'a {
+    move |source| VideoError::Ffmpeg { doing, path: path.to_path_buf(), source }
+}
 
-    let stream_index = {
-        let mut stream = output.add_stream(codec).map_err(err("adding a stream to"))?;
-        stream.set_parameters(&encoder);
-        stream.set_time_base(time_base);
-        stream.set_avg_frame_rate(ffmpeg::Rational::new(clip.fps as i32, 1));
-        stream.index()
-    };
-    let mut mux_options = ffmpeg::Dictionary::new();
-    mux_options.set("movflags", "+faststart");
-    output.write_header_with(mux_options).map_err(err("writing the header of"))?;
-    let stream_time_base = output.stream(stream_index).map(|s| s.time_base()).unwrap_or(time_base);
-
-    let mut scaler = ffmpeg::software::scaling::Context::get(
-        ffmpeg::format::Pixel::RGB24,
-        w,
-        h,
-        ffmpeg::format::Pixel::YUV420P,
-        w,
-        h,
-        ffmpeg::software::scaling::Flags::BILINEAR,
-    )
-    .map_err(err("creating the colour converter for"))?;
-
-    let write_packets = |encoder: &mut ffmpeg::encoder::Video, output: &mut ffmpeg::format::context::Output| {
-        let mut packet = ffmpeg::Packet::empty();
-        while received(encoder.receive_packet(&mut packet)).map_err(err("encoding a frame for"))? {
-            packet.set_stream(stream_index);
-            packet.rescale_ts(time_base, stream_time_base);
-            packet.write_interleaved(output).map_err(err("writing a packet to"))?;
+impl Mp4Writer {
+    /// Opens `path` for a clip of `width` x `height` RGB frames at `fps`.
+    pub fn create(path: &Path, width: u32, height: u32, fps: u32) -> Result<Self, VideoError> {
+        let (w, h) = (width, height);
+        if w == 0 || h == 0 || w % 2 != 0 || h % 2 != 0 {
+            return Err(VideoError::Frames(format!("size {w}x{h}: yuv420p needs even, positive sides")));
         }
-        Ok::<(), VideoError>(())
-    };
+        if fps == 0 {
+            return Err(VideoError::Frames("a clip needs a positive fps".into()));
+        }
+        let err = |doing| ffmpeg_error(doing, path);
+        ffmpeg::init().map_err(err("initialising for"))?;
+        // x264's per-encode statistics are noise in a farm's logs; errors still show.
+        ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error);
 
-    let mut rgb = ffmpeg::frame::Video::new(ffmpeg::format::Pixel::RGB24, w, h);
-    let row_bytes = (w * 3) as usize;
-    for (i, pixels) in clip.frames.iter().enumerate() {
-        let stride = rgb.stride(0);
-        let data = rgb.data_mut(0);
+        let mut output = ffmpeg::format::output(&path).map_err(err("creating"))?;
+        let codec = ffmpeg::encoder::find(ffmpeg::codec::Id::H264).ok_or(VideoError::NoEncoder)?;
+        let global_header = output.format().flags().contains(ffmpeg::format::Flags::GLOBAL_HEADER);
+        let time_base = ffmpeg::Rational::new(1, fps as i32);
+
+        let mut video = ffmpeg::codec::context::Context::new_with_codec(codec).encoder().video().map_err(err("configuring"))?;
+        video.set_width(w);
+        video.set_height(h);
+        video.set_format(ffmpeg::format::Pixel::YUV420P);
+        video.set_time_base(time_base);
+        video.set_frame_rate(Some(ffmpeg::Rational::new(fps as i32, 1)));
+        // What the converter below makes (swscale's default: BT.601, limited range), said in the
+        // stream: untagged, players guess, and take HD sizes for BT.709, shifting the hues.
+        video.set_colorspace(ffmpeg::color::Space::SMPTE170M);
+        video.set_color_range(ffmpeg::color::Range::MPEG);
+        video.set_color_primaries(ffmpeg::color::Primaries::SMPTE170M);
+        video.set_color_transfer_characteristic(ffmpeg::color::TransferCharacteristic::SMPTE170M);
+        if global_header {
+            video.set_flags(ffmpeg::codec::Flags::GLOBAL_HEADER);
+        }
+        let mut options = ffmpeg::Dictionary::new();
+        options.set("preset", "medium");
+        options.set("crf", "18");
+        if let Some(isa) = x264_instruction_set() {
+            options.set("x264-params", &format!("asm={isa}"));
+        }
+        let encoder = video.open_as_with(codec, options).map_err(err("opening the encoder for"))?;
+
+        let stream_index = {
+            let mut stream = output.add_stream(codec).map_err(err("adding a stream to"))?;
+            stream.set_parameters(&encoder);
+            stream.set_time_base(time_base);
+            stream.set_avg_frame_rate(ffmpeg::Rational::new(fps as i32, 1));
+            stream.index()
+        };
+        let mut mux_options = ffmpeg::Dictionary::new();
+        mux_options.set("movflags", "+faststart");
+        output.write_header_with(mux_options).map_err(err("writing the header of"))?;
+        let stream_time_base = output.stream(stream_index).map(|s| s.time_base()).unwrap_or(time_base);
+
+        let scaler = ffmpeg::software::scaling::Context::get(
+            ffmpeg::format::Pixel::RGB24,
+            w,
+            h,
+            ffmpeg::format::Pixel::YUV420P,
+            w,
+            h,
+            ffmpeg::software::scaling::Flags::BILINEAR,
+        )
+        .map_err(err("creating the colour converter for"))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            width,
+            height,
+            output,
+            encoder,
+            scaler,
+            rgb: ffmpeg::frame::Video::new(ffmpeg::format::Pixel::RGB24, w, h),
+            stream_index,
+            time_base,
+            stream_time_base,
+            frames: 0,
+        })
+    }
+
+    /// Encodes the next frame: `width x height` RGB pixels, rows packed.
+    pub fn write_frame(&mut self, pixels: &[u8]) -> Result<(), VideoError> {
+        let (w, h) = (self.width, self.height);
+        if pixels.len() != (w * h * 3) as usize {
+            return Err(VideoError::Frames(format!("frame {} is not {w}x{h} RGB", self.frames)));
+        }
+        let row_bytes = (w * 3) as usize;
+        let stride = self.rgb.stride(0);
+        let data = self.rgb.data_mut(0);
         for (y, row) in pixels.chunks_exact(row_bytes).enumerate() {
             data[y * stride..y * stride + row_bytes].copy_from_slice(row);
         }
+        let err = |doing| ffmpeg_error(doing, &self.path);
         let mut yuv = ffmpeg::frame::Video::empty();
-        scaler.run(&rgb, &mut yuv).map_err(err("converting a frame for"))?;
-        yuv.set_pts(Some(i as i64));
-        encoder.send_frame(&yuv).map_err(err("encoding a frame for"))?;
-        write_packets(&mut encoder, &mut output)?;
+        self.scaler.run(&self.rgb, &mut yuv).map_err(err("converting a frame for"))?;
+        yuv.set_pts(Some(self.frames as i64));
+        self.encoder.send_frame(&yuv).map_err(err("encoding a frame for"))?;
+        self.frames += 1;
+        self.write_packets()
     }
-    encoder.send_eof().map_err(err("finishing the encoder for"))?;
-    write_packets(&mut encoder, &mut output)?;
-    output.write_trailer().map_err(err("writing the trailer of"))?;
-    Ok(())
+
+    /// Frames written so far.
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// Drains the encoder's delayed frames and writes the index: the file is now a clip.
+    pub fn finish(mut self) -> Result<(), VideoError> {
+        if self.frames == 0 {
+            return Err(VideoError::Frames("a clip needs frames".into()));
+        }
+        self.encoder.send_eof().map_err(ffmpeg_error("finishing the encoder for", &self.path))?;
+        self.write_packets()?;
+        self.output.write_trailer().map_err(ffmpeg_error("writing the trailer of", &self.path))
+    }
+
+    /// Muxes every packet the encoder has ready.
+    fn write_packets(&mut self) -> Result<(), VideoError> {
+        let mut packet = ffmpeg::Packet::empty();
+        while received(self.encoder.receive_packet(&mut packet)).map_err(ffmpeg_error("encoding a frame for", &self.path))? {
+            packet.set_stream(self.stream_index);
+            packet.rescale_ts(self.time_base, self.stream_time_base);
+            packet.write_interleaved(&mut self.output).map_err(ffmpeg_error("writing a packet to", &self.path))?;
+        }
+        Ok(())
+    }
 }
 
 /// Whether a codec's `receive_*` call gave something; `false` when it wants more input or has
@@ -228,6 +288,25 @@ mod tests {
         let clip = RgbFrames::from_planar_signed(&vec![0.5f32; 3 * 5 * 16 * 16], 5, 16, 16, 8).unwrap();
         encode_mp4(&clip, &path).unwrap();
         assert_eq!(probe(&path).unwrap().colour, ["smpte170m", "tv", "smpte170m", "smpte170m"].map(String::from));
+    }
+
+    /// Frames are checked as they come, and a clip ends only once it has some.
+    #[test]
+    fn a_writer_refuses_a_bad_frame_and_an_empty_clip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clip.mp4");
+        let still = Mp4Writer::create(&path, 4, 2, 0).err().expect("fps 0").to_string();
+        assert!(still.contains("positive fps"), "{still}");
+        let empty = Mp4Writer::create(&path, 4, 2, 8).unwrap().finish().err().expect("no frames").to_string();
+        assert!(empty.contains("needs frames"), "{empty}");
+        let mut writer = Mp4Writer::create(&path, 4, 2, 8).unwrap();
+        writer.write_frame(&[0; 24]).unwrap();
+        let short = writer.write_frame(&[0; 23]).err().expect("a short frame").to_string();
+        assert!(short.contains("frame 1 is not 4x2 RGB"), "{short}");
+        writer.write_frame(&[0; 24]).unwrap();
+        assert_eq!(writer.frames(), 2);
+        writer.finish().unwrap();
+        assert_eq!(probe(&path).unwrap().frames, 2);
     }
 
     #[test]

@@ -246,6 +246,13 @@ impl<B: Backend> AutoencoderKLWan<B> {
     /// [`AutoencoderKLWan::decode`] without the final clamp to `[-1, 1]`, for training: the clamp
     /// would stop the gradient of every pixel the decoder overshoots.
     pub fn decode_unclamped(&self, z: Tensor<B, 5>) -> Result<Tensor<B, 5>, ModelError> {
+        Ok(Tensor::cat(self.decode_frames(z)?.collect(), 2))
+    }
+
+    /// [`AutoencoderKLWan::decode_unclamped`] as it goes: the video frames of each latent frame
+    /// in turn (1 for the first, `temporal_factor` for each after), so that a caller can pass
+    /// them on and a long clip is never whole in memory.
+    pub fn decode_frames(&self, z: Tensor<B, 5>) -> Result<FrameDecoder<'_, B>, ModelError> {
         let [_, channels, latent_frames, height, width] = z.dims();
         if channels != self.config.z_dim || latent_frames == 0 || height == 0 || width == 0 {
             return Err(ModelError::InvalidInput(format!(
@@ -254,11 +261,8 @@ impl<B: Backend> AutoencoderKLWan<B> {
                 self.config.z_dim
             )));
         }
-        let x = self.post_quant_conv.forward(z, None);
-        let mut cache = FeatureCache::new();
-        let frames: Vec<Tensor<B, 5>> =
-            (0..latent_frames).map(|i| self.decoder.forward(x.clone().narrow(2, i, 1), &mut cache)).collect();
-        Ok(Tensor::cat(frames, 2))
+        let latents = self.post_quant_conv.forward(z, None);
+        Ok(FrameDecoder { decoder: &self.decoder, latents, cache: FeatureCache::new(), next: 0 })
     }
 
     /// `AutoencoderKLWan.encode(x).latent_dist.mean`: video `[batch, in_channels, frames, H, W]`
@@ -305,6 +309,33 @@ impl<B: Backend> AutoencoderKLWan<B> {
     }
 }
 
+/// The decoder's pass over a clip, one latent frame per item (see
+/// [`AutoencoderKLWan::decode_frames`]); each causal conv carries its last frames to the next.
+pub struct FrameDecoder<'a, B: Backend> {
+    decoder: &'a Decoder3d<B>,
+    latents: Tensor<B, 5>,
+    cache: FeatureCache<B>,
+    next: usize,
+}
+
+impl<B: Backend> Iterator for FrameDecoder<'_, B> {
+    /// Video `[batch, out_channels, frames, H, W]`, unclamped.
+    type Item = Tensor<B, 5>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let latent_frames = self.latents.dims()[2];
+        (self.next < latent_frames).then(|| {
+            self.next += 1;
+            self.decoder.forward(self.latents.clone().narrow(2, self.next - 1, 1), &mut self.cache)
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.latents.dims()[2] - self.next;
+        (left, Some(left))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,6 +378,27 @@ mod tests {
     fn parity_vae_wide_decoder() {
         check_decode("vae_wide_decoder", 1);
         check_decode("vae_wide_decoder", 3);
+    }
+
+    /// The video comes a latent frame at a time, one frame then four, and matches the reference.
+    #[test]
+    fn decoding_as_it_goes_gives_each_latent_frames_video_in_turn() {
+        let device = Default::default();
+        let vae = fixture_vae("vae");
+        let io = fixture_io("vae");
+        let z = io.tensor_of_rank::<B, 5>("decode3.z", &device).expect("z");
+        let expected = io.tensor_of_rank::<B, 5>("decode3.sample", &device).expect("sample");
+        let decoder = vae.decode_frames(z).expect("decode");
+        assert_eq!(decoder.size_hint(), (3, Some(3)));
+        let parts: Vec<Tensor<B, 5>> = decoder.collect();
+        assert_eq!(parts.iter().map(|p| p.dims()[2]).collect::<Vec<_>>(), [1, 4, 4]);
+        let mut start = 0;
+        for part in parts {
+            let frames = part.dims()[2];
+            let err = max_abs_diff(part.clamp(-1.0, 1.0), expected.clone().narrow(2, start, frames));
+            assert!(err <= 1e-4, "frames {start}..{}: max abs error {err}", start + frames);
+            start += frames;
+        }
     }
 
     #[test]
