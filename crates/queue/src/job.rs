@@ -55,6 +55,13 @@ pub struct ChunkStatus {
     /// Deliveries that ended in an error; the job fails when these reach the worker's limit.
     #[serde(default)]
     pub failures: u32,
+    /// Deliveries handed back unfinished on purpose: their worker stopped while the job was
+    /// paused. Neither lost nor failed.
+    #[serde(default)]
+    pub handed_back: u32,
+    /// Fields of a newer version, kept as they were when this version rewrites the record.
+    #[serde(flatten)]
+    pub newer_fields: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ChunkStatus {
@@ -63,7 +70,7 @@ impl ChunkStatus {
     /// finished counts as finished. Taken before a start, so the one in hand is not counted.
     pub fn lost_starts(&self, sync: bool) -> u32 {
         let finished = if sync { self.steps_done } else { 0 };
-        self.attempts.saturating_sub(self.failures + finished)
+        self.attempts.saturating_sub(self.failures + self.handed_back + finished)
     }
 }
 
@@ -107,6 +114,10 @@ pub struct JobRecord {
     /// continue; none when traces are not exported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// Fields of a newer version (a rolling upgrade), kept as they were when this version
+    /// rewrites the record: dropped, the newer version would read its defaults back.
+    #[serde(flatten)]
+    pub newer_fields: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A change to a job, as sent by the coordinator (control) or a worker (progress).
@@ -116,6 +127,9 @@ pub enum JobChange {
     ChunkStarted { chunk: u32 },
     Step { chunk: u32, step: u32, steps_total: u32 },
     ChunkDone { chunk: u32 },
+    /// A worker stopping handed back its delivery of a chunk, paused unfinished: not a lost
+    /// start. A chunk that starts over (all but sync mode) is back at step 0.
+    ChunkHandedBack { chunk: u32 },
     AssembleStarted,
     Succeeded(ClipInfo),
     Failed(String),
@@ -166,7 +180,7 @@ impl JobRecord {
             spec,
             state: JobState::Queued,
             stage: Stage::Queued,
-            chunks: plan.into_iter().map(|plan| ChunkStatus { plan, done: false, steps_done: 0, attempts: 0, failures: 0 }).collect(),
+            chunks: plan.into_iter().map(|plan| ChunkStatus { plan, done: false, steps_done: 0, attempts: 0, failures: 0, handed_back: 0, newer_fields: Default::default() }).collect(),
             error: None,
             clip: None,
             assemble_failures: 0,
@@ -176,6 +190,7 @@ impl JobRecord {
             updated_ms: now_ms,
             sequence: 0,
             traceparent: None,
+            newer_fields: Default::default(),
         }
     }
 
@@ -252,6 +267,11 @@ impl JobRecord {
             JobChange::ChunkStarted { chunk } => {
                 let sync = self.spec.stitch_mode == StitchMode::Sync;
                 let status = self.chunk_mut(*chunk)?;
+                // A stale holder (it read the record before the chunk was done): its start
+                // would take the done chunk's steps back to 0.
+                if status.done {
+                    return Ok(None);
+                }
                 status.attempts += 1;
                 // A sync chunk goes on from its last finished step; others start over.
                 if !sync {
@@ -284,6 +304,18 @@ impl JobRecord {
                 status.done = true;
                 status.steps_done = steps;
                 Some(UpdateDetail::ChunkFinished(*chunk))
+            }
+            JobChange::ChunkHandedBack { chunk } => {
+                let (sync, steps_total) = (self.spec.stitch_mode == StitchMode::Sync, self.spec.steps);
+                let status = self.chunk_mut(*chunk)?;
+                if status.done {
+                    return Ok(None);
+                }
+                status.handed_back += 1;
+                if !sync {
+                    status.steps_done = 0;
+                }
+                Some(UpdateDetail::Step { chunk: *chunk, step: status.steps_done, steps_total })
             }
             JobChange::AssembleStarted => {
                 // Each start is counted: one cut off (its worker killed decoding a clip too big
@@ -435,6 +467,57 @@ mod tests {
         }
         record.apply(&JobChange::TaskFailed { chunk: None, error: "boom".into() }, 1).unwrap();
         assert_eq!(record.lost_assemble_starts(), 2);
+    }
+
+    /// Fields a newer version added survive this version's changes to the record.
+    #[test]
+    fn a_newer_versions_fields_are_kept() {
+        let mut stored = serde_json::to_value(sample_record("job-n", None)).unwrap();
+        stored["shelf"] = serde_json::json!({"tier": "cold"});
+        stored["chunks"][0]["denoised_on"] = serde_json::json!("gpu-7");
+        let mut record: JobRecord = serde_json::from_value(stored).unwrap();
+        record.apply(&JobChange::ChunkStarted { chunk: 0 }, 1).unwrap();
+        let rewritten = serde_json::to_value(&record).unwrap();
+        assert_eq!(rewritten["shelf"]["tier"], "cold");
+        assert_eq!(rewritten["chunks"][0]["denoised_on"], "gpu-7");
+        assert_eq!(rewritten["chunks"][0]["attempts"], 1);
+        assert!(serde_json::to_value(sample_record("job-n", None)).unwrap().get("newer_fields").is_none(), "nothing of its own");
+    }
+
+    /// A start read from a stale record, of a chunk done since, changes nothing.
+    #[test]
+    fn a_start_of_a_done_chunk_changes_nothing() {
+        let mut record = sample_record("job-d", None);
+        record.apply(&JobChange::ChunkStarted { chunk: 0 }, 1).unwrap();
+        record.apply(&JobChange::ChunkDone { chunk: 0 }, 2).unwrap();
+        let before = record.clone();
+        assert_eq!(record.apply(&JobChange::ChunkStarted { chunk: 0 }, 3).unwrap(), None);
+        assert_eq!(record, before);
+    }
+
+    /// A delivery handed back by a worker stopping while the job is paused is no lost start,
+    /// and the chunk's progress goes back to what the next delivery starts from.
+    #[test]
+    fn a_handed_back_start_is_not_lost() {
+        let mut record = sample_record("job-h", None);
+        record.apply(&JobChange::ChunkStarted { chunk: 0 }, 1).unwrap();
+        record.apply(&JobChange::Step { chunk: 0, step: 2, steps_total: 4 }, 1).unwrap();
+        record.apply(&JobChange::Control(Control::Pause), 1).unwrap();
+        let sequence = record.sequence;
+        let detail = record.apply(&JobChange::ChunkHandedBack { chunk: 0 }, 2).unwrap();
+        assert_eq!(detail, Some(UpdateDetail::Step { chunk: 0, step: 0, steps_total: 4 }));
+        assert_eq!((record.chunks[0].lost_starts(false), record.chunks[0].steps_done, record.sequence), (0, 0, sequence + 1));
+        assert_eq!(record.state, JobState::Paused);
+
+        record.spec.stitch_mode = StitchMode::Sync;
+        record.apply(&JobChange::ChunkStarted { chunk: 1 }, 3).unwrap();
+        record.apply(&JobChange::Step { chunk: 1, step: 1, steps_total: 4 }, 3).unwrap();
+        record.apply(&JobChange::ChunkStarted { chunk: 1 }, 3).unwrap();
+        record.apply(&JobChange::ChunkHandedBack { chunk: 1 }, 4).unwrap();
+        assert_eq!((record.chunks[1].lost_starts(true), record.chunks[1].steps_done), (0, 1), "a sync chunk keeps its steps");
+
+        record.apply(&JobChange::ChunkDone { chunk: 1 }, 5).unwrap();
+        assert_eq!(record.apply(&JobChange::ChunkHandedBack { chunk: 1 }, 6).unwrap(), None, "a done chunk has nothing to hand back");
     }
 
     #[test]
