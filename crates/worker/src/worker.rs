@@ -89,6 +89,9 @@ pub struct Worker<B: Backend> {
     status: Mutex<WorkerInfo>,
     /// Set once a drain was requested: finish the task in hand, take no more.
     draining: AtomicBool,
+    /// Turns true once the worker is to stop (shut down, or drained): a render waiting in its
+    /// job's pause is handed back, not waited for until the pause ends.
+    stopping: watch::Sender<bool>,
     /// Poked when the worker takes or ends a task, for a heartbeat that reports it at once.
     status_changed: Notify,
 }
@@ -109,11 +112,12 @@ where
         };
         let FarmState { queue, book, registry } = farm;
         let (status, draining, status_changed) = (Mutex::new(status), AtomicBool::new(false), Notify::new());
-        Self { config, queue, book, registry, store, pipeline, status, draining, status_changed }
+        Self { config, queue, book, registry, store, pipeline, status, draining, stopping: watch::Sender::new(false), status_changed }
     }
 
     /// Takes and runs tasks until `shutdown` turns true or a drain is requested; the task in
-    /// hand is finished first. Heartbeats go to the registry meanwhile.
+    /// hand is finished first (a chunk waiting in its job's pause is handed back instead).
+    /// Heartbeats go to the registry meanwhile.
     pub async fn run(&self, shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
         tracing::info!(worker = %self.config.name, "worker started");
         let result = tokio::select! {
@@ -161,7 +165,19 @@ where
             };
             if let Some(lease) = lease {
                 self.set_task(Some(lease.task.id()));
-                let handled = self.handle(lease).await;
+                let handled = self.handle(lease);
+                tokio::pin!(handled);
+                let handled = loop {
+                    tokio::select! {
+                        handled = &mut handled => break handled,
+                        // Heard while the task runs, for a render waiting in its job's pause.
+                        changed = shutdown.changed(), if !*self.stopping.borrow() => {
+                            if changed.is_err() || *shutdown.borrow() {
+                                self.stopping.send_replace(true);
+                            }
+                        }
+                    }
+                };
                 self.set_task(None);
                 handled?;
             }
@@ -205,6 +221,7 @@ where
             };
             match self.registry.heartbeat(&info, ttl).await {
                 Ok(true) if !self.draining.swap(true, Ordering::AcqRel) => {
+                    self.stopping.send_replace(true);
                     tracing::info!(worker = %self.config.name, "drain requested: finishing the task in hand, taking no more");
                 }
                 Ok(_) => {}
@@ -354,9 +371,14 @@ where
                     })
                 }))
             };
-            let latents = match self.supervise(lease, &record.id, work, &directive, &mut progress_rx).await? {
-                Some(result) => result?,
-                None => return Ok(Outcome::Abandoned),
+            let latents = match self.supervise(lease, &record.id, work, &directive, &mut progress_rx, Some(self.stopping.subscribe())).await? {
+                Supervised::Finished(result) => result?,
+                Supervised::Stopped => return Ok(Outcome::Abandoned),
+                Supervised::HandedBack => {
+                    tracing::info!(job_id = %record.id, chunk, "the worker is stopping: the paused chunk is handed back");
+                    self.book.update(&record.id, JobChange::ChunkHandedBack { chunk }).await?;
+                    return Ok(Outcome::Later);
+                }
             };
             self.store.put_latents(&key, &latents).await?;
             written.push(key);
@@ -432,9 +454,10 @@ where
                 };
                 // One step reports no progress of its own.
                 let (_, mut no_progress) = mpsc::unbounded_channel();
-                let latents = match self.supervise(lease, job_id, work, &directive, &mut no_progress).await? {
-                    Some(result) => result?,
-                    None => return Ok(Outcome::Abandoned),
+                // One step does not wait in a pause: it is never handed back.
+                let latents = match self.supervise(lease, job_id, work, &directive, &mut no_progress, None).await? {
+                    Supervised::Finished(result) => result?,
+                    Supervised::Stopped | Supervised::HandedBack => return Ok(Outcome::Abandoned),
                 };
                 if !last {
                     // The shared frames first: once the whole is stored, so are they.
@@ -546,7 +569,8 @@ where
         let _stop_reading = AbortOnDrop(work.abort_handle());
         // Decoding reports no steps: a channel whose sender is gone.
         let (_, mut no_progress) = mpsc::unbounded_channel();
-        let Some(result) = self.supervise(lease, &record.id, work, &directive, &mut no_progress).await? else {
+        // Assembling does not wait in a pause: it is never handed back.
+        let Supervised::Finished(result) = self.supervise(lease, &record.id, work, &directive, &mut no_progress, None).await? else {
             return Ok(Outcome::Abandoned);
         };
         let (frames, width, height, seam_ratio) = result?;
@@ -674,7 +698,9 @@ where
     }
 
     /// Waits for blocking work while renewing the lease, forwarding progress, and turning the
-    /// job's state into directives. `None` when the work was stopped because it is not ours.
+    /// job's state into directives. `stopping` is given for work that waits in its job's pause
+    /// (a chunk's render): when it turns true during the pause, the work is stopped and handed
+    /// back.
     async fn supervise<T>(
         &self,
         lease: &Lease,
@@ -682,18 +708,26 @@ where
         mut work: tokio::task::JoinHandle<T>,
         directive: &AtomicU8,
         progress: &mut mpsc::UnboundedReceiver<JobChange>,
-    ) -> Result<Option<T>, WorkerError> {
+        mut stopping: Option<watch::Receiver<bool>>,
+    ) -> Result<Supervised<T>, WorkerError> {
         let _stop = StopOnExit(directive);
         let mut tick = tokio::time::interval(self.config.lease / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let paused = Directive::load(directive) == Directive::Pause;
             tokio::select! {
                 done = &mut work => {
                     let out = done?;
                     while let Ok(change) = progress.try_recv() {
                         self.book.update(job_id, change).await?;
                     }
-                    return Ok((Directive::load(directive) != Directive::Stop).then_some(out));
+                    return Ok(if Directive::load(directive) == Directive::Stop { Supervised::Stopped } else { Supervised::Finished(out) });
+                }
+                () = turned_true(&mut stopping), if paused => {
+                    directive.store(Directive::Stop as u8, Ordering::Release);
+                    // Out of its pause at once; what it did is given up.
+                    let _ = (&mut work).await;
+                    return Ok(Supervised::HandedBack);
                 }
                 Some(change) = progress.recv() => {
                     self.book.update(job_id, change).await?;
@@ -722,6 +756,27 @@ where
         };
         directive.store(next as u8, Ordering::Release);
         Ok(())
+    }
+}
+
+/// How supervised work ended.
+enum Supervised<T> {
+    /// It ran to its end (its result may be an error).
+    Finished(T),
+    /// It was stopped because it is not ours any more (cancelled, job over, lease lost).
+    Stopped,
+    /// It waited in its job's pause when the worker was to stop, and was stopped: to be handed
+    /// back.
+    HandedBack,
+}
+
+/// Resolves once `flag` is true (or its sender gone); never without a flag.
+async fn turned_true(flag: &mut Option<watch::Receiver<bool>>) {
+    match flag {
+        Some(flag) => {
+            let _ = flag.wait_for(|&on| on).await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -808,6 +863,47 @@ mod tests {
         assert_eq!(seen, [(1, 3), (2, 3), (3, 3)]);
     }
 
+    /// A worker told to stop while its chunk waits in the job's pause hands the chunk back at
+    /// once (it waited for the pause to end, up to the grace period, before), and the start is
+    /// not counted as lost.
+    #[tokio::test]
+    async fn a_paused_chunk_is_handed_back_when_the_worker_stops() {
+        let (worker, farm, _store_dir) = test_worker();
+        let mut record = sample_record("job-paused", None);
+        record.spec.steps = 40;
+        let record = insert_and_queue(&farm, record).await;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let book = farm.book.clone();
+        let read = || async { book.get(&record.id).await.unwrap().unwrap() };
+        let pause_then_stop = async {
+            // Paused once a chunk is started, then stopped once a step is recorded in the pause
+            // (the step that tells the render to wait).
+            while !read().await.chunks.iter().any(|c| c.attempts > 0) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            book.update(&record.id, JobChange::Control(vidfarm_queue::Control::Pause)).await.unwrap();
+            let sequence = read().await.sequence;
+            while read().await.sequence == sequence {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            shutdown.send(true).unwrap();
+        };
+        let (ran, ()) = tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(worker.run(shutdown_rx), pause_then_stop) })
+            .await
+            .expect("the worker stops without waiting for the pause to end");
+        ran.unwrap();
+        let after = read().await;
+        assert_eq!(after.state, JobState::Paused);
+        let chunk = after.chunks.iter().position(|c| c.attempts > 0).expect("a started chunk");
+        let status = &after.chunks[chunk];
+        assert_eq!((status.attempts, status.handed_back, status.lost_starts(false), status.done, status.steps_done), (1, 1, 0, false, 0));
+        let mut queued = Vec::new();
+        for _ in 0..2 {
+            queued.push(farm.queue.pull("w2", LEASE, Duration::from_secs(5)).await.unwrap().expect("both chunks are queued").task.kind);
+        }
+        assert!(queued.contains(&TaskKind::Denoise { chunk: chunk as u32 }), "the chunk is queued again: {queued:?}");
+    }
+
     /// A render whose supervision fails (here a progress update the book refuses; in a farm a
     /// renew or job read that loses Redis) is told to stop, not left running or paused.
     #[tokio::test]
@@ -831,7 +927,7 @@ mod tests {
         };
         let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
         progress_tx.send(JobChange::ChunkStarted { chunk: 99 }).unwrap();
-        let supervised = worker.supervise(&lease, &record.id, work, &directive, &mut progress_rx).await;
+        let supervised = worker.supervise(&lease, &record.id, work, &directive, &mut progress_rx, None).await;
         assert!(supervised.is_err(), "the book refuses a chunk the job does not have");
         assert_eq!(stopped_rx.recv_timeout(Duration::from_secs(60)), Ok(true), "the work was told to stop");
     }
