@@ -2,6 +2,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 use vidfarm_api::{RenderSpec, Sampler};
@@ -9,7 +10,10 @@ use vidfarm_model::ModelError;
 use vidfarm_model::transformer::ClipSpan;
 use vidfarm_model::pipeline::{CleanPrefix, Pipeline, PromptEmbedding, SamplerKind, SamplingOptions, StepControl, StepProgress};
 use vidfarm_plan::{ChunkPlan, FrameSpan, Latents, fuse_chunk, noise};
-use vidfarm_video::RgbFrames;
+use vidfarm_synth::FrameChanges;
+use vidfarm_video::{Mp4Writer, RgbFrames};
+
+use crate::worker::WorkerError;
 
 /// What the task's control side asks of a running chunk, checked between denoising steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +60,7 @@ pub fn chunk_start<B: Backend>(pipeline: &Pipeline<B>, spec: &RenderSpec, chunk:
     noise::chunk_noise(spec.seed, chunk, c, h, w)
 }
 
-fn to_tensor<B: Backend>(pipeline: &Pipeline<B>, latents: Latents) -> Tensor<B, 5> {
+pub(crate) fn to_tensor<B: Backend>(pipeline: &Pipeline<B>, latents: Latents) -> Tensor<B, 5> {
     let [c, f, h, w] = latents.shape;
     Tensor::from_data(TensorData::new(latents.data, [1, c, f, h, w]), pipeline.device())
 }
@@ -222,10 +226,55 @@ pub fn denoise_synced<B: Backend>(pipeline: &Pipeline<B>, spec: &RenderSpec, pla
     Ok(chunks)
 }
 
-/// Decodes the clip's stitched latents into RGB frames.
-pub fn decode_clip<B: Backend>(pipeline: &Pipeline<B>, spec: &RenderSpec, latents: Latents) -> Result<RgbFrames, ModelError> {
-    let video = pipeline.decode(to_tensor(pipeline, latents))?;
-    let [_, _, frames, height, width] = video.dims();
-    let values = video.into_data().to_vec::<f32>().map_err(|e| ModelError::InvalidInput(format!("video: {e:?}")))?;
-    RgbFrames::from_planar_signed(&values, frames, height, width, spec.fps).map_err(|e| ModelError::InvalidInput(e.to_string()))
+/// What [`encode_clip`] wrote.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EncodedClip {
+    pub frames: u32,
+    pub width: u32,
+    pub height: u32,
+    /// Measured on the decoded frames, before H.264 (whose blocks would add their own).
+    pub seam_ratio: Option<f64>,
+}
+
+/// Decodes the clip's stitched latents and encodes them as an MP4 at `path`, a latent frame at
+/// a time: a long clip is never whole in memory (a minute of 720p at 24 fps would be about
+/// 16 GB of floats). `seams` are the video frames where chunks meet, for the seam ratio. A
+/// Stop in `directive` ends the work between latent frames.
+pub fn encode_clip<B: Backend>(
+    pipeline: &Pipeline<B>,
+    spec: &RenderSpec,
+    latents: Latents,
+    seams: &[usize],
+    directive: &AtomicU8,
+    path: &Path,
+) -> Result<EncodedClip, WorkerError> {
+    // Entered in turn, a latent frame at a time: each span's busy time is its share.
+    let (decoding, encoding) = (tracing::info_span!("decode"), tracing::info_span!("encode_mp4"));
+    let mut writer = Mp4Writer::create(path, spec.width, spec.height, spec.fps)?;
+    let mut changes = FrameChanges::default();
+    let mut decoded = decoding.in_scope(|| pipeline.decode_frames(to_tensor(pipeline, latents)))?;
+    loop {
+        if Directive::load(directive) == Directive::Stop {
+            return Err(ModelError::Cancelled.into());
+        }
+        let Some(rgb) = decoding.in_scope(|| {
+            decoded.next().map(|video| {
+                let [_, _, frames, height, width] = video.dims();
+                let values = video.into_data().to_vec::<f32>().map_err(|e| ModelError::InvalidInput(format!("video: {e:?}")))?;
+                Ok::<_, WorkerError>(RgbFrames::from_planar_signed(&values, frames, height, width, spec.fps)?)
+            })
+        }) else {
+            break;
+        };
+        let rgb = rgb?;
+        encoding.in_scope(|| {
+            rgb.frames.iter().try_for_each(|frame| {
+                changes.push(frame);
+                writer.write_frame(frame)
+            })
+        })?;
+    }
+    let frames = writer.frames() as u32;
+    encoding.in_scope(|| writer.finish())?;
+    Ok(EncodedClip { frames, width: spec.width, height: spec.height, seam_ratio: changes.seam_ratio(seams, spec.temporal_factor as usize) })
 }

@@ -1,6 +1,6 @@
 //! The task loop: lease, do, report, repeat, until told to shut down.
 
-use crate::render::{Directive, Prompts, check_model_fits, chunk_start, decode_clip, denoise_chunk, denoise_step};
+use crate::render::{Directive, EncodedClip, Prompts, check_model_fits, chunk_start, denoise_chunk, denoise_step, encode_clip};
 use burn::tensor::backend::Backend;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,7 +10,6 @@ use tracing::Instrument;
 use vidfarm_model::pipeline::Pipeline;
 use vidfarm_api::StitchMode;
 use vidfarm_plan::{BlendCurve, ChunkPlan, FrameSpan, Latents, fuse_chunk, seam_frames, shared_frames, stitch};
-use vidfarm_synth::seam_ratio;
 use vidfarm_queue::{
     ClipInfo, FarmState, JobBook, JobChange, JobRecord, JobState, Lease, Queue, QueueError, TaskKind, UpdateDetail, WorkerInfo, WorkerRegistry,
     WorkerState, now_ms, update_and_count,
@@ -543,29 +542,18 @@ where
                         parts.push((c.plan, store.get_latents(&ArtifactStore::chunk_key(&record.id, c.plan.index)).await?));
                     }
                     let spec = record.spec;
-                    tokio::task::spawn_blocking(in_span(tracing::Span::current(), move || -> Result<(u32, u32, u32, Option<f64>), WorkerError> {
+                    tokio::task::spawn_blocking(in_span(tracing::Span::current(), move || -> Result<EncodedClip, WorkerError> {
                         let seams = seam_frames(&parts.iter().map(|(plan, _)| *plan).collect::<Vec<_>>(), spec.temporal_factor);
                         let latents = stitch(spec.latent_frames(), &parts, spec.blend_curve)?;
-                        let frames = tracing::info_span!("decode").in_scope(|| decode_clip(&pipeline, &spec, latents))?;
-                        // The decode cannot be cut short; a clip no longer wanted (cancelled, lease
-                        // lost) is not encoded beside the worker's next task.
-                        if Directive::load(&directive) == Directive::Stop {
-                            return Err(vidfarm_model::ModelError::Cancelled.into());
-                        }
-                        tracing::info_span!("encode_mp4").in_scope(|| vidfarm_video::encode_mp4(&frames, &path))?;
-                        let (count, width, height) = (frames.frames.len() as u32, frames.width, frames.height);
-                        // Measured on the decoded frames, before H.264 (whose blocks would add their own).
-                        let seam_ratio = vidfarm_synth::Clip::new(width as usize, height as usize, frames.fps, frames.frames)
-                            .ok()
-                            .and_then(|clip| seam_ratio(&clip, &seams, spec.temporal_factor as usize));
-                        Ok((count, width, height, seam_ratio))
+                        // A clip no longer wanted (cancelled, lease lost) stops between latent frames.
+                        encode_clip(&pipeline, &spec, latents, &seams, &directive, &path)
                     }))
                     .await?
                 }
                 .instrument(tracing::Span::current()),
             )
         };
-        // However supervision ends, reading stops (a decode under way runs to its end, then stops).
+        // However supervision ends, reading stops (a decode under way stops at its next latent frame).
         let _stop_reading = AbortOnDrop(work.abort_handle());
         // Decoding reports no steps: a channel whose sender is gone.
         let (_, mut no_progress) = mpsc::unbounded_channel();
@@ -573,8 +561,8 @@ where
         let Supervised::Finished(result) = self.supervise(lease, &record.id, work, &directive, &mut no_progress, None).await? else {
             return Ok(Outcome::Abandoned);
         };
-        let (frames, width, height, seam_ratio) = result?;
-        self.store_clip(record, &path, frames, width, height, seam_ratio).await
+        let clip = result?;
+        self.store_clip(record, &path, clip.frames, clip.width, clip.height, clip.seam_ratio).await
     }
 
     /// Stores the encoded clip at `path` and marks the job succeeded. A job that ended
@@ -1033,6 +1021,38 @@ mod tests {
         let outcome = worker.store_clip(&record, &encoded, 33, 64, 64, None).await.unwrap();
         assert!(matches!(outcome, Outcome::Abandoned));
         assert!(!worker.store.exists(&clip_key).await.unwrap(), "a clip stored after the delete is removed");
+    }
+
+    /// The clip encoded a latent frame at a time is the one the whole decode gives, byte for
+    /// byte, with the same seam ratio; a Stop ends the work before the next latent frame.
+    #[test]
+    fn a_clip_encoded_as_it_is_decoded_is_the_whole_clip() {
+        let (worker, _farm, _store_dir) = test_worker();
+        let spec = sample_record("job-stream", None).spec;
+        let plan = sample_record("job-stream", None).chunks.iter().map(|c| c.plan).collect::<Vec<_>>();
+        let parts: Vec<(ChunkPlan, Latents)> = plan.iter().map(|c| (*c, chunk_start(&worker.pipeline, &spec, c))).collect();
+        let latents = stitch(spec.latent_frames(), &parts, spec.blend_curve).unwrap();
+        let seams = seam_frames(&plan, spec.temporal_factor);
+        let dir = tempfile::tempdir().unwrap();
+
+        let video = worker.pipeline.decode(crate::render::to_tensor(&worker.pipeline, latents.clone())).unwrap();
+        let [_, _, frames, height, width] = video.dims();
+        let whole = vidfarm_video::RgbFrames::from_planar_signed(&video.into_data().to_vec::<f32>().unwrap(), frames, height, width, spec.fps).unwrap();
+        vidfarm_video::encode_mp4(&whole, &dir.path().join("whole.mp4")).unwrap();
+        let clip = vidfarm_synth::Clip::new(width, height, spec.fps, whole.frames).unwrap();
+        let whole_ratio = vidfarm_synth::seam_ratio(&clip, &seams, spec.temporal_factor as usize);
+
+        let run = AtomicU8::new(Directive::Run as u8);
+        let streamed = encode_clip(&worker.pipeline, &spec, latents.clone(), &seams, &run, &dir.path().join("streamed.mp4")).unwrap();
+        assert_eq!((streamed.frames, streamed.width, streamed.height), (33, 64, 64));
+        assert!(whole_ratio.is_some());
+        assert_eq!(streamed.seam_ratio, whole_ratio);
+        let bytes = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+        assert!(bytes("streamed.mp4") == bytes("whole.mp4"), "the streamed clip differs from the whole one");
+
+        let stop = AtomicU8::new(Directive::Stop as u8);
+        let stopped = encode_clip(&worker.pipeline, &spec, latents, &seams, &stop, &dir.path().join("stopped.mp4"));
+        assert!(matches!(stopped, Err(WorkerError::Model(vidfarm_model::ModelError::Cancelled))), "{:?}", stopped.err());
     }
 
     /// A clip made by a second holder (its lease lapsed) after the first stored its own is not

@@ -18,9 +18,9 @@ use burn::tensor::{Tensor, TensorData};
 use vidfarm_synth::{
     Adherence, Clip, ClipSettings, DetectorConfig, SceneSpec, Split, detect, edge_pixels, mean_abs_frame_difference, render_clip, score, seam_ratio,
 };
-use vidfarm_video::{RgbFrames, decode_mp4, encode_mp4};
+use vidfarm_video::{RgbFrames, decode_mp4};
 use vidfarm_model::scheduler::FlowMatchEulerDiscreteScheduler;
-use vidfarm_worker::render::{Directive, Prompts as EncodedPrompts, chunk_start, decode_clip, denoise_chunk, denoise_step, denoise_synced};
+use vidfarm_worker::render::{Directive, Prompts as EncodedPrompts, chunk_start, denoise_chunk, denoise_step, denoise_synced, encode_clip};
 
 pub struct EvalArgs {
     pub model: PathBuf,
@@ -192,7 +192,7 @@ fn render(pipeline: &Pipeline<DefaultBackend>, spec: &RenderSpec, chunks: &[Chun
         (mode, Start::Clip { .. }) => bail!("--from-clip renders with blend stitching, not with --stitch {}", mode.name()),
     };
     let latents = stitch(spec.latent_frames(), &parts, spec.blend_curve)?;
-    encode_mp4(&decode_clip(pipeline, spec, latents)?, mp4)?;
+    encode_clip(pipeline, spec, latents, &[], &AtomicU8::new(Directive::Run as u8), mp4)?;
     let frames = decode_mp4(mp4);
     // The file was only a way through the codec.
     let _ = std::fs::remove_file(mp4);
