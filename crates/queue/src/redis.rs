@@ -21,17 +21,50 @@ use vidfarm_api::Priority;
 const PULL_POLL: Duration = Duration::from_millis(25);
 /// Compare-and-set attempts before an update gives up (each loses only to another writer).
 const MAX_UPDATE_RACES: usize = 64;
+/// Updates a watcher may fall behind by before its watch ends (it watches again, from a
+/// fresh snapshot) rather than have them held for it without bound.
+const WATCH_BUFFER: usize = 256;
+/// A watch's connection silent this long is pinged.
+const WATCH_PING_EVERY: Duration = Duration::from_secs(30);
+/// A watch whose subscription or ping goes unanswered this long ends.
+const WATCH_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn backend(context: &str, e: impl std::fmt::Display) -> QueueError {
     QueueError::Backend(format!("{context}: {e}"))
 }
 
-/// A Redis URL without its password, for messages.
+/// What a lease's holder asks of it.
+#[derive(Clone, Copy)]
+enum HolderCall {
+    Renew,
+    Ack,
+    Retry,
+}
+
+/// How long a task of a newer version waits before it is offered again.
+const FOREIGN_TASK_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// Whether a task's JSON names the job whose task `id` is (`<job>/...`).
+fn names_task(json: &str, id: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|value| value["job_id"].as_str().map(|job| id.strip_prefix(job).is_some_and(|rest| rest.starts_with('/'))))
+        .unwrap_or(false)
+}
+
+/// A Redis URL without its password, for messages: the user info, and a unix socket URL's
+/// `pass=` (or `password=`) parameter.
 fn redacted(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
+    let url = match (url.split_once("://"), url.rfind('@')) {
         (Some((scheme, _)), Some(at)) => format!("{scheme}://***@{}", &url[at + 1..]),
         _ => url.to_string(),
-    }
+    };
+    let Some((base, query)) = url.split_once('?') else { return url };
+    let query: Vec<&str> = query
+        .split('&')
+        .map(|pair| if pair.starts_with("pass=") || pair.starts_with("password=") { "pass=***" } else { pair })
+        .collect();
+    format!("{base}?{}", query.join("&"))
 }
 
 /// One farm's corner of a Redis server: a connection that reconnects by itself, and the
@@ -136,10 +169,17 @@ local function holds()
 end
 ";
 
-/// KEYS: ready set, task hash, sequence counter. ARGV: task JSON, priority rank, task id.
-/// The score orders by rank, then arrival; it stays with the task across redeliveries.
+/// KEYS: ready set, task hash, sequence counter, delayed set, leased set. ARGV: task JSON,
+/// priority rank, task id. The score orders by rank, then arrival; it stays with the task
+/// across redeliveries. A task record in none of the sets (a script stopped by an error half
+/// way, a set evicted) would make every push a no-op and its job wait for ever: it is made anew.
 const PUSH: &str = r"
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  for _, set in ipairs({KEYS[1], KEYS[4], KEYS[5]}) do
+    if redis.call('ZSCORE', set, ARGV[3]) then return 0 end
+  end
+  redis.call('DEL', KEYS[2])
+end
 local seq = redis.call('INCR', KEYS[3])
 local score = string.format('%.0f', tonumber(ARGV[2]) * 1e12 + seq)
 redis.call('HSET', KEYS[2], 'task', ARGV[1], 'score', score, 'attempt', 0, 'token', 0)
@@ -272,23 +312,29 @@ impl RedisQueue {
         self.ns.key(&format!("queue:task:{id}"))
     }
 
-    /// Runs one of the lease-holder scripts (renew, ack, retry) with its extra key and argument.
-    async fn as_holder(&self, script: &Script, lease: &Lease, extra_key: Option<String>, extra_arg: Option<u64>) -> Result<bool, QueueError> {
-        let id = lease.task.id();
+    /// Runs one of the lease-holder scripts with its extra key and argument, for the holder of
+    /// task `id`'s lease `token`.
+    async fn as_holder(&self, asked: HolderCall, id: &str, token: u64, extra_key: Option<String>, extra_arg: Option<u64>) -> Result<bool, QueueError> {
+        let (script, what) = match asked {
+            HolderCall::Renew => (&self.renew, "renew"),
+            HolderCall::Ack => (&self.ack, "ack"),
+            HolderCall::Retry => (&self.retry, "retry"),
+        };
         let mut call = script.key(self.ns.key("queue:leased"));
-        call.key(self.task_key(&id));
+        call.key(self.task_key(id));
         if let Some(key) = extra_key {
             call.key(key);
         }
-        call.arg(&id).arg(lease.token.to_string());
+        call.arg(id).arg(token.to_string());
         if let Some(arg) = extra_arg {
             call.arg(arg);
         }
-        let held: i64 = call.invoke_async(&mut self.ns.conn.clone()).await.map_err(|e| self.ns.err("lease script", e))?;
+        let held: i64 = call.invoke_async(&mut self.ns.conn.clone()).await.map_err(|e| self.ns.err(&format!("{what} of task {id}"), e))?;
         Ok(held == 1)
     }
 
-    /// One attempt at leasing a ready task; unreadable tasks are set aside on the way.
+    /// One attempt at leasing a ready task; unreadable tasks are set aside on the way, and those
+    /// of a newer version handed back.
     async fn try_pull(&self, worker: &str, lease_for: Duration) -> Result<Option<Lease>, QueueError> {
         let mut conn = self.ns.conn.clone();
         loop {
@@ -310,6 +356,14 @@ impl RedisQueue {
                 Ok(mut task) if task.id() == id => {
                     task.attempt = attempt;
                     return Ok(Some(Lease { task, worker: worker.to_string(), token }));
+                }
+                // Well-formed, this id's, and of a kind or priority this version does not know:
+                // a newer version's (a rolling upgrade). Left for the workers that read it, as
+                // its job's record is, not thrown away.
+                Err(e) if e.classify() == serde_json::error::Category::Data && names_task(&json, &id) => {
+                    tracing::warn!(task = %id, error = %e, "task of a newer vidfarm version handed back");
+                    let delayed = Some(self.ns.key("queue:delayed"));
+                    self.as_holder(HolderCall::Retry, &id, token, delayed, Some(millis(FOREIGN_TASK_RETRY_DELAY))).await?;
                 }
                 parsed => {
                     let reason = match parsed {
@@ -343,6 +397,8 @@ impl Queue for RedisQueue {
             .key(self.ns.key("queue:ready"))
             .key(self.task_key(&id))
             .key(self.ns.key("queue:seq"))
+            .key(self.ns.key("queue:delayed"))
+            .key(self.ns.key("queue:leased"))
             .arg(json)
             .arg(priority_rank(task.priority))
             .arg(&id)
@@ -367,15 +423,15 @@ impl Queue for RedisQueue {
     }
 
     async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<bool, QueueError> {
-        self.as_holder(&self.renew, lease, None, Some(millis(lease_for))).await
+        self.as_holder(HolderCall::Renew, &lease.task.id(), lease.token, None, Some(millis(lease_for))).await
     }
 
     async fn ack(&self, lease: &Lease) -> Result<bool, QueueError> {
-        self.as_holder(&self.ack, lease, None, None).await
+        self.as_holder(HolderCall::Ack, &lease.task.id(), lease.token, None, None).await
     }
 
     async fn retry(&self, lease: &Lease, delay: Duration) -> Result<bool, QueueError> {
-        self.as_holder(&self.retry, lease, Some(self.ns.key("queue:delayed")), Some(millis(delay))).await
+        self.as_holder(HolderCall::Retry, &lease.task.id(), lease.token, Some(self.ns.key("queue:delayed")), Some(millis(delay))).await
     }
 
     async fn discard_job(&self, job_id: &str) -> Result<usize, QueueError> {
@@ -412,7 +468,7 @@ if ARGV[4] == '1' then
   local existing = redis.call('GET', KEYS[3])
   if existing then
     local record = redis.call('GET', ARGV[3] .. existing)
-    if record then return record end
+    if record then return {existing, record} end
   end
   redis.call('SET', KEYS[3], ARGV[1])
 end
@@ -636,24 +692,28 @@ impl JobBook for RedisJobBook {
     async fn insert(&self, record: JobRecord) -> Result<(JobRecord, bool), QueueError> {
         let json = serde_json::to_string(&record).map_err(|e| backend("encoding a job record", e))?;
         let idempotency = record.idempotency_key.as_ref().map(|k| self.ns.key(&format!("idempotency:{k}")));
-        let existing: Option<String> = self
-            .insert
-            .key(self.job_key(&record.id))
-            .key(self.ns.key("jobs"))
-            .key(idempotency.clone().unwrap_or_else(|| self.job_key(&record.id)))
-            .key(self.ns.key(UNFINISHED))
-            .arg(&record.id)
-            .arg(json)
-            .arg(self.ns.key("job:"))
-            .arg(if idempotency.is_some() { "1" } else { "0" })
-            .invoke_async(&mut self.ns.conn.clone())
-            .await
-            .map_err(|e| self.ns.err("insert", e))?;
-        let Some(raw) = existing else { return Ok((record, true)) };
-        let found = serde_json::from_str::<JobRecord>(&raw).map_err(|e| {
-            QueueError::Incompatible(format!("the job named by idempotency key {:?} is unreadable by this vidfarm version: {e}", record.idempotency_key))
-        })?;
-        Ok((found, false))
+        // Twice at most: a malformed record the key names is set aside, and the key then names
+        // this job (as it does once a read has set that record aside).
+        for _ in 0..2 {
+            let existing: Option<(String, String)> = self
+                .insert
+                .key(self.job_key(&record.id))
+                .key(self.ns.key("jobs"))
+                .key(idempotency.clone().unwrap_or_else(|| self.job_key(&record.id)))
+                .key(self.ns.key(UNFINISHED))
+                .arg(&record.id)
+                .arg(&json)
+                .arg(self.ns.key("job:"))
+                .arg(if idempotency.is_some() { "1" } else { "0" })
+                .invoke_async(&mut self.ns.conn.clone())
+                .await
+                .map_err(|e| self.ns.err("insert", e))?;
+            let Some((existing_id, raw)) = existing else { return Ok((record, true)) };
+            if let Some(found) = self.parse(&existing_id, &raw).await? {
+                return Ok((found, false));
+            }
+        }
+        Err(QueueError::Backend(format!("idempotency key {:?}: its job's record was set aside twice in a row", record.idempotency_key)))
     }
 
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
@@ -704,19 +764,55 @@ impl JobBook for RedisJobBook {
     }
 
     async fn subscribe(&self, id: &str) -> Result<BoxStream<'static, JobUpdate>, QueueError> {
+        let failed = |e: String| self.ns.err("subscribe", format!("to job {id}'s updates: {e}"));
         // Subscribing takes a connection of its own: a subscribed connection runs no commands.
-        let mut pubsub = self.ns.client.get_async_pubsub().await.map_err(|e| self.ns.err("subscribe", e))?;
-        pubsub.subscribe(self.ns.key(&format!("updates:{id}"))).await.map_err(|e| self.ns.err("subscribe", e))?;
-        let stream = pubsub.into_on_message().filter_map(|msg| async move {
-            match serde_json::from_slice::<(JobRecord, UpdateDetail)>(msg.get_payload_bytes()) {
-                Ok((record, detail)) => Some(JobUpdate { record, detail }),
-                Err(e) => {
-                    tracing::warn!(channel = msg.get_channel_name(), error = %e, "skipping a malformed job update");
-                    None
+        let subscribing = async {
+            let mut pubsub = self.ns.client.get_async_pubsub().await?;
+            pubsub.subscribe(self.ns.key(&format!("updates:{id}"))).await?;
+            Ok::<_, ::redis::RedisError>(pubsub)
+        };
+        let pubsub = tokio::time::timeout(WATCH_PING_TIMEOUT, subscribing)
+            .await
+            .map_err(|_| failed(format!("no answer in {WATCH_PING_TIMEOUT:?}")))?
+            .map_err(|e| failed(e.to_string()))?;
+        let (mut sink, mut messages) = pubsub.split();
+        // redis-rs buffers messages without bound; a watcher that stops reading (a stalled
+        // client, whose HTTP/2 pings still answer) would pile up its job's records here.
+        let (updates, watcher) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+        let job_id = id.to_string();
+        tokio::spawn(async move {
+            let mut silent = tokio::time::interval_at(tokio::time::Instant::now() + WATCH_PING_EVERY, WATCH_PING_EVERY);
+            loop {
+                tokio::select! {
+                    message = messages.next() => {
+                        // None: the connection ended, and so does the watch.
+                        let Some(message) = message else { return };
+                        silent.reset();
+                        let update = match serde_json::from_slice::<(JobRecord, UpdateDetail)>(message.get_payload_bytes()) {
+                            Ok((record, detail)) => JobUpdate { record, detail },
+                            Err(e) => {
+                                tracing::warn!(job_id, error = %e, "skipping a malformed job update");
+                                continue;
+                            }
+                        };
+                        if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = updates.try_send(update) {
+                            tracing::warn!(job_id, behind = WATCH_BUFFER, "a watcher fell behind its job's updates: its watch ends");
+                            return;
+                        }
+                    }
+                    () = updates.closed() => return,
+                    // A connection lost without a word (a host gone) would leave the watch
+                    // waiting for ever: a ping unanswered ends it.
+                    _ = silent.tick() => {
+                        if !matches!(tokio::time::timeout(WATCH_PING_TIMEOUT, sink.ping::<::redis::Value>()).await, Ok(Ok(_))) {
+                            tracing::warn!(job_id, "the watch's connection to Redis does not answer: its watch ends");
+                            return;
+                        }
+                    }
                 }
             }
         });
-        Ok(stream.boxed())
+        Ok(tokio_stream::wrappers::ReceiverStream::new(watcher).boxed())
     }
 
     async fn remove(&self, id: &str) -> Result<bool, QueueError> {
@@ -884,6 +980,8 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("cannot reach Redis at redis://***@127.0.0.1:1"), "{text}");
         assert!(!text.contains("secret"), "{text}");
+        assert_eq!(redacted("redis+unix:///run/redis.sock?db=1&pass=secret"), "redis+unix:///run/redis.sock?db=1&pass=***");
+        assert_eq!(redacted("redis://:pw@host:6379/0?protocol=resp3"), "redis://***@host:6379/0?protocol=resp3");
         let err = RedisNamespace::connect("redis://127.0.0.1:6379", "a b").await.err().expect("a space is refused");
         assert!(err.to_string().contains("namespace"), "{err}");
     }
@@ -1004,6 +1102,49 @@ mod tests {
         ns.clear().await.unwrap();
     }
 
+    /// A task record left in no set (a script stopped half way) does not make pushes no-ops:
+    /// the next push queues the task again. One queued, waiting or leased is pushed once.
+    #[tokio::test]
+    async fn a_task_record_in_no_set_is_queued_again_by_a_push() {
+        let ns = test_namespace().await;
+        let queue = RedisQueue::new(ns.clone());
+        let task = Task::new("job-1", TaskKind::Denoise { chunk: 0 }, Priority::Normal);
+        queue.push(task.clone()).await.unwrap();
+        queue.push(task.clone()).await.unwrap();
+        assert_eq!(queue.depth().await.unwrap(), 1);
+        let mut conn = ns.conn.clone();
+        let _: () = conn.zrem(ns.key("queue:ready"), task.id()).await.unwrap();
+        assert_eq!(queue.depth().await.unwrap(), 0);
+        queue.push(task.clone()).await.unwrap();
+        let lease = queue.pull("w", Duration::from_secs(30), Duration::ZERO).await.unwrap().expect("queued again");
+        assert_eq!(lease.task.id(), task.id());
+        queue.push(task.clone()).await.unwrap();
+        assert!(queue.pull("w", Duration::from_secs(30), Duration::ZERO).await.unwrap().is_none(), "a leased task is not queued twice");
+        ns.clear().await.unwrap();
+    }
+
+    /// A well-formed task of a kind this version does not know (a newer version's, during a
+    /// rolling upgrade) is handed back for a while, not set aside.
+    #[tokio::test]
+    async fn a_task_of_a_newer_version_is_handed_back() {
+        let ns = test_namespace().await;
+        let queue = RedisQueue::new(ns.clone());
+        queue.push(Task::new("new", TaskKind::Denoise { chunk: 0 }, Priority::High)).await.unwrap();
+        queue.push(Task::new("old", TaskKind::Denoise { chunk: 0 }, Priority::Low)).await.unwrap();
+        let mut conn = ns.conn.clone();
+        let newer = r#"{"job_id":"new","kind":{"kind":"upscale","chunk":0,"factor":2},"priority":"high","attempt":0}"#;
+        let _: () = conn.hset(queue.task_key("new/denoise/0"), "task", newer).await.unwrap();
+        let lease = queue.pull("w", Duration::from_secs(30), Duration::ZERO).await.unwrap().expect("the readable task");
+        assert_eq!(lease.task.job_id, "old");
+        let set_aside: Option<String> = conn.hget(ns.malformed_key(), "task:new/denoise/0").await.unwrap();
+        assert_eq!(set_aside, None);
+        let kept: Option<String> = conn.hget(queue.task_key("new/denoise/0"), "task").await.unwrap();
+        assert_eq!(kept.as_deref(), Some(newer));
+        let delayed: Option<f64> = conn.zscore(ns.key("queue:delayed"), "new/denoise/0").await.unwrap();
+        assert!(delayed.is_some(), "handed back, to be offered again later");
+        ns.clear().await.unwrap();
+    }
+
     /// The unfinished index holds only jobs that have not ended, and is built from the whole
     /// book where records were stored before it existed.
     #[tokio::test]
@@ -1035,6 +1176,32 @@ mod tests {
         assert_eq!(page.jobs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["job-1"]);
         let indexed: Vec<String> = conn.zrange(ns.key(UNFINISHED), 0, -1).await.unwrap();
         assert_eq!(indexed, ["job-1"]);
+        ns.clear().await.unwrap();
+    }
+
+    /// A watcher that stops reading is cut off once it falls `WATCH_BUFFER` updates behind,
+    /// instead of its updates piling up in the coordinator without bound.
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_is_cut_off() {
+        let ns = test_namespace().await;
+        let book = RedisJobBook::new(ns.clone());
+        book.insert(sample_record("job-1", None)).await.unwrap();
+        let mut watch = book.subscribe("job-1").await.unwrap();
+        let updates = WATCH_BUFFER + 44;
+        for _ in 0..updates {
+            book.update("job-1", JobChange::ChunkStarted { chunk: 0 }).await.unwrap();
+        }
+        // Time for the last messages to reach the watch's connection.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut received = 0;
+        let ended = tokio::time::timeout(Duration::from_secs(20), async {
+            while watch.next().await.is_some() {
+                received += 1;
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the watch goes on after {received} of {updates} updates");
+        assert!(received <= WATCH_BUFFER, "{received} updates were held for the watcher");
         ns.clear().await.unwrap();
     }
 
@@ -1104,6 +1271,24 @@ mod tests {
         assert_eq!(record.id, "job-3");
         let (again, created) = book.insert(sample_record("job-4", Some("key-1"))).await.unwrap();
         assert_eq!((again.id.as_str(), created), ("job-3", false), "the key names the new job");
+        ns.clear().await.unwrap();
+    }
+
+    /// A key naming a record that became unreadable makes a new job, at once: the record is
+    /// set aside on the way (it answered UNAVAILABLE to every submit with that key before).
+    #[tokio::test]
+    async fn an_idempotency_key_naming_an_unreadable_record_makes_a_new_job() {
+        let ns = test_namespace().await;
+        let book = RedisJobBook::new(ns.clone());
+        book.insert(sample_record("job-1", Some("key-1"))).await.unwrap();
+        let mut conn = ns.conn.clone();
+        let _: () = conn.set(book.job_key("job-1"), "garbage").await.unwrap();
+        let (record, created) = book.insert(sample_record("job-2", Some("key-1"))).await.unwrap();
+        assert_eq!((record.id.as_str(), created), ("job-2", true));
+        let reason: String = conn.hget(ns.malformed_key(), "job:job-1").await.unwrap();
+        assert!(reason.starts_with("unreadable job record"), "{reason}");
+        let (again, created) = book.insert(sample_record("job-3", Some("key-1"))).await.unwrap();
+        assert_eq!((again.id.as_str(), created), ("job-2", false), "the key names the new job");
         ns.clear().await.unwrap();
     }
 }
