@@ -47,8 +47,7 @@ impl WatchedFiles {
 /// half-written file or a volume gone never takes the server down. Each change is logged once.
 pub async fn follow(what: &'static str, mut files: WatchedFiles, mut apply: impl FnMut(&[Vec<u8>]) -> Result<String, String>) {
     let paths = files.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
-    let mut tick = tokio::time::interval(READ_AGAIN_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = crate::sweeps::steady_interval(READ_AGAIN_EVERY);
     loop {
         tick.tick().await;
         let reading = files.read().await;

@@ -52,7 +52,7 @@ pub async fn serve(
     // The queue's depth for the metrics endpoint, while serving.
     let queue = coordinator.clone();
     let mut background: Vec<JoinHandle<()>> = vec![tokio::spawn(async move {
-        let mut tick = tokio::time::interval(QUEUE_DEPTH_EVERY);
+        let mut tick = crate::sweeps::steady_interval(QUEUE_DEPTH_EVERY);
         loop {
             tick.tick().await;
             match queue.queue_depth().await {

@@ -12,6 +12,14 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// on) is worked through a slice at a time and each sweep reports.
 const REMOVALS_PER_SWEEP: usize = 500;
 
+/// An interval that, after a tick handled late (a sweep slower than its period), waits a whole
+/// period again: tokio's default fires the missed ticks back to back, sweeping again at once.
+pub(crate) fn steady_interval(period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
 /// Runs the sweeps until aborted: queueing again the tasks unfinished jobs lost
 /// (`Coordinator::requeue_unfinished`) and, given a retention, forgetting the jobs that ended
 /// longer ago than that (`Coordinator::expire_finished`). They run side by side, so a slow
@@ -19,7 +27,7 @@ const REMOVALS_PER_SWEEP: usize = 500;
 pub fn spawn_sweeps(coordinator: Coordinator, retention: Option<Duration>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let requeue = async {
-            let mut every = tokio::time::interval(SWEEP_EVERY);
+            let mut every = steady_interval(SWEEP_EVERY);
             loop {
                 every.tick().await;
                 match coordinator.requeue_unfinished().await {
@@ -30,7 +38,7 @@ pub fn spawn_sweeps(coordinator: Coordinator, retention: Option<Duration>) -> Jo
         };
         let expire = async {
             let Some(retention) = retention else { return };
-            let mut every = tokio::time::interval(SWEEP_EVERY);
+            let mut every = steady_interval(SWEEP_EVERY);
             loop {
                 every.tick().await;
                 match coordinator.expire_finished(retention, now_ms(), REMOVALS_PER_SWEEP).await {
@@ -42,4 +50,23 @@ pub fn spawn_sweeps(coordinator: Coordinator, retention: Option<Duration>) -> Jo
         };
         tokio::join!(requeue, expire);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// After a sweep three periods long, the next sweep is a period away, not due at once.
+    #[tokio::test]
+    async fn a_slow_sweep_is_not_followed_by_missed_ones() {
+        let period = Duration::from_millis(100);
+        let mut every = steady_interval(period);
+        every.tick().await;
+        std::thread::sleep(3 * period);
+        every.tick().await;
+        let waited = Instant::now();
+        every.tick().await;
+        assert!(waited.elapsed() >= period / 2, "the next tick came after {:?}", waited.elapsed());
+    }
 }
