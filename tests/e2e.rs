@@ -198,6 +198,25 @@ async fn pause_holds_a_job_and_resume_finishes_it() {
     assert_eq!(final_state(&watch_to_end(&mut client, &job.job_id).await), pb::JobState::Succeeded);
 }
 
+/// A huge bad value gets INVALID_ARGUMENT naming its field, quoted by its start: echoed whole,
+/// the answer's `grpc-message` header was too big for the client, which saw a protocol error.
+#[tokio::test]
+async fn a_huge_bad_value_is_named_not_echoed() {
+    let server = Server::start(1);
+    let mut client = server.client().await;
+    let huge = "x".repeat(20_000);
+    let short_and_named = |status: tonic::Status, field: &str| {
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(status.message().starts_with(field) && status.message().len() < 300, "{field}: {}", status.message());
+    };
+    short_and_named(client.get_job(pb::GetJobRequest { job_id: huge.clone() }).await.unwrap_err(), "job_id");
+    let submitted = client.submit_job(pb::SubmitJobRequest { spec: Some(pb::JobSpec { model: huge.clone(), ..spec(1.0) }), idempotency_key: String::new() }).await;
+    short_and_named(submitted.unwrap_err(), "spec.model");
+    short_and_named(client.drain_worker(pb::DrainWorkerRequest { name: huge }).await.unwrap_err(), "name");
+    // A name reaching into another key (`worker:<name>:drain`) is no worker's.
+    short_and_named(client.drain_worker(pb::DrainWorkerRequest { name: "w1:drain".into() }).await.unwrap_err(), "name");
+}
+
 #[tokio::test]
 async fn bad_requests_get_the_right_status_naming_the_field() {
     let server = Server::start(1);

@@ -5,7 +5,7 @@ pub mod profile;
 pub mod spec;
 
 pub use profile::{ModelProfile, ProfileError};
-pub use spec::{FieldError, Priority, RenderSpec, Sampler, StitchMode};
+pub use spec::{FieldError, Priority, RenderSpec, Sampler, StitchMode, check_worker_name, quoted};
 
 /// Generated protobuf and tonic code for `vidfarm.v1`.
 pub mod pb {

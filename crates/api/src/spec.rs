@@ -41,6 +41,36 @@ impl From<FieldError> for tonic::Status {
     }
 }
 
+/// A client's value, quoted for an error message: whole when short, else its start and its
+/// length. An error must not grow with what was sent: a 20 KB value would make a
+/// `grpc-message` header that clients refuse, turning INVALID_ARGUMENT into a protocol error.
+pub fn quoted(value: &str) -> String {
+    const SHOWN: usize = 64;
+    if value.len() <= SHOWN {
+        return format!("{value:?}");
+    }
+    let end = (0..=SHOWN).rev().find(|&i| value.is_char_boundary(i)).unwrap_or(0);
+    format!("{:?}... ({} bytes)", &value[..end], value.len())
+}
+
+/// Longest worker name accepted.
+pub const MAX_WORKER_NAME_BYTES: usize = 253;
+
+/// A worker's name, as `field` gives it: what host and pod names are made of (letters, digits,
+/// `.`, `_`, `-`), so that it never reaches into the farm's other keys (`worker:<name>:drain`).
+pub fn check_worker_name(field: &str, name: &str) -> Result<(), FieldError> {
+    if name.is_empty() {
+        return Err(FieldError::new(field, "must not be empty"));
+    }
+    if name.len() > MAX_WORKER_NAME_BYTES {
+        return Err(FieldError::new(field, format!("{} bytes, at most {MAX_WORKER_NAME_BYTES}", name.len())));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return Err(FieldError::new(field, format!("{} is not a worker name: letters, digits, '.', '_' and '-' only", quoted(name))));
+    }
+    Ok(())
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Sampler {
@@ -57,7 +87,7 @@ impl FromStr for Sampler {
             "euler" => Ok(Self::Euler),
             "heun" => Ok(Self::Heun),
             "unipc" => Ok(Self::UniPc),
-            other => Err(format!("unknown sampler {other:?}: expected euler, heun or unipc")),
+            other => Err(format!("unknown sampler {}: expected euler, heun or unipc", quoted(other))),
         }
     }
 }
@@ -152,7 +182,7 @@ impl RenderSpec {
         } else {
             models.iter().find(|m| m.name == spec.model).ok_or_else(|| {
                 let known: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-                FieldError::new("spec.model", format!("unknown model {:?}: this farm serves {known:?}", spec.model))
+                FieldError::new("spec.model", format!("unknown model {}: this farm serves {known:?}", quoted(&spec.model)))
             })?
         };
         let d = &model.defaults;
@@ -488,6 +518,29 @@ mod tests {
         assert_eq!(cosine.expect("cosine").blend_curve, BlendCurve::Cosine);
         assert_eq!(field_of(pb::JobSpec { priority: -3, ..spec("a") }), "spec.priority");
         assert!(RenderSpec::resolve(&spec("a"), &[], 0).is_err());
+    }
+
+    /// A huge value is shown by its start and its length, never whole.
+    #[test]
+    fn errors_quote_a_long_value_by_its_start() {
+        let huge = "\u{e9}".repeat(10_000);
+        let error = RenderSpec::resolve(&pb::JobSpec { model: huge.clone(), ..spec("a") }, &[profile()], 0).unwrap_err();
+        assert_eq!(error.field, "spec.model");
+        assert!(error.reason.len() < 200 && error.reason.contains("(20000 bytes)"), "{}", error.reason);
+        let error = RenderSpec::resolve(&pb::JobSpec { sampler: huge, ..spec("a") }, &[profile()], 0).unwrap_err();
+        assert!(error.reason.len() < 200 && error.reason.contains("(20000 bytes)"), "{}", error.reason);
+        assert_eq!(quoted("ddpm"), "\"ddpm\"");
+    }
+
+    #[test]
+    fn worker_names_are_host_names() {
+        for good in ["gpu-node-3-4242", "vidfarm-worker-7d9f8b6c5-x2x9q", "w_1.local"] {
+            assert_eq!(check_worker_name("name", good), Ok(()));
+        }
+        for (bad, says) in [("", "empty"), ("w1:drain", "not a worker name"), ("a b", "not a worker name"), ("w".repeat(300).as_str(), "at most 253")] {
+            let error = check_worker_name("name", bad).unwrap_err();
+            assert!(error.field == "name" && error.reason.contains(says), "{bad:?}: {error}");
+        }
     }
 
     #[test]

@@ -83,11 +83,13 @@ pub async fn coordinator(settings: &Settings, redis: &RedisArgs, listen: &str, s
 /// Runs one worker until SIGTERM, Ctrl-C or a drain request (`vidfarm drain`), which let it
 /// finish the task in hand and take no more. A failing Redis (the farm's state unreachable) pauses the worker, it does not end it.
 pub async fn worker(settings: &Settings, redis: &RedisArgs, store: &str, model: &Path, name: Option<String>) -> Result<()> {
+    let name = name.unwrap_or_else(default_worker_name);
+    // Before the model loads: the farm's keys for the worker are made of its name.
+    vidfarm_api::check_worker_name("--name", &name)?;
     let (_, pipeline) = load_model(model).await?;
     crate::start_metrics(settings).await?;
     let store = open_store(store, settings).await?;
     let farm = connect(settings, redis).await?;
-    let name = name.unwrap_or_else(default_worker_name);
     let worker = Worker::new(worker_config(settings, name.clone()), farm, store, pipeline);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let signal = crate::shutdown_signal();

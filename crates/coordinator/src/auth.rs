@@ -65,10 +65,13 @@ impl ApiTokens {
         let Some(value) = metadata.get("authorization") else {
             return Err(Status::unauthenticated("authorization: missing; send \"Bearer <token>\""));
         };
+        // The scheme's name is case-insensitive (RFC 9110, 11.1): "bearer" is as good.
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+            .map(|(_, token)| token)
             .ok_or_else(|| Status::unauthenticated("authorization: expected \"Bearer <token>\""))?;
         let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
         // Every digest is compared whole, so the time taken tells nothing of how close a guess was.
@@ -122,6 +125,16 @@ mod tests {
             assert_eq!(status.code(), tonic::Code::Unauthenticated);
             assert!(status.message().contains(says), "{status:?}");
         }
+    }
+
+    /// The scheme is named in any case, as HTTP has it; the token is exact.
+    #[test]
+    fn the_bearer_scheme_is_named_in_any_case() {
+        let tokens = ApiTokens::parse(TOKEN).unwrap();
+        for scheme in ["bearer", "BEARER", "BeArEr"] {
+            assert!(tokens.check(&with_authorization(&format!("{scheme} {TOKEN}"))).is_ok(), "{scheme}");
+        }
+        assert!(tokens.check(&with_authorization(&format!("Bearer {}", TOKEN.to_uppercase()))).is_err());
     }
 
     #[test]

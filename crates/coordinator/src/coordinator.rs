@@ -229,12 +229,7 @@ impl Coordinator {
 
     /// Asks a worker to finish its task in hand and take no more.
     pub async fn drain_worker(&self, name: &str) -> Result<WorkerInfo, CoordinatorError> {
-        if name.is_empty() {
-            return Err(FieldError::new("name", "must not be empty").into());
-        }
-        if name.len() > 256 {
-            return Err(FieldError::new("name", "at most 256 bytes").into());
-        }
+        vidfarm_api::check_worker_name("name", name)?;
         let mut worker = self.registry.drain(name).await?;
         worker.state = WorkerState::Draining;
         tracing::info!(worker = name, "drain requested");
@@ -251,7 +246,7 @@ fn check_job_id(job_id: &str) -> Result<(), FieldError> {
         return Err(FieldError::new("job_id", "must not be empty"));
     }
     if !looks_like_job_id(job_id) {
-        return Err(FieldError::new("job_id", format!("{job_id:?} is not a job id")));
+        return Err(FieldError::new("job_id", format!("{} is not a job id", vidfarm_api::quoted(job_id))));
     }
     Ok(())
 }

@@ -59,7 +59,12 @@ where
     }
 }
 
-/// Names the job a call is about on its span, so a job's calls can be found by `job_id`.
+/// Names the job a call is about on its span, so a job's calls can be found by `job_id`. A
+/// value no job id is that long (a client's 20 KB, say) is shown by its start.
 pub fn record_job_id(job_id: &str) {
-    tracing::Span::current().record("job_id", job_id);
+    if job_id.len() <= 64 {
+        tracing::Span::current().record("job_id", job_id);
+    } else {
+        tracing::Span::current().record("job_id", vidfarm_api::quoted(job_id));
+    }
 }

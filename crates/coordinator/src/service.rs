@@ -75,7 +75,10 @@ impl RenderService for RenderApi {
                 .ok()
                 .and_then(state_from_pb)
                 .ok_or_else(|| Status::invalid_argument(format!("states: unknown job state {s}")))?;
-            states.push(state);
+            // Each record listed is checked against every state asked for: repeats cost alone.
+            if !states.contains(&state) {
+                states.push(state);
+            }
         }
         let page = self.coordinator.list(&states, &request.page_token, request.page_size).await.map_err(status)?;
         Ok(Response::new(pb::ListJobsResponse {
