@@ -5,9 +5,13 @@ use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::rpc_span::record_job_id;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use prost::Message;
 use tonic::{Request, Response, Status};
 use vidfarm_api::pb::{self, render_service_server::RenderService};
 use vidfarm_queue::{Control, QueueError};
+
+/// The most job bytes a ListJobs page holds, under the 4 MiB a gRPC client takes by default.
+const MAX_PAGE_BYTES: usize = 3 << 20;
 
 pub struct RenderApi {
     coordinator: Coordinator,
@@ -81,10 +85,19 @@ impl RenderService for RenderApi {
             }
         }
         let page = self.coordinator.list(&states, &request.page_token, request.page_size).await.map_err(status)?;
-        Ok(Response::new(pb::ListJobsResponse {
-            jobs: page.jobs.iter().map(|r| self.job(r)).collect(),
-            next_page_token: page.next.unwrap_or_default(),
-        }))
+        // A page stays under what clients take by default (4 MiB): long jobs carry thousands
+        // of chunks each, and the jobs past the limit go to the next page.
+        let (mut jobs, mut bytes, mut next) = (Vec::with_capacity(page.jobs.len()), 0, page.next);
+        for (i, record) in page.jobs.iter().enumerate() {
+            let job = self.job(record);
+            bytes += job.encoded_len();
+            if bytes > MAX_PAGE_BYTES && i > 0 {
+                next = Some(page.jobs[i - 1].id.clone());
+                break;
+            }
+            jobs.push(job);
+        }
+        Ok(Response::new(pb::ListJobsResponse { jobs, next_page_token: next.unwrap_or_default() }))
     }
 
     type WatchJobStream = BoxStream<'static, Result<pb::JobEvent, Status>>;
@@ -201,6 +214,40 @@ mod tests {
         let refused = status(refused);
         assert_eq!(refused.code(), tonic::Code::Internal);
         assert!(refused.message().contains("jobs/job-a/clip.mp4"), "{refused:?}");
+    }
+
+    /// Long jobs fill a page before its job count does: the page stops under what a client
+    /// takes by default, and the next one goes on from there, missing nothing.
+    #[tokio::test]
+    async fn a_page_of_long_jobs_stays_under_a_clients_message_limit() {
+        let book = Arc::new(vidfarm_queue::MemoryJobBook::new());
+        // 300 jobs of 4000 chunks (10 minutes in chunks of 2 latent frames): about 5 MB.
+        let jobs = 300;
+        for i in 0..jobs {
+            let mut record = sample_record(&format!("job-{i:04}"), None);
+            record.chunks = vec![record.chunks[0].clone(); 4000];
+            book.insert(record).await.unwrap();
+        }
+        let farm = FarmState { queue: Arc::new(MemoryQueue::new()), book, registry: Arc::new(MemoryWorkerRegistry::new()) };
+        let store = ArtifactStore::local(&std::env::temp_dir()).unwrap();
+        let (_stop, stopping) = tokio::sync::watch::channel(false);
+        let api = RenderApi::new(Coordinator::new(farm, store, Vec::new()), stopping);
+        let (mut seen, mut token, mut pages) = (std::collections::BTreeSet::new(), String::new(), 0);
+        loop {
+            let request = pb::ListJobsRequest { page_size: 1000, page_token: token, ..Default::default() };
+            let page = api.list_jobs(Request::new(request)).await.expect("a page").into_inner();
+            assert!(page.encoded_len() < 4 << 20, "a page of {} bytes", page.encoded_len());
+            pages += 1;
+            for job in page.jobs {
+                assert!(seen.insert(job.job_id.clone()), "{} listed twice", job.job_id);
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(seen.len(), jobs);
+        assert!(pages > 1, "the jobs fit one page");
     }
 
     /// A watch whose updates stop before the job ends must not end as a finished job's does.
