@@ -93,8 +93,8 @@ enum Command {
         /// [settings: server.model]
         #[arg(long)]
         model: Option<PathBuf>,
-        /// Shown in leases and logs (default: host name and process id; in a container, where
-        /// the worker is PID 1, the host name: a pod's name).
+        /// Shown in leases and logs: letters, digits, '.', '_' and '-' (default: host name and
+        /// process id; in a container, where the worker is PID 1, the host name: a pod's name).
         #[arg(long)]
         name: Option<String>,
     },

@@ -65,9 +65,10 @@ pub struct ChunkStatus {
 }
 
 impl ChunkStatus {
-    /// Starts that neither finished nor failed cleanly: renders cut off because their worker
-    /// died (out of memory, say) or lost its lease. `sync`: a start is one step, and each step
-    /// finished counts as finished. Taken before a start, so the one in hand is not counted.
+    /// Starts that neither finished, failed cleanly nor were handed back: renders cut off
+    /// because their worker died (out of memory, say) or lost its lease. `sync`: a start is one
+    /// step, and each step finished counts as finished. Taken before a start, so the one in
+    /// hand is not counted.
     pub fn lost_starts(&self, sync: bool) -> u32 {
         let finished = if sync { self.steps_done } else { 0 };
         self.attempts.saturating_sub(self.failures + self.handed_back + finished)

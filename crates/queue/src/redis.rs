@@ -44,6 +44,11 @@ enum HolderCall {
 /// How long a task of a newer version waits before it is offered again.
 const FOREIGN_TASK_RETRY_DELAY: Duration = Duration::from_secs(30);
 
+/// serde's error for a variant (a task kind, a priority) the type does not have.
+fn is_unknown_variant(error: &serde_json::Error) -> bool {
+    error.classify() == serde_json::error::Category::Data && error.to_string().starts_with("unknown variant")
+}
+
 /// Whether a task's JSON names the job whose task `id` is (`<job>/...`).
 fn names_task(json: &str, id: &str) -> bool {
     serde_json::from_str::<serde_json::Value>(json)
@@ -55,9 +60,16 @@ fn names_task(json: &str, id: &str) -> bool {
 /// A Redis URL without its password, for messages: the user info, and a unix socket URL's
 /// `pass=` (or `password=`) parameter.
 fn redacted(url: &str) -> String {
-    let url = match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, _)), Some(at)) => format!("{scheme}://***@{}", &url[at + 1..]),
-        _ => url.to_string(),
+    let url = match url.split_once("://") {
+        Some((scheme, rest)) => {
+            // The user info ends at the last '@' before the query (which may hold one too).
+            let before_query = rest.find('?').map_or(rest, |end| &rest[..end]);
+            match before_query.rfind('@') {
+                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
     };
     let Some((base, query)) = url.split_once('?') else { return url };
     let query: Vec<&str> = query
@@ -359,8 +371,9 @@ impl RedisQueue {
                 }
                 // Well-formed, this id's, and of a kind or priority this version does not know:
                 // a newer version's (a rolling upgrade). Left for the workers that read it, as
-                // its job's record is, not thrown away.
-                Err(e) if e.classify() == serde_json::error::Category::Data && names_task(&json, &id) => {
+                // its job's record is, not thrown away. (A wrong type or a missing field is
+                // no newer version's: set aside, and the next push makes the task anew.)
+                Err(e) if is_unknown_variant(&e) && names_task(&json, &id) => {
                     tracing::warn!(task = %id, error = %e, "task of a newer vidfarm version handed back");
                     let delayed = Some(self.ns.key("queue:delayed"));
                     self.as_holder(HolderCall::Retry, &id, token, delayed, Some(millis(FOREIGN_TASK_RETRY_DELAY))).await?;
@@ -461,8 +474,8 @@ impl Queue for RedisQueue {
 
 /// KEYS: job key, job index, idempotency key (the job key again when there is none),
 /// unfinished index. ARGV: id, record JSON, job key prefix, '1' when there is an idempotency key.
-/// Returns false when stored, else the record the idempotency key already names. A key whose
-/// job's record is gone (set aside as malformed) names the new job.
+/// Returns false when stored, else the id and record of the job the idempotency key already
+/// names. A key whose job's record is gone (set aside as malformed) names the new job.
 const INSERT_JOB: &str = r"
 if ARGV[4] == '1' then
   local existing = redis.call('GET', KEYS[3])
@@ -981,6 +994,7 @@ mod tests {
         assert!(text.contains("cannot reach Redis at redis://***@127.0.0.1:1"), "{text}");
         assert!(!text.contains("secret"), "{text}");
         assert_eq!(redacted("redis+unix:///run/redis.sock?db=1&pass=secret"), "redis+unix:///run/redis.sock?db=1&pass=***");
+        assert_eq!(redacted("redis+unix:///run/redis.sock?pass=p@ss"), "redis+unix:///run/redis.sock?pass=***");
         assert_eq!(redacted("redis://:pw@host:6379/0?protocol=resp3"), "redis://***@host:6379/0?protocol=resp3");
         let err = RedisNamespace::connect("redis://127.0.0.1:6379", "a b").await.err().expect("a space is refused");
         assert!(err.to_string().contains("namespace"), "{err}");
@@ -1142,6 +1156,14 @@ mod tests {
         assert_eq!(kept.as_deref(), Some(newer));
         let delayed: Option<f64> = conn.zscore(ns.key("queue:delayed"), "new/denoise/0").await.unwrap();
         assert!(delayed.is_some(), "handed back, to be offered again later");
+
+        // A wrong type is no newer version's: set aside, as unreadable text is.
+        queue.push(Task::new("bent", TaskKind::Denoise { chunk: 0 }, Priority::High)).await.unwrap();
+        let bent = r#"{"job_id":"bent","kind":{"kind":"denoise","chunk":"zero"},"priority":"high","attempt":0}"#;
+        let _: () = conn.hset(queue.task_key("bent/denoise/0"), "task", bent).await.unwrap();
+        assert!(queue.pull("w", Duration::from_secs(30), Duration::ZERO).await.unwrap().is_none());
+        let reason: String = conn.hget(ns.malformed_key(), "task:bent/denoise/0").await.unwrap();
+        assert!(reason.starts_with("unreadable task"), "{reason}");
         ns.clear().await.unwrap();
     }
 

@@ -73,6 +73,14 @@ fn x264_instruction_set() -> Option<&'static str> {
 
 /// Encodes frames as an H.264 MP4 at `path`.
 pub fn encode_mp4(clip: &RgbFrames, path: &Path) -> Result<(), VideoError> {
+    // Checked before the file is made: a bad clip leaves no partial file behind.
+    let frame_bytes = clip.width as usize * clip.height as usize * 3;
+    if let Some(bad) = clip.frames.iter().position(|f| f.len() != frame_bytes) {
+        return Err(VideoError::Frames(format!("frame {bad} is not {}x{} RGB", clip.width, clip.height)));
+    }
+    if clip.frames.is_empty() {
+        return Err(VideoError::Frames("a clip needs frames".into()));
+    }
     let mut writer = Mp4Writer::create(path, clip.width, clip.height, clip.fps)?;
     for frame in &clip.frames {
         writer.write_frame(frame)?;
@@ -307,6 +315,10 @@ mod tests {
         assert_eq!(writer.frames(), 2);
         writer.finish().unwrap();
         assert_eq!(probe(&path).unwrap().frames, 2);
+        let partial = dir.path().join("partial.mp4");
+        let bad = RgbFrames { width: 4, height: 2, fps: 8, frames: vec![vec![0; 24], vec![0; 23]] };
+        assert!(encode_mp4(&bad, &partial).is_err());
+        assert!(!partial.exists(), "a bad clip leaves no file behind");
     }
 
     #[test]

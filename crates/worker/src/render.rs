@@ -142,6 +142,9 @@ pub fn denoise_chunk<B: Backend>(
             match Directive::load(directive) {
                 Directive::Run => break,
                 Directive::Stop => return StepControl::Stop,
+                // Done: a finished chunk is stored, not held in the pause, where a worker
+                // stopping would hand it back and have it denoised again.
+                Directive::Pause if steps_done >= spec.steps => break,
                 Directive::Pause => std::thread::sleep(Duration::from_millis(100)),
             }
         }

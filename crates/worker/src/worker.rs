@@ -882,7 +882,7 @@ mod tests {
         ran.unwrap();
         let after = read().await;
         assert_eq!(after.state, JobState::Paused);
-        let chunk = after.chunks.iter().position(|c| c.attempts > 0).expect("a started chunk");
+        let chunk = after.chunks.iter().position(|c| c.handed_back > 0).expect("a chunk handed back");
         let status = &after.chunks[chunk];
         assert_eq!((status.attempts, status.handed_back, status.lost_starts(false), status.done, status.steps_done), (1, 1, 0, false, 0));
         let mut queued = Vec::new();
@@ -890,6 +890,23 @@ mod tests {
             queued.push(farm.queue.pull("w2", LEASE, Duration::from_secs(5)).await.unwrap().expect("both chunks are queued").task.kind);
         }
         assert!(queued.contains(&TaskKind::Denoise { chunk: chunk as u32 }), "the chunk is queued again: {queued:?}");
+    }
+
+    /// A render past its last step does not wait in its job's pause: its chunk is stored, not
+    /// held where a stopping worker would hand it back to be denoised again.
+    #[test]
+    fn a_finished_chunk_is_not_held_in_a_pause() {
+        let (worker, _farm, _store_dir) = test_worker();
+        let mut record = sample_record("job-done-paused", None);
+        record.spec.steps = 1;
+        let pipeline = worker.pipeline.clone();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let paused = AtomicU8::new(Directive::Pause as u8);
+            let rendered = denoise_chunk(&pipeline, &record.spec, &record.chunks[0].plan, None, &paused, &mut |_| {});
+            let _ = done_tx.send(rendered.is_ok());
+        });
+        assert_eq!(done_rx.recv_timeout(Duration::from_secs(60)), Ok(true), "the finished render waited in the pause");
     }
 
     /// A render whose supervision fails (here a progress update the book refuses; in a farm a
