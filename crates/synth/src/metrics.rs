@@ -73,11 +73,8 @@ pub struct FrameChanges {
 
 impl FrameChanges {
     pub fn of(clip: &Clip) -> Self {
-        let mut changes = Self::default();
-        for frame in &clip.frames {
-            changes.push(frame);
-        }
-        changes
+        let differences = clip.frames.windows(2).map(|pair| frame_difference(&pair[0], &pair[1])).collect();
+        Self { last: clip.frames.last().cloned(), differences }
     }
 
     /// Takes in the clip's next frame.

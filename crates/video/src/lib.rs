@@ -73,19 +73,13 @@ fn x264_instruction_set() -> Option<&'static str> {
 
 /// Encodes frames as an H.264 MP4 at `path`.
 pub fn encode_mp4(clip: &RgbFrames, path: &Path) -> Result<(), VideoError> {
-    // Checked before the file is made: a bad clip leaves no partial file behind.
-    let frame_bytes = clip.width as usize * clip.height as usize * 3;
-    if let Some(bad) = clip.frames.iter().position(|f| f.len() != frame_bytes) {
-        return Err(VideoError::Frames(format!("frame {bad} is not {}x{} RGB", clip.width, clip.height)));
-    }
-    if clip.frames.is_empty() {
-        return Err(VideoError::Frames("a clip needs frames".into()));
-    }
     let mut writer = Mp4Writer::create(path, clip.width, clip.height, clip.fps)?;
-    for frame in &clip.frames {
-        writer.write_frame(frame)?;
+    let written = clip.frames.iter().try_for_each(|frame| writer.write_frame(frame)).and_then(|()| writer.finish());
+    // A clip that failed once its file was made (a bad frame, the codec) leaves no partial file.
+    if written.is_err() {
+        let _ = std::fs::remove_file(path);
     }
-    writer.finish()
+    written
 }
 
 /// An H.264 MP4 written a frame at a time, so that a long clip need never be whole in memory.
